@@ -1,0 +1,118 @@
+//! The request handlers: decode, call the service, encode. No business rule lives here.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::HttpState;
+use super::dto::{CreateOrderBody, ListParams, MessageBody, OrderBody, StatusBody};
+use super::error::ApiError;
+use crate::domain::{OrderId, RawOrder, Symbol, ValidationError};
+use crate::port::{ListQuery, OrderService, PageLimit, PageToken};
+
+/// Liveness: answers 200 as long as the process serves HTTP, draining or not, so an
+/// orchestrator never kills an instance that is finishing its requests.
+pub async fn health() -> Json<StatusBody> {
+    Json(StatusBody { status: "ok" })
+}
+
+/// Readiness: 200 while this instance wants new traffic, 503 once shutdown has begun, so a
+/// load balancer stops routing here before the listener closes.
+pub async fn ready<S>(State(state): State<HttpState<S>>) -> Response {
+    if *state.ready.borrow() {
+        Json(StatusBody { status: "ready" }).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(StatusBody { status: "draining" })).into_response()
+    }
+}
+
+pub async fn create_order<S: OrderService>(
+    State(state): State<HttpState<S>>,
+    body: Result<Json<CreateOrderBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let new = RawOrder::from(body).validate()?;
+    let created = state.service.create(new).await?;
+    let status = if created.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let location = HeaderValue::try_from(format!("/api/orders/{}", created.order.id))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((status, [(header::LOCATION, location)], Json(OrderBody::from(&created.order))).into_response())
+}
+
+pub async fn get_order<S: OrderService>(
+    State(state): State<HttpState<S>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let order = state.service.get(id.parse::<OrderId>()?).await?;
+    Ok(Json(OrderBody::from(&order)).into_response())
+}
+
+pub async fn list_orders<S: OrderService>(
+    State(state): State<HttpState<S>>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let query = list_query(&params)?;
+    let page = state.service.list(query.clone()).await?;
+    let body: Vec<OrderBody<'_>> = page.orders.iter().map(OrderBody::from).collect();
+    let mut response = Json(body).into_response();
+    if let Some(next) = page.next {
+        let link = next_link(&query, next);
+        if let Ok(value) = HeaderValue::try_from(link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+pub async fn cancel_order<S: OrderService>(
+    State(state): State<HttpState<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageBody>, ApiError> {
+    state.service.cancel(id.parse::<OrderId>()?).await?;
+    Ok(Json(MessageBody { message: "order cancelled successfully" }))
+}
+
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {method} {}", uri.path()))
+}
+
+pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}
+
+fn list_query(p: &ListParams) -> Result<ListQuery, ValidationError> {
+    Ok(ListQuery {
+        limit: p.limit.map(PageLimit::parse).transpose()?.unwrap_or_default(),
+        page_token: p.page_token.as_deref().map(PageToken::decode).transpose()?,
+        status: p
+            .status
+            .as_deref()
+            .map(|s| s.parse().map_err(|e: crate::domain::UnknownVariant| ValidationError::new("status", e.to_string())))
+            .transpose()?,
+        symbol: p.symbol.as_deref().map(Symbol::parse).transpose()?,
+        side: p
+            .side
+            .as_deref()
+            .map(|s| s.parse().map_err(|e: crate::domain::UnknownVariant| ValidationError::new("side", e.to_string())))
+            .transpose()?,
+    })
+}
+
+/// `</api/orders?…&page_token=…>; rel="next"` (RFC 8288), repeating the filters so following
+/// the link continues the same listing. Every value is from a validated, URL-safe alphabet.
+fn next_link(q: &ListQuery, next: PageToken) -> String {
+    let mut url = format!("/api/orders?limit={}", q.limit.get());
+    if let Some(s) = q.status {
+        url.push_str(&format!("&status={s}"));
+    }
+    if let Some(s) = &q.symbol {
+        url.push_str(&format!("&symbol={s}"));
+    }
+    if let Some(s) = q.side {
+        url.push_str(&format!("&side={s}"));
+    }
+    format!("<{url}&page_token={}>; rel=\"next\"", next.encode())
+}

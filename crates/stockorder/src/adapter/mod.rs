@@ -1,0 +1,5 @@
+//! Adapters: the edges of the hexagon. Each translates one technology (HTTP, SQL, …) to and
+//! from the ports, and nothing outside `app.rs` knows more than one of them.
+
+pub mod http;
+pub mod sqlite;

@@ -1,0 +1,105 @@
+//! SQLite storage (bundled SQLite, no system library): one group-committing writer thread and a
+//! pool of readers over one WAL-mode database file.
+
+mod readers;
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::domain::{OrderId, StockOrder};
+use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+
+pub use schema::MigrationError;
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// SQLite could not open or configure the file.
+    #[error("cannot open SQLite database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot migrate SQLite database {path}: {source}")]
+    Migrate {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: MigrationError,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the SQLite writer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Orders in a SQLite file. Cheap to clone; all clones share one writer and one read pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: writer::Writer,
+    readers: readers::ReadPool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`, and starts its writer.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| OpenError::Open { path: path.clone(), source };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        schema::configure_writer(&conn).map_err(open_err)?;
+        schema::migrate(&mut conn).map_err(|source| OpenError::Migrate { path: path.clone(), source })?;
+        let writer = writer::Writer::spawn(conn)?;
+        let readers = readers::ReadPool::new(path.clone());
+        Ok(Self { inner: Arc::new(Inner { path, writer, readers }) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Closes the store: reads are refused from now on, every queued write is committed, the
+    /// WAL is checkpointed into the main file, and the connection is closed. Later calls on any
+    /// clone answer [`RepositoryError::Closed`]. Call it after the servers have stopped.
+    pub async fn close(&self) -> Result<(), RepositoryError> {
+        self.inner.readers.close();
+        self.inner.writer.close().await
+    }
+}
+
+impl OrderRepository for SqliteStore {
+    async fn insert(&self, order: StockOrder) -> Result<Inserted, RepositoryError> {
+        self.inner.writer.insert(order).await
+    }
+
+    async fn get(&self, id: OrderId) -> Result<Option<StockOrder>, RepositoryError> {
+        self.inner.readers.with(|conn| rows::by_id(conn, id))
+    }
+
+    async fn list(&self, query: ListQuery, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.readers.with(|conn| rows::list(conn, &query, limit)))
+            .await
+            .map_err(|e| RepositoryError::Database(Box::new(e)))?
+    }
+
+    async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
+        self.inner.writer.change_status(change).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,142 @@
+//! SQL text and the mapping between rows and [`StockOrder`]s, shared by the writer and readers.
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use crate::domain::{ClientOrderId, OrderId, Price, Quantity, StockOrder, Symbol, Timestamp};
+use crate::port::ListQuery;
+
+const COLUMNS: &str =
+    "id, client_order_id, symbol, order_type, order_side, quantity, price, status, description, created_at, updated_at";
+
+/// A row that does not decode is reported, not unwrapped: a file edited by hand must not crash
+/// the server.
+fn corrupt(what: &str, value: impl std::fmt::Debug) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("stored {what} {value:?} is not valid").into(),
+    )
+}
+
+fn order_from_row(row: &Row<'_>) -> rusqlite::Result<StockOrder> {
+    let id: [u8; 16] = row.get(0)?;
+    let client_order_id: Option<String> = row.get(1)?;
+    let symbol: String = row.get(2)?;
+    let order_type: String = row.get(3)?;
+    let order_side: String = row.get(4)?;
+    let quantity: i64 = row.get(5)?;
+    let price: Option<f64> = row.get(6)?;
+    let status: String = row.get(7)?;
+    let created_at: i64 = row.get(9)?;
+    let updated_at: i64 = row.get(10)?;
+    Ok(StockOrder {
+        id: OrderId::from_uuid(Uuid::from_bytes(id)),
+        client_order_id: client_order_id
+            .map(|k| ClientOrderId::parse(&k).map_err(|_| corrupt("client_order_id", k)))
+            .transpose()?,
+        symbol: Symbol::parse(&symbol).map_err(|_| corrupt("symbol", &symbol))?,
+        order_type: order_type.parse().map_err(|_| corrupt("order_type", &order_type))?,
+        order_side: order_side.parse().map_err(|_| corrupt("order_side", &order_side))?,
+        quantity: Quantity::parse(quantity).map_err(|_| corrupt("quantity", quantity))?,
+        price: price.map(|p| Price::parse(p).map_err(|_| corrupt("price", p))).transpose()?,
+        status: status.parse().map_err(|_| corrupt("status", &status))?,
+        description: row.get(8)?,
+        created_at: Timestamp::from_unix_micros(created_at).ok_or_else(|| corrupt("created_at", created_at))?,
+        updated_at: Timestamp::from_unix_micros(updated_at).ok_or_else(|| corrupt("updated_at", updated_at))?,
+    })
+}
+
+pub(super) fn insert(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO orders (id, client_order_id, symbol, order_type, order_side, quantity, price, status,
+                             description, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    stmt.execute(params![
+        o.id.as_uuid().as_bytes(),
+        o.client_order_id.as_ref().map(ClientOrderId::as_str),
+        o.symbol.as_str(),
+        o.order_type.as_str(),
+        o.order_side.as_str(),
+        o.quantity.get(),
+        o.price.map(Price::get),
+        o.status.as_str(),
+        o.description,
+        o.created_at.unix_micros(),
+        o.updated_at.unix_micros(),
+    ])?;
+    Ok(())
+}
+
+pub(super) fn by_id(conn: &Connection, id: OrderId) -> rusqlite::Result<Option<StockOrder>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE id = ?1"))?;
+    stmt.query_row([id.as_uuid().as_bytes()], order_from_row).optional()
+}
+
+pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusqlite::Result<Option<StockOrder>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE client_order_id = ?1"))?;
+    stmt.query_row([key.as_str()], order_from_row).optional()
+}
+
+/// Sets the status if, and only if, the order is still in `from`; returns the changed row.
+pub(super) fn change_status(
+    conn: &Connection,
+    change: &crate::port::StatusChange,
+) -> rusqlite::Result<Option<StockOrder>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3
+         WHERE id = ?4 AND status = ?5 RETURNING {COLUMNS}"
+    ))?;
+    stmt.query_row(
+        params![
+            change.to.as_str(),
+            change.description,
+            change.at.unix_micros(),
+            change.id.as_uuid().as_bytes(),
+            change.from.as_str(),
+        ],
+        order_from_row,
+    )
+    .optional()
+}
+
+/// The list statement for this combination of filters. Only the filters present appear in the
+/// SQL (no `? IS NULL OR …`), so SQLite can pick the matching index; the text is stable per
+/// combination, so the statement cache holds at most 16 variants.
+pub(super) fn list_sql(query: &ListQuery, limit: u32) -> (String, Vec<Value>) {
+    let mut conditions = Vec::new();
+    let mut args = Vec::new();
+    if let Some(status) = query.status {
+        conditions.push("status = ?");
+        args.push(Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(symbol) = &query.symbol {
+        conditions.push("symbol = ?");
+        args.push(Value::Text(symbol.as_str().to_owned()));
+    }
+    if let Some(side) = query.side {
+        conditions.push("order_side = ?");
+        args.push(Value::Text(side.as_str().to_owned()));
+    }
+    if let Some(token) = query.page_token {
+        conditions.push("id < ?");
+        args.push(Value::Blob(token.last_id().as_uuid().as_bytes().to_vec()));
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM orders");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    args.push(Value::Integer(i64::from(limit)));
+    (sql, args)
+}
+
+pub(super) fn list(conn: &Connection, query: &ListQuery, limit: u32) -> rusqlite::Result<Vec<StockOrder>> {
+    let (sql, args) = list_sql(query, limit);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), order_from_row)?;
+    rows.collect()
+}

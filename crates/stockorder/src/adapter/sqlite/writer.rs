@@ -1,0 +1,230 @@
+//! The single writer: one thread owns the only writing connection and commits whatever requests
+//! are waiting as one transaction (group commit).
+//!
+//! Why: with `synchronous = FULL` every commit costs an fsync. Committing each order alone caps
+//! throughput at one order per fsync and makes concurrent writers fight over SQLite's write lock
+//! ("database is locked"). Here requests queue while a commit is under way and the next
+//! transaction takes them all, so the fsync cost is shared and there is no lock contention.
+//! Every caller is answered only after the transaction holding its write has committed.
+
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::rows;
+use crate::domain::StockOrder;
+use crate::port::{Inserted, RepositoryError, StatusChange, Transition};
+
+/// The most requests committed in one transaction; bounds the latency a batch adds to its first
+/// request.
+const MAX_BATCH: usize = 512;
+
+/// How many requests may wait for the writer before senders are made to wait: backpressure
+/// instead of unbounded memory.
+const QUEUE_DEPTH: usize = 4_096;
+
+type Reply<T> = oneshot::Sender<Result<T, RepositoryError>>;
+
+enum Command {
+    Write(Write),
+    /// Commit what is queued, checkpoint the WAL and close the connection.
+    Close(oneshot::Sender<Result<(), RepositoryError>>),
+}
+
+/// One request that changes the database; a batch is a list of these.
+enum Write {
+    Insert(StockOrder, Reply<Inserted>),
+    ChangeStatus(StatusChange, Reply<Transition>),
+}
+
+/// A result computed inside the open transaction, sent once the transaction's fate is known.
+enum Outcome {
+    Insert(Reply<Inserted>, Result<Inserted, RepositoryError>),
+    ChangeStatus(Reply<Transition>, Result<Transition, RepositoryError>),
+}
+
+impl Outcome {
+    /// A write the transaction never ran (it could not begin); only its caller remains.
+    fn not_applied(write: Write) -> Self {
+        match write {
+            Write::Insert(_, reply) => Outcome::Insert(reply, Err(RepositoryError::Closed)),
+            Write::ChangeStatus(_, reply) => Outcome::ChangeStatus(reply, Err(RepositoryError::Closed)),
+        }
+    }
+
+    fn send(self) {
+        // A caller that stopped waiting (client went away) is not an error for the batch.
+        match self {
+            Outcome::Insert(reply, result) => drop(reply.send(result)),
+            Outcome::ChangeStatus(reply, result) => drop(reply.send(result)),
+        }
+    }
+
+    /// The commit failed: nothing of this batch was written, whatever the statement said.
+    fn fail(self, message: &str) {
+        let err = || RepositoryError::Database(format!("commit failed: {message}").into());
+        match self {
+            Outcome::Insert(reply, _) => drop(reply.send(Err(err()))),
+            Outcome::ChangeStatus(reply, _) => drop(reply.send(Err(err()))),
+        }
+    }
+}
+
+fn database(e: rusqlite::Error) -> RepositoryError {
+    RepositoryError::Database(Box::new(e))
+}
+
+/// The handle async code uses to reach the writer thread.
+#[derive(Debug)]
+pub(super) struct Writer {
+    queue: mpsc::Sender<Command>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on an open, migrated connection.
+    pub(super) fn spawn(conn: Connection) -> std::io::Result<Self> {
+        let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(conn, requests))?;
+        Ok(Self { queue, thread: std::sync::Mutex::new(Some(thread)) })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RepositoryError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(make(reply)).await.map_err(|_| RepositoryError::Closed)?;
+        // A dropped reply means the writer stopped before reaching this request.
+        answer.await.map_err(|_| RepositoryError::Closed)?
+    }
+
+    pub(super) async fn insert(&self, order: StockOrder) -> Result<Inserted, RepositoryError> {
+        self.call(|reply| Command::Write(Write::Insert(order, reply))).await
+    }
+
+    pub(super) async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
+        self.call(|reply| Command::Write(Write::ChangeStatus(change, reply))).await
+    }
+
+    /// Commits everything queued, checkpoints and closes the connection, and joins the thread.
+    /// When this returns, every write that was ever acknowledged is in the main database file.
+    pub(super) async fn close(&self) -> Result<(), RepositoryError> {
+        let result = match self.call(Command::Close).await {
+            Err(RepositoryError::Closed) => Ok(()), // closed already
+            other => other,
+        };
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            // The thread has answered Close and is returning; joining is immediate.
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| RepositoryError::Database(e.into()))?
+                .map_err(|_| RepositoryError::Database("the writer thread panicked".into()))?;
+        }
+        result
+    }
+}
+
+fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut closing = None;
+    while let Some(first) = requests.blocking_recv() {
+        take(first, &mut batch, &mut closing);
+        while batch.len() < MAX_BATCH && closing.is_none() {
+            match requests.try_recv() {
+                Ok(next) => take(next, &mut batch, &mut closing),
+                Err(_) => break,
+            }
+        }
+        commit(&mut conn, &mut batch);
+        if closing.is_some() {
+            break;
+        }
+    }
+    // Refuse new requests, but finish those already queued: they were accepted before the
+    // close took effect and their callers are waiting.
+    requests.close();
+    while let Ok(cmd) = requests.try_recv() {
+        take(cmd, &mut batch, &mut closing);
+        if batch.len() == MAX_BATCH {
+            commit(&mut conn, &mut batch);
+        }
+    }
+    commit(&mut conn, &mut batch);
+    let result = shut(conn);
+    if let Some(reply) = closing {
+        let _ = reply.send(result);
+    }
+}
+
+fn take(cmd: Command, batch: &mut Vec<Write>, closing: &mut Option<oneshot::Sender<Result<(), RepositoryError>>>) {
+    match cmd {
+        Command::Close(reply) => {
+            if let Some(earlier) = closing.replace(reply) {
+                let _ = earlier.send(Ok(()));
+            }
+        }
+        Command::Write(write) => batch.push(write),
+    }
+}
+
+/// Runs the batch in one transaction and answers every caller after the commit.
+fn commit(conn: &mut Connection, batch: &mut Vec<Write>) {
+    if batch.is_empty() {
+        return;
+    }
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = e.to_string();
+            batch.drain(..).map(Outcome::not_applied).for_each(|o| o.fail(&message));
+            return;
+        }
+    };
+    let outcomes: Vec<Outcome> = batch.drain(..).map(|cmd| apply(&tx, cmd)).collect();
+    match tx.commit() {
+        Ok(()) => outcomes.into_iter().for_each(Outcome::send),
+        Err(e) => {
+            tracing::error!(error = %e, writes = outcomes.len(), "sqlite commit failed");
+            let message = e.to_string();
+            outcomes.into_iter().for_each(|o| o.fail(&message));
+        }
+    }
+}
+
+fn apply(conn: &Connection, write: Write) -> Outcome {
+    match write {
+        Write::Insert(order, reply) => Outcome::Insert(reply, insert(conn, order)),
+        Write::ChangeStatus(change, reply) => Outcome::ChangeStatus(reply, change_status(conn, &change)),
+    }
+}
+
+fn insert(conn: &Connection, order: StockOrder) -> Result<Inserted, RepositoryError> {
+    // The writer is the only writer, so check-then-insert cannot race; the UNIQUE constraint
+    // stays as the last line of defence.
+    if let Some(key) = &order.client_order_id
+        && let Some(existing) = rows::by_client_order_id(conn, key).map_err(database)?
+    {
+        return Ok(Inserted::Existing(existing));
+    }
+    rows::insert(conn, &order).map_err(database)?;
+    Ok(Inserted::Created(order))
+}
+
+fn change_status(conn: &Connection, change: &StatusChange) -> Result<Transition, RepositoryError> {
+    if let Some(order) = rows::change_status(conn, change).map_err(database)? {
+        return Ok(Transition::Applied(order));
+    }
+    Ok(match rows::by_id(conn, change.id).map_err(database)? {
+        Some(current) => Transition::Refused(current),
+        None => Transition::NotFound,
+    })
+}
+
+/// Moves the whole WAL into the database file and closes, so the file is complete on its own
+/// (a copy or backup taken after shutdown needs no `-wal` beside it).
+fn shut(conn: Connection) -> Result<(), RepositoryError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(database)?;
+    conn.close().map_err(|(_, e)| database(e))
+}

@@ -1,0 +1,152 @@
+//! Configuration: one clap struct per command, with `env` on every field, so each knob works as
+//! a flag and as an environment variable and `--help` documents them all.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// stockorder: a stock-order service (REST + gRPC) that shuts down without losing a request.
+#[derive(Debug, Parser)]
+#[command(name = "stockorder", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of `serve`, accepted without the word `serve` so `cargo run` starts the service.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// Logging, shared by every command.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The commands of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Drive load at a running server and print throughput and latency.
+    Load(crate::load::LoadArgs),
+}
+
+/// Options of `stockorder serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// HTTP port; 0 picks a free one (the log says which).
+    #[arg(long, env = "PORT", default_value_t = 8082)]
+    pub port: u16,
+
+    /// Where orders are stored: `sqlite://PATH` (created and migrated on start) or a plain path.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db", value_parser = DatabaseUrl::parse)]
+    pub database_url: DatabaseUrl,
+
+    /// Longest the whole shutdown may take (e.g. `30`, `30s`, `1500ms`).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Logging options.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter in `tracing` syntax (e.g. `info`, `stockorder=debug,tower_http=warn`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info", global = true)]
+    pub filter: String,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line, for log shippers (and for tests that read the log).
+    Json,
+}
+
+/// Where orders are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseUrl {
+    /// Parses `sqlite://PATH`, `sqlite:PATH` or a plain file path.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Err("PostgreSQL is not available in this build yet; use sqlite://PATH".into());
+        }
+        let path = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")).unwrap_or(raw);
+        if path.is_empty() {
+            return Err("the SQLite URL names no file (expected sqlite://PATH)".into());
+        }
+        if path == ":memory:" {
+            return Err("an in-memory SQLite database would lose every order; name a file".into());
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+}
+
+/// Parses `30`, `2.5` (seconds), `1500ms`, `30s` or `2m`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, scale) = if let Some(n) = raw.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = raw.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = raw.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (raw, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration (try 30, 30s or 1500ms)"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{raw:?} is not a non-negative duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(DatabaseUrl::parse("sqlite://a/b.db"), Ok(DatabaseUrl::Sqlite("a/b.db".into())));
+        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/x.db"), Ok(DatabaseUrl::Sqlite("/tmp/x.db".into())));
+        assert_eq!(DatabaseUrl::parse("orders.db"), Ok(DatabaseUrl::Sqlite("orders.db".into())));
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+        assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn no_arguments_means_serve_with_defaults() {
+        let cli = Cli::try_parse_from(["stockorder"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.port, 8082);
+        assert_eq!(cli.serve.shutdown_timeout, Duration::from_secs(30));
+        let cli = Cli::try_parse_from(["stockorder", "serve", "--port", "0"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { port: 0, .. }))));
+    }
+}

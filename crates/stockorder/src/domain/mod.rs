@@ -1,0 +1,11 @@
+//! The order domain: what a stock order is, which values are valid, and how its status may
+//! change. Nothing here knows about HTTP, gRPC or SQL, so every adapter shares one definition of
+//! "valid" and one state machine.
+
+mod enums;
+mod order;
+mod validation;
+
+pub use enums::{OrderSide, OrderStatus, OrderType, UnknownVariant};
+pub use order::{NewOrder, OrderId, StockOrder, Timestamp};
+pub use validation::{ClientOrderId, Price, Quantity, RawOrder, Symbol, ValidationError};

@@ -1,0 +1,186 @@
+//! The order entity, its identity and its timestamps.
+
+use std::fmt;
+use std::str::FromStr;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::validation::price_for;
+use super::{ClientOrderId, OrderSide, OrderStatus, OrderType, Price, Quantity, Symbol, ValidationError};
+
+/// An order's identity: a UUIDv7, so ids sort by creation time and new rows append to the end of
+/// the primary-key index instead of landing at random pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderId(Uuid);
+
+impl OrderId {
+    /// A fresh, time-ordered id (monotonic within this process).
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Wraps an id read back from storage.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// The underlying UUID.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl FromStr for OrderId {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::try_parse(s)
+            .map(Self)
+            .map_err(|_| ValidationError::new("order_id", format!("must be a UUID, got {s:?}")))
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// A UTC instant with microsecond precision: the precision both SQLite (as integer micros) and
+/// PostgreSQL (`timestamptz`) keep, so an order reads back exactly as it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp(OffsetDateTime);
+
+impl Timestamp {
+    /// The current time, truncated to microseconds.
+    pub fn now() -> Self {
+        let now = OffsetDateTime::now_utc();
+        let micros = now.unix_timestamp_nanos() / 1_000;
+        Self::from_unix_micros(micros as i64).unwrap_or(Self(now))
+    }
+
+    /// Microseconds since the Unix epoch; `None` outside the range `time` can represent.
+    pub fn from_unix_micros(micros: i64) -> Option<Self> {
+        OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000).ok().map(Self)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn unix_micros(&self) -> i64 {
+        (self.0.unix_timestamp_nanos() / 1_000) as i64
+    }
+
+    /// The instant as an `OffsetDateTime` (UTC).
+    pub fn as_datetime(&self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+/// A create request that passed validation: the only way to place an order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOrder {
+    /// Upper-cased ticker.
+    pub symbol: Symbol,
+    /// Market or limit.
+    pub order_type: OrderType,
+    /// Buy or sell.
+    pub order_side: OrderSide,
+    /// Shares.
+    pub quantity: Quantity,
+    /// Present exactly for LIMIT orders.
+    pub price: Option<Price>,
+    /// Idempotency key, when the client gave one.
+    pub client_order_id: Option<ClientOrderId>,
+}
+
+impl NewOrder {
+    /// Builds a request from already-valid fields, applying the rules that tie them together
+    /// (a LIMIT order needs a price, a MARKET order has none).
+    pub fn new(
+        symbol: Symbol,
+        order_type: OrderType,
+        order_side: OrderSide,
+        quantity: Quantity,
+        price: Option<f64>,
+        client_order_id: Option<ClientOrderId>,
+    ) -> Result<Self, ValidationError> {
+        let price = price_for(order_type, price)?;
+        Ok(Self { symbol, order_type, order_side, quantity, price, client_order_id })
+    }
+
+    /// Whether `order` was placed with exactly these parameters: what decides between replaying
+    /// an idempotent create and refusing a reused `client_order_id`.
+    pub fn matches(&self, order: &StockOrder) -> bool {
+        self.symbol == order.symbol
+            && self.order_type == order.order_type
+            && self.order_side == order.order_side
+            && self.quantity == order.quantity
+            && self.price == order.price
+    }
+}
+
+/// A stock order as stored and served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StockOrder {
+    /// Time-ordered identity.
+    pub id: OrderId,
+    /// The client's idempotency key, if any.
+    pub client_order_id: Option<ClientOrderId>,
+    /// Upper-cased ticker.
+    pub symbol: Symbol,
+    /// Market or limit.
+    pub order_type: OrderType,
+    /// Buy or sell.
+    pub order_side: OrderSide,
+    /// Shares.
+    pub quantity: Quantity,
+    /// Limit price; `None` for market orders.
+    pub price: Option<Price>,
+    /// Where the order is in its life.
+    pub status: OrderStatus,
+    /// Free text, e.g. why an order was rejected; `None` when there is nothing to say.
+    pub description: Option<String>,
+    /// When the order was accepted.
+    pub created_at: Timestamp,
+    /// When the status last changed (equal to `created_at` until then).
+    pub updated_at: Timestamp,
+}
+
+impl StockOrder {
+    /// A freshly accepted order: `PENDING`, both timestamps `now`.
+    pub fn pending(new: NewOrder, id: OrderId, now: Timestamp) -> Self {
+        Self {
+            id,
+            client_order_id: new.client_order_id,
+            symbol: new.symbol,
+            order_type: new.order_type,
+            order_side: new.order_side,
+            quantity: new.quantity,
+            price: new.price,
+            status: OrderStatus::Pending,
+            description: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_time_ordered_and_round_trip_as_text() {
+        let a = OrderId::generate();
+        let b = OrderId::generate();
+        assert!(a < b, "UUIDv7 generated later sorts later");
+        assert_eq!(a.to_string().parse::<OrderId>().unwrap(), a);
+        assert_eq!("not-a-uuid".parse::<OrderId>().unwrap_err().field, "order_id");
+    }
+
+    #[test]
+    fn timestamps_round_trip_through_micros() {
+        let t = Timestamp::now();
+        assert_eq!(Timestamp::from_unix_micros(t.unix_micros()), Some(t));
+    }
+}

@@ -1,0 +1,17 @@
+//! stockorder: a stock-order service with a REST API over a hexagonal core, built to show how a
+//! production service shuts down without losing or breaking a request.
+//!
+//! Layers, inner to outer: [`domain`] (orders, validation, state machine) ← [`port`] (traits) ←
+//! [`service`] (business rules) ← [`adapter`] (HTTP, SQLite). [`app`] wires them together.
+
+#![warn(missing_docs)]
+
+pub mod adapter;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod load;
+pub mod port;
+pub mod service;
+pub mod signal;
+pub mod telemetry;

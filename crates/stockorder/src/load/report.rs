@@ -1,0 +1,160 @@
+//! What the load generator counts, and how it prints it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// What one request's client saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// An HTTP answer with this status.
+    Status(u16),
+    /// The connection was refused (nothing listening).
+    Refused,
+    /// The connection was reset by the peer.
+    Reset,
+    /// The connection closed before an answer arrived.
+    Closed,
+    /// Any other transport failure.
+    Other,
+}
+
+impl Outcome {
+    pub(super) fn from_connect(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+            std::io::ErrorKind::ConnectionReset => Outcome::Reset,
+            _ => Outcome::Other,
+        }
+    }
+
+    pub(super) fn from_hyper(e: &hyper::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => Outcome::Reset,
+                    std::io::ErrorKind::UnexpectedEof => Outcome::Closed,
+                    _ => Outcome::Other,
+                };
+            }
+            source = err.source();
+        }
+        if e.is_incomplete_message() || e.is_canceled() { Outcome::Closed } else { Outcome::Other }
+    }
+
+    pub(super) fn label(self) -> String {
+        match self {
+            Outcome::Status(s) => format!("HTTP {s}"),
+            Outcome::Refused => "refused".into(),
+            Outcome::Reset => "reset".into(),
+            Outcome::Closed => "closed without answer".into(),
+            Outcome::Other => "other error".into(),
+        }
+    }
+
+    fn is_success(self) -> bool {
+        matches!(self, Outcome::Status(s) if (200..300).contains(&s))
+    }
+}
+
+/// Counts and latencies of a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    outcomes: BTreeMap<Outcome, u64>,
+    latencies_us: Vec<u32>,
+    pub(super) elapsed: Duration,
+}
+
+/// The figures of a run, as printed with `--json`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests answered 2xx.
+    pub ok: u64,
+    /// Everything else.
+    pub failed: u64,
+    /// Successful requests per second.
+    pub rate: f64,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Count per outcome.
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+impl Report {
+    pub(super) fn record(&mut self, outcome: Outcome, latency: Duration) {
+        *self.outcomes.entry(outcome).or_default() += 1;
+        self.latencies_us.push(latency.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    pub(super) fn merge(&mut self, other: Report) {
+        for (k, v) in other.outcomes {
+            *self.outcomes.entry(k).or_default() += v;
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    /// The run's figures.
+    pub fn summary(&self) -> Summary {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let pct = |p: f64| {
+            if sorted.is_empty() {
+                return 0.0;
+            }
+            let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(sorted[i]) / 1000.0
+        };
+        let requests: u64 = self.outcomes.values().sum();
+        let ok: u64 = self.outcomes.iter().filter(|(o, _)| o.is_success()).map(|(_, n)| n).sum();
+        Summary {
+            requests,
+            ok,
+            failed: requests - ok,
+            rate: ok as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            p50_ms: pct(0.50),
+            p90_ms: pct(0.90),
+            p99_ms: pct(0.99),
+            max_ms: pct(1.0),
+            outcomes: self.outcomes.iter().map(|(o, n)| (o.label(), *n)).collect(),
+        }
+    }
+
+    pub(super) fn print_table(&self) {
+        let s = self.summary();
+        println!("requests  {:>10}   in {:.1}s", s.requests, self.elapsed.as_secs_f64());
+        println!("ok        {:>10}   {:.0}/s", s.ok, s.rate);
+        println!("failed    {:>10}", s.failed);
+        for (label, n) in &s.outcomes {
+            println!("  {label:<24}{n:>10}");
+        }
+        println!("latency   p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms", s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms);
+    }
+}
+
+/// Prints a progress line to stderr every second until `stop` is set.
+pub(super) async fn progress(sent: Arc<AtomicU64>, stop: Arc<AtomicBool>, started: Instant) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let now = sent.load(Ordering::Relaxed);
+        eprint!("\r{:>6.1}s  {:>10} requests  {:>8}/s", started.elapsed().as_secs_f64(), now, now - last);
+        let _ = std::io::stderr().flush();
+        last = now;
+    }
+    eprintln!();
+}

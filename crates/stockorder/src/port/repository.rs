@@ -1,0 +1,77 @@
+//! The storage port. Implemented by the SQLite and PostgreSQL adapters; the service layer is
+//! written against this trait only.
+
+use std::future::Future;
+
+use crate::domain::{OrderId, OrderStatus, StockOrder, Timestamp};
+
+use super::ListQuery;
+
+/// The outcome of storing a new order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// The order was stored (and is durable: the write committed before this was returned).
+    Created(StockOrder),
+    /// An order with the same `client_order_id` already exists; nothing was written. The
+    /// service decides whether this is a replay or a conflict.
+    Existing(StockOrder),
+}
+
+/// A conditional status change: applied only if the order is still in `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    /// The order to change.
+    pub id: OrderId,
+    /// The status the order must be in for the change to apply.
+    pub from: OrderStatus,
+    /// The new status.
+    pub to: OrderStatus,
+    /// Replaces the description when `Some` (e.g. a rejection reason).
+    pub description: Option<String>,
+    /// The new `updated_at`.
+    pub at: Timestamp,
+}
+
+/// The outcome of a [`StatusChange`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// Applied and durable; the order as it now is.
+    Applied(StockOrder),
+    /// No such order.
+    NotFound,
+    /// The order exists but was not in `from` (someone else won the race); as it now is.
+    Refused(StockOrder),
+}
+
+/// Why storage could not answer. None of these is a client mistake.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// The store was closed (the service is shutting down).
+    #[error("the order store is closed")]
+    Closed,
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored row could not be read back as an order.
+    #[error("stored order is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// Durable storage of orders.
+///
+/// Every write is committed before its future resolves: an `Ok` means the change survives a
+/// crash. Status changes are conditional so concurrent writers have exactly one winner.
+pub trait OrderRepository: Send + Sync + 'static {
+    /// Stores a new order, unless one with the same `client_order_id` exists.
+    fn insert(&self, order: StockOrder) -> impl Future<Output = Result<Inserted, RepositoryError>> + Send;
+
+    /// Reads one order.
+    fn get(&self, id: OrderId) -> impl Future<Output = Result<Option<StockOrder>, RepositoryError>> + Send;
+
+    /// Reads up to `limit` matching orders, newest first, strictly older than the page token.
+    /// The caller asks for one more than it serves to learn whether a next page exists.
+    fn list(&self, query: ListQuery, limit: u32) -> impl Future<Output = Result<Vec<StockOrder>, RepositoryError>> + Send;
+
+    /// Applies a conditional status change.
+    fn change_status(&self, change: StatusChange) -> impl Future<Output = Result<Transition, RepositoryError>> + Send;
+}

@@ -1,0 +1,67 @@
+//! The driving port: what the REST and gRPC adapters call. Errors are per cause so each adapter
+//! can map them to its own status codes without inspecting messages.
+
+use std::future::Future;
+
+use crate::domain::{NewOrder, OrderId, OrderStatus, StockOrder};
+
+use super::{ListQuery, Page, RepositoryError};
+
+/// A successful create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The stored order.
+    pub order: StockOrder,
+    /// True when this was a retry of an earlier create with the same `client_order_id` and
+    /// parameters: nothing new was placed (REST answers 200 instead of 201).
+    pub replayed: bool,
+}
+
+/// Why an order operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// No order has this id.
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    /// Only pending orders can be cancelled.
+    #[error("order {id} is {status} and can no longer be cancelled")]
+    NotCancellable {
+        /// The order.
+        id: OrderId,
+        /// Its (final) status.
+        status: OrderStatus,
+    },
+    /// The `client_order_id` belongs to an order with different parameters.
+    #[error("client_order_id {0:?} was already used for an order with different parameters")]
+    ClientOrderIdReused(String),
+    /// The service is shutting down and takes no new work.
+    #[error("the service is shutting down; retry on another instance")]
+    Unavailable,
+    /// Storage failed; the client did nothing wrong.
+    #[error("internal error")]
+    Internal(#[source] RepositoryError),
+}
+
+impl From<RepositoryError> for OrderError {
+    fn from(e: RepositoryError) -> Self {
+        match e {
+            RepositoryError::Closed => OrderError::Unavailable,
+            other => OrderError::Internal(other),
+        }
+    }
+}
+
+/// The order operations of the service, shared by every API.
+pub trait OrderService: Send + Sync + 'static {
+    /// Places an order, or replays an earlier create with the same `client_order_id`.
+    fn create(&self, order: NewOrder) -> impl Future<Output = Result<Created, OrderError>> + Send;
+
+    /// Reads one order.
+    fn get(&self, id: OrderId) -> impl Future<Output = Result<StockOrder, OrderError>> + Send;
+
+    /// Lists orders newest first, one page at a time.
+    fn list(&self, query: ListQuery) -> impl Future<Output = Result<Page, OrderError>> + Send;
+
+    /// Cancels a pending order.
+    fn cancel(&self, id: OrderId) -> impl Future<Output = Result<StockOrder, OrderError>> + Send;
+}
