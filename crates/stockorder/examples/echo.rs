@@ -16,7 +16,10 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".into());
     let app = Router::new()
         .route("/api/orders", post(|Json(body): Json<Value>| async move { Json(body) }))
-        .route("/api/orders/{id}", get(|Path(id): Path<String>| async move { Json(json!({ "id": id })) }));
+        .route(
+            "/api/orders/{id}",
+            get(|Path(id): Path<String>| async move { Json(json!({ "id": id })) }),
+        );
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("echo listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await

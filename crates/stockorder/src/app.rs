@@ -56,10 +56,19 @@ impl Application {
         let store = SqliteStore::open(path)?;
         tracing::info!(database = %path.display(), "database ready");
         let addr = SocketAddr::new(args.host, args.port);
-        let http_listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
-        let http_addr = http_listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?;
+        let http_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
         let desk = Arc::new(OrderDesk::new(store.clone()));
-        Ok(Self { http_listener, http_addr, store, desk })
+        Ok(Self {
+            http_listener,
+            http_addr,
+            store,
+            desk,
+        })
     }
 
     /// The bound HTTP address.

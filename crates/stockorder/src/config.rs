@@ -87,7 +87,10 @@ impl DatabaseUrl {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Err("PostgreSQL is not available in this build yet; use sqlite://PATH".into());
         }
-        let path = raw.strip_prefix("sqlite://").or_else(|| raw.strip_prefix("sqlite:")).unwrap_or(raw);
+        let path = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+            .unwrap_or(raw);
         if path.is_empty() {
             return Err("the SQLite URL names no file (expected sqlite://PATH)".into());
         }
@@ -133,9 +136,18 @@ mod tests {
 
     #[test]
     fn database_urls() {
-        assert_eq!(DatabaseUrl::parse("sqlite://a/b.db"), Ok(DatabaseUrl::Sqlite("a/b.db".into())));
-        assert_eq!(DatabaseUrl::parse("sqlite:///tmp/x.db"), Ok(DatabaseUrl::Sqlite("/tmp/x.db".into())));
-        assert_eq!(DatabaseUrl::parse("orders.db"), Ok(DatabaseUrl::Sqlite("orders.db".into())));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://a/b.db"),
+            Ok(DatabaseUrl::Sqlite("a/b.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db"),
+            Ok(DatabaseUrl::Sqlite("/tmp/x.db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("orders.db"),
+            Ok(DatabaseUrl::Sqlite("orders.db".into()))
+        );
         assert!(DatabaseUrl::parse("sqlite://").is_err());
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
     }

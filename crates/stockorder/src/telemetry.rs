@@ -13,7 +13,10 @@ pub fn init(args: &LogArgs) {
     };
     // Colour only for a person at a terminal; escape codes in a log file are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi);
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),

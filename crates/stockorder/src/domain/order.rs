@@ -62,7 +62,9 @@ impl Timestamp {
 
     /// Microseconds since the Unix epoch; `None` outside the range `time` can represent.
     pub fn from_unix_micros(micros: i64) -> Option<Self> {
-        OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000).ok().map(Self)
+        OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000)
+            .ok()
+            .map(Self)
     }
 
     /// Microseconds since the Unix epoch.
@@ -105,7 +107,14 @@ impl NewOrder {
         client_order_id: Option<ClientOrderId>,
     ) -> Result<Self, ValidationError> {
         let price = price_for(order_type, price)?;
-        Ok(Self { symbol, order_type, order_side, quantity, price, client_order_id })
+        Ok(Self {
+            symbol,
+            order_type,
+            order_side,
+            quantity,
+            price,
+            client_order_id,
+        })
     }
 
     /// Whether `order` was placed with exactly these parameters: what decides between replaying

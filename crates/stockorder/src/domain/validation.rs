@@ -19,7 +19,10 @@ pub struct ValidationError {
 impl ValidationError {
     /// A refusal of `field` for `reason` (which reads after the field name).
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 
     fn required(field: &'static str) -> Self {
@@ -48,7 +51,10 @@ impl Symbol {
                 format!("must be at most {} characters, got {}", Self::MAX_LEN, raw.len()),
             ));
         }
-        if let Some(bad) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '-')) {
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '-'))
+        {
             return Err(ValidationError::new(
                 "symbol",
                 format!("may contain only letters, digits, '.' and '-', found {bad:?}"),
@@ -102,7 +108,10 @@ impl Price {
         if raw.is_finite() && raw > 0.0 {
             Ok(Self(raw))
         } else {
-            Err(ValidationError::new("price", format!("must be a finite number greater than 0, got {raw}")))
+            Err(ValidationError::new(
+                "price",
+                format!("must be a finite number greater than 0, got {raw}"),
+            ))
         }
     }
 
@@ -181,7 +190,9 @@ where
 {
     match raw {
         None | Some("") => Err(ValidationError::required(field)),
-        Some(s) => s.parse().map_err(|e: super::UnknownVariant| ValidationError::new(field, e.to_string())),
+        Some(s) => s
+            .parse()
+            .map_err(|e: super::UnknownVariant| ValidationError::new(field, e.to_string())),
     }
 }
 
@@ -193,7 +204,7 @@ pub(super) fn price_for(order_type: OrderType, price: Option<f64>) -> Result<Opt
         (OrderType::Limit, None) => Err(ValidationError::new("price", "is required for LIMIT orders")),
         (OrderType::Limit, Some(p)) => Price::parse(p).map(Some),
         (OrderType::Market, None) => Ok(None),
-        (OrderType::Market, Some(p)) if p == 0.0 => Ok(None),
+        (OrderType::Market, Some(0.0)) => Ok(None),
         (OrderType::Market, Some(_)) => Err(ValidationError::new(
             "price",
             "must be omitted for MARKET orders (they execute at the market price)",
@@ -249,32 +260,110 @@ mod tests {
             assert_eq!(e.field, "quantity");
             assert!(e.reason.contains(&bad.to_string()));
         }
-        assert_eq!(field_of(RawOrder { quantity: None, ..raw() }), "quantity");
+        assert_eq!(
+            field_of(RawOrder {
+                quantity: None,
+                ..raw()
+            }),
+            "quantity"
+        );
     }
 
     #[test]
     fn price_rules_depend_on_type() {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            assert_eq!(field_of(RawOrder { price: Some(bad), ..raw() }), "price");
+            assert_eq!(
+                field_of(RawOrder {
+                    price: Some(bad),
+                    ..raw()
+                }),
+                "price"
+            );
         }
         let e = RawOrder { price: None, ..raw() }.validate().unwrap_err();
         assert_eq!(e.to_string(), "price is required for LIMIT orders");
 
-        let market = RawOrder { order_type: Some("MARKET".into()), ..raw() };
-        assert_eq!(field_of(market.clone()), "price", "a MARKET order with a price is refused");
-        assert!(RawOrder { price: None, ..market.clone() }.validate().unwrap().price.is_none());
-        assert!(RawOrder { price: Some(0.0), ..market }.validate().unwrap().price.is_none());
+        let market = RawOrder {
+            order_type: Some("MARKET".into()),
+            ..raw()
+        };
+        assert_eq!(
+            field_of(market.clone()),
+            "price",
+            "a MARKET order with a price is refused"
+        );
+        assert!(
+            RawOrder {
+                price: None,
+                ..market.clone()
+            }
+            .validate()
+            .unwrap()
+            .price
+            .is_none()
+        );
+        assert!(
+            RawOrder {
+                price: Some(0.0),
+                ..market
+            }
+            .validate()
+            .unwrap()
+            .price
+            .is_none()
+        );
     }
 
     #[test]
     fn enums_and_keys() {
-        assert_eq!(field_of(RawOrder { order_type: Some("STOP".into()), ..raw() }), "order_type");
-        assert_eq!(field_of(RawOrder { order_type: None, ..raw() }), "order_type");
-        assert_eq!(field_of(RawOrder { order_side: Some("".into()), ..raw() }), "order_side");
-        assert_eq!(field_of(RawOrder { client_order_id: Some("".into()), ..raw() }), "client_order_id");
-        assert_eq!(field_of(RawOrder { client_order_id: Some("a b".into()), ..raw() }), "client_order_id");
-        assert_eq!(field_of(RawOrder { client_order_id: Some("x".repeat(65)), ..raw() }), "client_order_id");
-        let ok = RawOrder { client_order_id: Some("batch-7/42".into()), ..raw() }.validate().unwrap();
+        assert_eq!(
+            field_of(RawOrder {
+                order_type: Some("STOP".into()),
+                ..raw()
+            }),
+            "order_type"
+        );
+        assert_eq!(
+            field_of(RawOrder {
+                order_type: None,
+                ..raw()
+            }),
+            "order_type"
+        );
+        assert_eq!(
+            field_of(RawOrder {
+                order_side: Some("".into()),
+                ..raw()
+            }),
+            "order_side"
+        );
+        assert_eq!(
+            field_of(RawOrder {
+                client_order_id: Some("".into()),
+                ..raw()
+            }),
+            "client_order_id"
+        );
+        assert_eq!(
+            field_of(RawOrder {
+                client_order_id: Some("a b".into()),
+                ..raw()
+            }),
+            "client_order_id"
+        );
+        assert_eq!(
+            field_of(RawOrder {
+                client_order_id: Some("x".repeat(65)),
+                ..raw()
+            }),
+            "client_order_id"
+        );
+        let ok = RawOrder {
+            client_order_id: Some("batch-7/42".into()),
+            ..raw()
+        }
+        .validate()
+        .unwrap();
         assert_eq!(ok.client_order_id.unwrap().as_str(), "batch-7/42");
     }
 }

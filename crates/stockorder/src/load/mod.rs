@@ -106,11 +106,16 @@ fn post_order(addr: &str) -> Request<Full<Bytes>> {
 fn request(addr: &str, method: &str, path: &str, body: Option<&'static str>) -> Request<Full<Bytes>> {
     let builder = Request::builder().method(method).uri(path).header("host", addr);
     let (builder, body) = match body {
-        Some(b) => (builder.header("content-type", "application/json"), Full::new(Bytes::from_static(b.as_bytes()))),
+        Some(b) => (
+            builder.header("content-type", "application/json"),
+            Full::new(Bytes::from_static(b.as_bytes())),
+        ),
         None => (builder, Full::new(Bytes::new())),
     };
     // Every part above is a constant or a validated address; building cannot fail.
-    builder.body(body).unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
 }
 
 /// One keep-alive connection; the task driving it is aborted when this is dropped.
@@ -123,7 +128,9 @@ impl Conn {
     async fn open(addr: &str) -> Result<Self, Outcome> {
         let stream = TcpStream::connect(addr).await.map_err(|e| Outcome::from_connect(&e))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| Outcome::from_hyper(&e))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Outcome::from_hyper(&e))?;
         let driver = tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -132,9 +139,18 @@ impl Conn {
 
     async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(hyper::StatusCode, Bytes), Outcome> {
         self.sender.ready().await.map_err(|e| Outcome::from_hyper(&e))?;
-        let response = self.sender.send_request(req).await.map_err(|e| Outcome::from_hyper(&e))?;
+        let response = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| Outcome::from_hyper(&e))?;
         let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| Outcome::from_hyper(&e))?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Outcome::from_hyper(&e))?
+            .to_bytes();
         Ok((status, body))
     }
 }
@@ -162,7 +178,10 @@ async fn drive(args: &LoadArgs, ids: Arc<Vec<String>>) -> Report {
             let mut conn: Option<Conn> = None;
             let mut n = worker;
             while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_err() {
+                if budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                    .is_err()
+                {
                     break;
                 }
                 let req = match scenario {
@@ -171,7 +190,9 @@ async fn drive(args: &LoadArgs, ids: Arc<Vec<String>>) -> Report {
                         n = (n + 7919) % ids.len().max(1);
                         let path = format!("/api/orders/{}", ids.get(n).map(String::as_str).unwrap_or("0"));
                         let builder = Request::builder().uri(path).header("host", addr.as_str());
-                        builder.body(Full::new(Bytes::new())).unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+                        builder
+                            .body(Full::new(Bytes::new()))
+                            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
                     }
                     Scenario::List => request(&addr, "GET", "/api/orders?limit=100", None),
                 };

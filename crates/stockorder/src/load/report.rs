@@ -44,7 +44,11 @@ impl Outcome {
             }
             source = err.source();
         }
-        if e.is_incomplete_message() || e.is_canceled() { Outcome::Closed } else { Outcome::Other }
+        if e.is_incomplete_message() || e.is_canceled() {
+            Outcome::Closed
+        } else {
+            Outcome::Other
+        }
     }
 
     pub(super) fn label(self) -> String {
@@ -118,7 +122,12 @@ impl Report {
             f64::from(sorted[i]) / 1000.0
         };
         let requests: u64 = self.outcomes.values().sum();
-        let ok: u64 = self.outcomes.iter().filter(|(o, _)| o.is_success()).map(|(_, n)| n).sum();
+        let ok: u64 = self
+            .outcomes
+            .iter()
+            .filter(|(o, _)| o.is_success())
+            .map(|(_, n)| n)
+            .sum();
         Summary {
             requests,
             ok,
@@ -140,7 +149,10 @@ impl Report {
         for (label, n) in &s.outcomes {
             println!("  {label:<24}{n:>10}");
         }
-        println!("latency   p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms", s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms);
+        println!(
+            "latency   p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
+        );
     }
 }
 
@@ -152,7 +164,12 @@ pub(super) async fn progress(sent: Arc<AtomicU64>, stop: Arc<AtomicBool>, starte
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let now = sent.load(Ordering::Relaxed);
-        eprint!("\r{:>6.1}s  {:>10} requests  {:>8}/s", started.elapsed().as_secs_f64(), now, now - last);
+        eprint!(
+            "\r{:>6.1}s  {:>10} requests  {:>8}/s",
+            started.elapsed().as_secs_f64(),
+            now,
+            now - last
+        );
         let _ = std::io::stderr().flush();
         last = now;
     }

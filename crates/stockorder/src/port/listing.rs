@@ -17,7 +17,10 @@ impl PageLimit {
     pub fn parse(raw: i64) -> Result<Self, ValidationError> {
         match u32::try_from(raw) {
             Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Self(n)),
-            _ => Err(ValidationError::new("limit", format!("must be from 1 to {}, got {raw}", Self::MAX))),
+            _ => Err(ValidationError::new(
+                "limit",
+                format!("must be from 1 to {}, got {raw}", Self::MAX),
+            )),
         }
     }
 
@@ -61,7 +64,9 @@ impl PageToken {
         if raw.len() != 32 || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
-        uuid::Uuid::try_parse(raw).map(|u| Self(OrderId::from_uuid(u))).map_err(|_| bad())
+        uuid::Uuid::try_parse(raw)
+            .map(|u| Self(OrderId::from_uuid(u)))
+            .map_err(|_| bad())
     }
 }
 

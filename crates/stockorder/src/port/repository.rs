@@ -70,7 +70,11 @@ pub trait OrderRepository: Send + Sync + 'static {
 
     /// Reads up to `limit` matching orders, newest first, strictly older than the page token.
     /// The caller asks for one more than it serves to learn whether a next page exists.
-    fn list(&self, query: ListQuery, limit: u32) -> impl Future<Output = Result<Vec<StockOrder>, RepositoryError>> + Send;
+    fn list(
+        &self,
+        query: ListQuery,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StockOrder>, RepositoryError>> + Send;
 
     /// Applies a conditional status change.
     fn change_status(&self, change: StatusChange) -> impl Future<Output = Result<Transition, RepositoryError>> + Send;

@@ -3,8 +3,7 @@
 
 use crate::domain::{NewOrder, OrderId, OrderStatus, StockOrder, Timestamp};
 use crate::port::{
-    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, StatusChange,
-    Transition,
+    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, StatusChange, Transition,
 };
 
 /// The order desk: takes orders, answers for them, cancels them. Generic over the repository so
@@ -31,9 +30,15 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
         let order = StockOrder::pending(new.clone(), OrderId::generate(), Timestamp::now());
         match self.repository.insert(order).await? {
             Inserted::Created(order) => Ok(Created { order, replayed: false }),
-            Inserted::Existing(existing) if new.matches(&existing) => Ok(Created { order: existing, replayed: true }),
+            Inserted::Existing(existing) if new.matches(&existing) => Ok(Created {
+                order: existing,
+                replayed: true,
+            }),
             Inserted::Existing(existing) => Err(OrderError::ClientOrderIdReused(
-                existing.client_order_id.map(|k| k.as_str().to_owned()).unwrap_or_default(),
+                existing
+                    .client_order_id
+                    .map(|k| k.as_str().to_owned())
+                    .unwrap_or_default(),
             )),
         }
     }
@@ -66,7 +71,10 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
         match self.repository.change_status(change).await? {
             Transition::Applied(order) => Ok(order),
             Transition::NotFound => Err(OrderError::NotFound(id)),
-            Transition::Refused(order) => Err(OrderError::NotCancellable { id, status: order.status }),
+            Transition::Refused(order) => Err(OrderError::NotCancellable {
+                id,
+                status: order.status,
+            }),
         }
     }
 }

@@ -28,7 +28,10 @@ struct ErrorBody<'a> {
 impl ApiError {
     /// An error with an explicit status, for causes outside the order domain (unknown route…).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -36,7 +39,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(ErrorBody { error: &self.message })).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static(RETRY_AFTER_SECS));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(RETRY_AFTER_SECS));
         }
         response
     }
@@ -76,7 +81,10 @@ impl From<JsonRejection> for ApiError {
             ),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than the limit of {} bytes", super::MAX_BODY_BYTES),
+                format!(
+                    "request body is larger than the limit of {} bytes",
+                    super::MAX_BODY_BYTES
+                ),
             ),
             other => Self::new(other.status(), other.body_text()),
         }

@@ -35,10 +35,19 @@ pub async fn create_order<S: OrderService>(
     let Json(body) = body?;
     let new = RawOrder::from(body).validate()?;
     let created = state.service.create(new).await?;
-    let status = if created.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if created.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let location = HeaderValue::try_from(format!("/api/orders/{}", created.order.id))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok((status, [(header::LOCATION, location)], Json(OrderBody::from(&created.order))).into_response())
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(OrderBody::from(&created.order)),
+    )
+        .into_response())
 }
 
 pub async fn get_order<S: OrderService>(
@@ -72,7 +81,9 @@ pub async fn cancel_order<S: OrderService>(
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
     state.service.cancel(id.parse::<OrderId>()?).await?;
-    Ok(Json(MessageBody { message: "order cancelled successfully" }))
+    Ok(Json(MessageBody {
+        message: "order cancelled successfully",
+    }))
 }
 
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -80,7 +91,10 @@ pub async fn no_route(method: Method, uri: Uri) -> ApiError {
 }
 
 pub async fn wrong_method(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 fn list_query(p: &ListParams) -> Result<ListQuery, ValidationError> {
@@ -90,13 +104,19 @@ fn list_query(p: &ListParams) -> Result<ListQuery, ValidationError> {
         status: p
             .status
             .as_deref()
-            .map(|s| s.parse().map_err(|e: crate::domain::UnknownVariant| ValidationError::new("status", e.to_string())))
+            .map(|s| {
+                s.parse()
+                    .map_err(|e: crate::domain::UnknownVariant| ValidationError::new("status", e.to_string()))
+            })
             .transpose()?,
         symbol: p.symbol.as_deref().map(Symbol::parse).transpose()?,
         side: p
             .side
             .as_deref()
-            .map(|s| s.parse().map_err(|e: crate::domain::UnknownVariant| ValidationError::new("side", e.to_string())))
+            .map(|s| {
+                s.parse()
+                    .map_err(|e: crate::domain::UnknownVariant| ValidationError::new("side", e.to_string()))
+            })
             .transpose()?,
     })
 }

@@ -29,7 +29,10 @@ pub struct HttpState<S> {
 
 impl<S> Clone for HttpState<S> {
     fn clone(&self) -> Self {
-        Self { service: Arc::clone(&self.service), ready: self.ready.clone() }
+        Self {
+            service: Arc::clone(&self.service),
+            ready: self.ready.clone(),
+        }
     }
 }
 
@@ -38,7 +41,10 @@ pub fn router<S: OrderService>(service: Arc<S>, ready: watch::Receiver<bool>) ->
     Router::new()
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready::<S>))
-        .route("/api/orders", post(handlers::create_order::<S>).get(handlers::list_orders::<S>))
+        .route(
+            "/api/orders",
+            post(handlers::create_order::<S>).get(handlers::list_orders::<S>),
+        )
         .route("/api/orders/{id}", get(handlers::get_order::<S>))
         .route("/api/orders/{id}/cancel", post(handlers::cancel_order::<S>))
         .fallback(handlers::no_route)

@@ -57,13 +57,21 @@ impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`, and starts its writer.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| OpenError::Open { path: path.clone(), source };
+        let open_err = |source| OpenError::Open {
+            path: path.clone(),
+            source,
+        };
         let mut conn = Connection::open(&path).map_err(open_err)?;
         schema::configure_writer(&conn).map_err(open_err)?;
-        schema::migrate(&mut conn).map_err(|source| OpenError::Migrate { path: path.clone(), source })?;
+        schema::migrate(&mut conn).map_err(|source| OpenError::Migrate {
+            path: path.clone(),
+            source,
+        })?;
         let writer = writer::Writer::spawn(conn)?;
         let readers = readers::ReadPool::new(path.clone());
-        Ok(Self { inner: Arc::new(Inner { path, writer, readers }) })
+        Ok(Self {
+            inner: Arc::new(Inner { path, writer, readers }),
+        })
     }
 
     /// The database file.

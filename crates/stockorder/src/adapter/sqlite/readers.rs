@@ -24,7 +24,11 @@ pub(super) struct ReadPool {
 
 impl ReadPool {
     pub(super) fn new(path: PathBuf) -> Self {
-        Self { path, idle: Mutex::new(Vec::new()), closed: AtomicBool::new(false) }
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {

@@ -40,7 +40,9 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<StockOrder> {
         order_type: order_type.parse().map_err(|_| corrupt("order_type", &order_type))?,
         order_side: order_side.parse().map_err(|_| corrupt("order_side", &order_side))?,
         quantity: Quantity::parse(quantity).map_err(|_| corrupt("quantity", quantity))?,
-        price: price.map(|p| Price::parse(p).map_err(|_| corrupt("price", p))).transpose()?,
+        price: price
+            .map(|p| Price::parse(p).map_err(|_| corrupt("price", p)))
+            .transpose()?,
         status: status.parse().map_err(|_| corrupt("status", &status))?,
         description: row.get(8)?,
         created_at: Timestamp::from_unix_micros(created_at).ok_or_else(|| corrupt("created_at", created_at))?,

@@ -78,13 +78,17 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
         .map_err(failed(0))? as usize;
     if found > SCHEMA_VERSION {
-        return Err(MigrationError::TooNew { found, supported: SCHEMA_VERSION });
+        return Err(MigrationError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
         let version = index + 1;
         let tx = conn.transaction().map_err(failed(version))?;
         tx.execute_batch(sql).map_err(failed(version))?;
-        tx.pragma_update(None, "user_version", version as i64).map_err(failed(version))?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(failed(version))?;
         tx.commit().map_err(failed(version))?;
         tracing::info!(version, "applied database migration");
     }

@@ -89,12 +89,18 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run(conn, requests))?;
-        Ok(Self { queue, thread: std::sync::Mutex::new(Some(thread)) })
+        Ok(Self {
+            queue,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, RepositoryError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(make(reply)).await.map_err(|_| RepositoryError::Closed)?;
+        self.queue
+            .send(make(reply))
+            .await
+            .map_err(|_| RepositoryError::Closed)?;
         // A dropped reply means the writer stopped before reaching this request.
         answer.await.map_err(|_| RepositoryError::Closed)?
     }
@@ -104,7 +110,8 @@ impl Writer {
     }
 
     pub(super) async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
-        self.call(|reply| Command::Write(Write::ChangeStatus(change, reply))).await
+        self.call(|reply| Command::Write(Write::ChangeStatus(change, reply)))
+            .await
     }
 
     /// Commits everything queued, checkpoints and closes the connection, and joins the thread.
@@ -225,6 +232,7 @@ fn change_status(conn: &Connection, change: &StatusChange) -> Result<Transition,
 /// Moves the whole WAL into the database file and closes, so the file is complete on its own
 /// (a copy or backup taken after shutdown needs no `-wal` beside it).
 fn shut(conn: Connection) -> Result<(), RepositoryError> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(database)?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(database)?;
     conn.close().map_err(|(_, e)| database(e))
 }
