@@ -16,6 +16,9 @@ use crate::service::OrderDesk;
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// `DATABASE_URL` names no store this build can use.
+    #[error("invalid DATABASE_URL: {0}")]
+    DatabaseUrl(String),
     /// The database could not be opened.
     #[error(transparent)]
     Database(#[from] OpenError),
@@ -52,8 +55,8 @@ impl Application {
     /// Opens the database and binds the listeners. After this returns the ports are known
     /// ([`Application::http_addr`]) even when 0 was asked for.
     pub async fn build(args: &ServeArgs) -> Result<Self, StartupError> {
-        let DatabaseUrl::Sqlite(path) = &args.database_url;
-        let store = SqliteStore::open(path)?;
+        let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
+        let store = SqliteStore::open(&path)?;
         tracing::info!(database = %path.display(), "database ready");
         let addr = SocketAddr::new(args.host, args.port);
         let http_listener = TcpListener::bind(addr)

@@ -45,8 +45,10 @@ pub struct ServeArgs {
     pub port: u16,
 
     /// Where orders are stored: `sqlite://PATH` (created and migrated on start) or a plain path.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db", value_parser = DatabaseUrl::parse)]
-    pub database_url: DatabaseUrl,
+    /// Parsed when the service starts ([`DatabaseUrl::parse`]), so a value meant for another
+    /// tool does not break commands that never open a database.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db")]
+    pub database_url: String,
 
     /// Longest the whole shutdown may take (e.g. `30`, `30s`, `1500ms`).
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -153,12 +155,22 @@ mod tests {
     }
 
     #[test]
-    fn no_arguments_means_serve_with_defaults() {
-        let cli = Cli::try_parse_from(["stockorder"]).unwrap();
+    fn no_arguments_means_serve_and_flags_override_env() {
+        // Defaults are checked only where the environment (e.g. CI's DATABASE_URL) is silent.
+        if std::env::var_os("DATABASE_URL").is_none() {
+            let cli = Cli::try_parse_from(["stockorder"]).unwrap();
+            assert_eq!(cli.serve.database_url, "sqlite://stock_orders.db");
+        }
+        let cli = Cli::try_parse_from(["stockorder", "--database-url", "sqlite://d.db"]).unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(cli.serve.port, 8082);
-        assert_eq!(cli.serve.shutdown_timeout, Duration::from_secs(30));
-        let cli = Cli::try_parse_from(["stockorder", "serve", "--port", "0"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Serve(ServeArgs { port: 0, .. }))));
+        if std::env::var_os("PORT").is_none() {
+            assert_eq!(cli.serve.port, 8082);
+        }
+        let cli =
+            Cli::try_parse_from(["stockorder", "serve", "--port", "0", "--database-url", "sqlite://x.db"]).unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!((args.port, args.database_url.as_str()), (0, "sqlite://x.db"));
     }
 }

@@ -21,3 +21,9 @@ async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+// mimalloc: glibc malloc/free was ~8% of request CPU (perf, GET at c64); with mimalloc a create
+// costs ~47 µs of server CPU instead of ~57. Built with `no_thp`: transparent huge pages would
+// back its first arena with 2 MiB pages and push idle RSS from ~8 MB to ~16 MB.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -62,6 +62,8 @@ pub enum Scenario {
     Get,
     /// `GET /api/orders?limit=100`: the first page.
     List,
+    /// `GET /health`: the HTTP stack alone, no database.
+    Health,
 }
 
 const ORDER_BODY: &str = r#"{"symbol":"AAPL","order_type":"MARKET","order_side":"BUY","quantity":100}"#;
@@ -195,6 +197,7 @@ async fn drive(args: &LoadArgs, ids: Arc<Vec<String>>) -> Report {
                             .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
                     }
                     Scenario::List => request(&addr, "GET", "/api/orders?limit=100", None),
+                    Scenario::Health => request(&addr, "GET", "/health", None),
                 };
                 let t0 = Instant::now();
                 let result = match conn.as_mut() {

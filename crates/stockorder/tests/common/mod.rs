@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stockorder::app::Application;
-use stockorder::config::{DatabaseUrl, ServeArgs};
+use stockorder::config::ServeArgs;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -26,7 +26,7 @@ pub fn serve_args(db: &Path) -> ServeArgs {
     ServeArgs {
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
-        database_url: DatabaseUrl::Sqlite(db.to_path_buf()),
+        database_url: format!("sqlite://{}", db.display()),
         shutdown_timeout: Duration::from_secs(10),
     }
 }
