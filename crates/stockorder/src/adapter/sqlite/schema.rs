@@ -8,10 +8,11 @@ const MIGRATIONS: &[&str] = &[
     // 1: orders. WITHOUT ROWID with the 16-byte UUIDv7 as primary key: a get is one seek, new
     // rows append at the right edge of the tree, and "newest first" is the key order itself.
     // Each filter of the list endpoint has an index ending in `id`, so a filtered page is a
-    // seek plus `limit` steps whatever the table size.
+    // seek plus `limit` steps whatever the table size. The idempotency key index is partial:
+    // most orders have no key, and indexing their NULLs would cost every create a B-tree insert.
     "CREATE TABLE orders (
         id              BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
-        client_order_id TEXT UNIQUE,
+        client_order_id TEXT,
         symbol          TEXT NOT NULL,
         order_type      TEXT NOT NULL CHECK (order_type IN ('MARKET', 'LIMIT')),
         order_side      TEXT NOT NULL CHECK (order_side IN ('BUY', 'SELL')),
@@ -22,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
         created_at      INTEGER NOT NULL,
         updated_at      INTEGER NOT NULL
     ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX orders_by_client_order_id ON orders (client_order_id) WHERE client_order_id IS NOT NULL;
     CREATE INDEX orders_by_status ON orders (status, id);
     CREATE INDEX orders_by_symbol ON orders (symbol, id);
     CREATE INDEX orders_by_side ON orders (order_side, id);",
