@@ -29,7 +29,12 @@ pub(super) struct ReadPool {
 impl ReadPool {
     pub(super) fn new(path: PathBuf) -> Self {
         let slots = (0..SLOTS).map(|_| Mutex::new(None)).collect();
-        Self { path, slots, next: AtomicUsize::new(0), closed: AtomicBool::new(false) }
+        Self {
+            path,
+            slots,
+            next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {

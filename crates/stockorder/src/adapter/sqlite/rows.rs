@@ -78,7 +78,9 @@ pub(super) fn by_id(conn: &Connection, id: OrderId) -> rusqlite::Result<Option<S
 }
 
 pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusqlite::Result<Option<StockOrder>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE client_order_id = ?1 AND client_order_id IS NOT NULL"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM orders WHERE client_order_id = ?1 AND client_order_id IS NOT NULL"
+    ))?;
     stmt.query_row([key.as_str()], order_from_row).optional()
 }
 
