@@ -49,10 +49,6 @@ pub struct ServeArgs {
     /// tool does not break commands that never open a database.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db")]
     pub database_url: String,
-
-    /// Longest the whole shutdown may take (e.g. `30`, `30s`, `1500ms`).
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
 }
 
 /// Logging options.

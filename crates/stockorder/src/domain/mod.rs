@@ -8,4 +8,4 @@ mod validation;
 
 pub use enums::{OrderSide, OrderStatus, OrderType, UnknownVariant};
 pub use order::{NewOrder, OrderId, StockOrder, Timestamp};
-pub use validation::{ClientOrderId, Price, Quantity, RawOrder, Symbol, ValidationError};
+pub use validation::{ClientOrderId, Price, Quantity, RawOrder, Symbol, ValidationError, parse_variant};

@@ -190,10 +190,18 @@ where
 {
     match raw {
         None | Some("") => Err(ValidationError::required(field)),
-        Some(s) => s
-            .parse()
-            .map_err(|e: super::UnknownVariant| ValidationError::new(field, e.to_string())),
+        Some(s) => parse_variant(field, s),
     }
+}
+
+/// Parses one of an enum's wire names (`"MARKET"`, `"filled"`, …) given for `field`, so an
+/// unknown value is refused with the field's name and the accepted values.
+pub fn parse_variant<T>(field: &'static str, raw: &str) -> Result<T, ValidationError>
+where
+    T: std::str::FromStr<Err = super::UnknownVariant>,
+{
+    raw.parse()
+        .map_err(|e: super::UnknownVariant| ValidationError::new(field, e.to_string()))
 }
 
 /// Applies the price rule that depends on the order type: a LIMIT order needs a valid price, a

@@ -27,7 +27,6 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
         database_url: format!("sqlite://{}", db.display()),
-        shutdown_timeout: Duration::from_secs(10),
     }
 }
 

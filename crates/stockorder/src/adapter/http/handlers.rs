@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::HttpState;
 use super::dto::{CreateOrderBody, ListParams, MessageBody, OrderBody, StatusBody};
 use super::error::ApiError;
-use crate::domain::{OrderId, RawOrder, Symbol, ValidationError};
+use crate::domain::{OrderId, RawOrder, Symbol, ValidationError, parse_variant};
 use crate::port::{ListQuery, OrderService, PageLimit, PageToken};
 
 /// Liveness: answers 200 as long as the process serves HTTP, draining or not, so an
@@ -101,23 +101,9 @@ fn list_query(p: &ListParams) -> Result<ListQuery, ValidationError> {
     Ok(ListQuery {
         limit: p.limit.map(PageLimit::parse).transpose()?.unwrap_or_default(),
         page_token: p.page_token.as_deref().map(PageToken::decode).transpose()?,
-        status: p
-            .status
-            .as_deref()
-            .map(|s| {
-                s.parse()
-                    .map_err(|e: crate::domain::UnknownVariant| ValidationError::new("status", e.to_string()))
-            })
-            .transpose()?,
+        status: p.status.as_deref().map(|s| parse_variant("status", s)).transpose()?,
         symbol: p.symbol.as_deref().map(Symbol::parse).transpose()?,
-        side: p
-            .side
-            .as_deref()
-            .map(|s| {
-                s.parse()
-                    .map_err(|e: crate::domain::UnknownVariant| ValidationError::new("side", e.to_string()))
-            })
-            .transpose()?,
+        side: p.side.as_deref().map(|s| parse_variant("side", s)).transpose()?,
     })
 }
 
