@@ -55,6 +55,11 @@ impl ReadPool {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..SLOTS {
             if let Ok(mut slot) = self.slots[(start + i) % SLOTS].try_lock() {
+                // Checked again under the slot lock: `close` sets the flag before emptying the
+                // slots, so a read that raced it cannot reopen a connection after the close.
+                if self.closed.load(Ordering::Acquire) {
+                    return Err(RepositoryError::Closed);
+                }
                 if slot.is_none() {
                     *slot = Some(self.open().map_err(db)?);
                 }

@@ -7,8 +7,14 @@ use uuid::Uuid;
 use crate::domain::{ClientOrderId, OrderId, Price, Quantity, StockOrder, Symbol, Timestamp};
 use crate::port::ListQuery;
 
-const COLUMNS: &str =
-    "id, client_order_id, symbol, order_type, order_side, quantity, price, status, description, created_at, updated_at";
+/// The order columns in the order `order_from_row` reads them, as a literal so the fixed
+/// statements below are `&'static str`: a GET looks its statement up in the cache without
+/// formatting the SQL text first.
+macro_rules! columns {
+    () => {
+        "id, client_order_id, symbol, order_type, order_side, quantity, price, status, description, created_at, updated_at"
+    };
+}
 
 /// A row that does not decode is reported, not unwrapped: a file edited by hand must not crash
 /// the server.
@@ -73,13 +79,15 @@ pub(super) fn insert(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> 
 }
 
 pub(super) fn by_id(conn: &Connection, id: OrderId) -> rusqlite::Result<Option<StockOrder>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE id = ?1"))?;
+    let mut stmt = conn.prepare_cached(concat!("SELECT ", columns!(), " FROM orders WHERE id = ?1"))?;
     stmt.query_row([id.as_uuid().as_bytes()], order_from_row).optional()
 }
 
 pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusqlite::Result<Option<StockOrder>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM orders WHERE client_order_id = ?1 AND client_order_id IS NOT NULL"
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM orders WHERE client_order_id = ?1"
     ))?;
     stmt.query_row([key.as_str()], order_from_row).optional()
 }
@@ -89,9 +97,10 @@ pub(super) fn change_status(
     conn: &Connection,
     change: &crate::port::StatusChange,
 ) -> rusqlite::Result<Option<StockOrder>> {
-    let mut stmt = conn.prepare_cached(&format!(
+    let mut stmt = conn.prepare_cached(concat!(
         "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3
-         WHERE id = ?4 AND status = ?5 RETURNING {COLUMNS}"
+         WHERE id = ?4 AND status = ?5 RETURNING ",
+        columns!()
     ))?;
     stmt.query_row(
         params![
@@ -128,7 +137,7 @@ pub(super) fn list_sql(query: &ListQuery, limit: u32) -> (String, Vec<Value>) {
         conditions.push("id < ?");
         args.push(Value::Blob(token.last_id().as_uuid().as_bytes().to_vec()));
     }
-    let mut sql = format!("SELECT {COLUMNS} FROM orders");
+    let mut sql = String::from(concat!("SELECT ", columns!(), " FROM orders"));
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
