@@ -191,10 +191,7 @@ async fn drive(args: &LoadArgs, ids: Arc<Vec<String>>) -> Report {
                     Scenario::Get => {
                         n = (n + 7919) % ids.len().max(1);
                         let path = format!("/api/orders/{}", ids.get(n).map(String::as_str).unwrap_or("0"));
-                        let builder = Request::builder().uri(path).header("host", addr.as_str());
-                        builder
-                            .body(Full::new(Bytes::new()))
-                            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+                        request(&addr, "GET", &path, None)
                     }
                     Scenario::List => request(&addr, "GET", "/api/orders?limit=100", None),
                     Scenario::Health => request(&addr, "GET", "/health", None),
