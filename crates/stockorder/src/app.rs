@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
 
+use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
 use crate::adapter::sqlite::{OpenError, SqliteStore};
 use crate::config::{DatabaseUrl, ServeArgs};
@@ -22,7 +24,7 @@ pub enum StartupError {
     /// The database could not be opened.
     #[error(transparent)]
     Database(#[from] OpenError),
-    /// The listening socket could not be bound.
+    /// A listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address asked for.
@@ -30,6 +32,9 @@ pub enum StartupError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The gRPC services could not be built.
+    #[error(transparent)]
+    Grpc(#[from] DescriptorError),
 }
 
 /// Why the service stopped with an error.
@@ -38,6 +43,9 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[source] tonic::transport::Error),
     /// The database could not be closed cleanly.
     #[error("closing the database failed: {0}")]
     CloseDatabase(#[source] crate::port::RepositoryError),
@@ -47,30 +55,42 @@ pub enum RunError {
 pub struct Application {
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
     store: SqliteStore,
     desk: Arc<OrderDesk<SqliteStore>>,
+    grpc: grpc::GrpcServices,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 impl Application {
     /// Opens the database and binds the listeners. After this returns the ports are known
-    /// ([`Application::http_addr`]) even when 0 was asked for.
+    /// ([`Application::http_addr`], [`Application::grpc_addr`]) even when 0 was asked for.
     pub async fn build(args: &ServeArgs) -> Result<Self, StartupError> {
         let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
         let store = SqliteStore::open(&path)?;
         tracing::info!(database = %path.display(), "database ready");
-        let addr = SocketAddr::new(args.host, args.port);
-        let http_listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let (http_listener, http_addr) = bind(SocketAddr::new(args.host, args.port)).await?;
+        let (grpc_listener, grpc_addr) = bind(SocketAddr::new(args.host, args.grpc_port)).await?;
         let desk = Arc::new(OrderDesk::new(store.clone()));
+        let grpc = grpc::services(Arc::clone(&desk))?;
         Ok(Self {
             http_listener,
             http_addr,
+            grpc_listener,
+            grpc_addr,
             store,
             desk,
+            grpc,
         })
     }
 
@@ -79,25 +99,69 @@ impl Application {
         self.http_addr
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets every accepted request
-    /// finish, and closes the database last. When this returns, every acknowledged order is
-    /// in the database file.
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Serves HTTP and gRPC until `shutdown` resolves, then turns readiness off (`/ready` 503,
+    /// gRPC health NOT_SERVING), stops both servers together (no new connections, every
+    /// accepted request answered), and closes the database last. When this returns, every
+    /// acknowledged order is in the database file.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
         let (ready_tx, ready_rx) = watch::channel(false);
-        let router = http::router(Arc::clone(&self.desk), ready_rx);
+        let router = http::router(Arc::clone(&self.desk), ready_rx.clone());
+        let grpc::GrpcServices { routes, health } = self.grpc;
         tracing::info!(addr = %self.http_addr, "HTTP server listening");
+        tracing::info!(addr = %self.grpc_addr, "gRPC server listening");
+        health.set(true).await;
         ready_tx.send_replace(true);
-        let served = axum::serve(self.http_listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                ready_tx.send_replace(false);
-                tracing::info!("shutdown requested: no new connections, finishing requests in flight");
-            })
-            .await;
-        tracing::info!("HTTP server stopped");
+
+        // Readiness off is the one "stop" both servers watch: a signal turns it off, and so
+        // does either server ending on its own, so one never outlives the other.
+        let draining = || {
+            let mut ready = ready_rx.clone();
+            async move {
+                // Err only when the sender is gone, which means stop as well.
+                let _ = ready.wait_for(|ready| !ready).await;
+            }
+        };
+        let stop = || ready_tx.send_replace(false);
+        let http_server = axum::serve(self.http_listener, router).with_graceful_shutdown(draining());
+        let grpc_server = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
+                draining(),
+            );
+        let (http_served, grpc_served, ()) = tokio::join!(
+            async {
+                let served = http_server.await;
+                stop();
+                tracing::info!("HTTP server stopped");
+                served
+            },
+            async {
+                let served = grpc_server.await;
+                stop();
+                tracing::info!("gRPC server stopped");
+                served
+            },
+            async {
+                tokio::select! {
+                    () = shutdown => {
+                        tracing::info!("shutdown requested: no new connections, finishing requests in flight");
+                    }
+                    () = draining() => {}
+                }
+                health.set(false).await;
+                stop();
+            },
+        );
         let closed = self.store.close().await;
         tracing::info!("database closed");
-        served.map_err(RunError::Http)?;
+        http_served.map_err(RunError::Http)?;
+        grpc_served.map_err(RunError::Grpc)?;
         closed.map_err(RunError::CloseDatabase)
     }
 }

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PORT", default_value_t = 8082)]
     pub port: u16,
 
+    /// gRPC port; 0 picks a free one (the log says which).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+
     /// Where orders are stored: `sqlite://PATH` (created and migrated on start) or a plain path.
     /// Parsed when the service starts ([`DatabaseUrl::parse`]), so a value meant for another
     /// tool does not break commands that never open a database.

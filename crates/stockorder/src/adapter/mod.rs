@@ -1,5 +1,6 @@
-//! Adapters: the edges of the hexagon. Each translates one technology (HTTP, SQL, …) to and
+//! Adapters: the edges of the hexagon. Each translates one technology (HTTP, gRPC, SQL) to and
 //! from the ports, and nothing outside `app.rs` knows more than one of them.
 
+pub mod grpc;
 pub mod http;
 pub mod sqlite;

@@ -8,4 +8,4 @@ mod service;
 
 pub use listing::{ListQuery, Page, PageLimit, PageToken};
 pub use repository::{Inserted, OrderRepository, RepositoryError, StatusChange, Transition};
-pub use service::{Created, OrderError, OrderService};
+pub use service::{CANCELLED_MESSAGE, Created, OrderError, OrderService};

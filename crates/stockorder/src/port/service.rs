@@ -7,6 +7,10 @@ use crate::domain::{NewOrder, OrderId, OrderStatus, StockOrder};
 
 use super::{ListQuery, Page, RepositoryError};
 
+/// The confirmation both APIs send for a successful cancel: the original service's wording, which
+/// its clients print.
+pub const CANCELLED_MESSAGE: &str = "order cancelled successfully";
+
 /// A successful create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Created {

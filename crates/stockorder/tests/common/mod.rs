@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 /// An in-process instance (`Application::build` + `run_until`), like zero2prod's `spawn_app`.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -26,6 +27,7 @@ pub fn serve_args(db: &Path) -> ServeArgs {
     ServeArgs {
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
+        grpc_port: 0,
         database_url: format!("sqlite://{}", db.display()),
     }
 }
@@ -36,6 +38,7 @@ pub async fn spawn_app() -> TestApp {
         .await
         .unwrap();
     let addr = app.http_addr();
+    let grpc_addr = app.grpc_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run_until(async move {
@@ -46,6 +49,7 @@ pub async fn spawn_app() -> TestApp {
     });
     TestApp {
         addr,
+        grpc_addr,
         client: reqwest::Client::new(),
         stop: Some(stop),
         task: Some(task),
@@ -85,6 +89,7 @@ pub fn market_order() -> Value {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub log: tokio::sync::mpsc::UnboundedReceiver<Value>,
 }
 
@@ -95,6 +100,7 @@ impl ServerProcess {
             .arg("serve")
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
+            .env("GRPC_PORT", "0")
             .env("DATABASE_URL", PathBuf::from(db))
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
@@ -114,17 +120,27 @@ impl ServerProcess {
                 }
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
+        let (addr, grpc_addr) = tokio::time::timeout(Duration::from_secs(20), async {
+            let (mut http, mut grpc) = (None, None);
+            while http.is_none() || grpc.is_none() {
                 let line = log.recv().await.expect("server exited before listening");
-                if line["message"] == "HTTP server listening" {
-                    return line["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                let addr = || line["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                match line["message"].as_str() {
+                    Some("HTTP server listening") => http = Some(addr()),
+                    Some("gRPC server listening") => grpc = Some(addr()),
+                    _ => {}
                 }
             }
+            (http.unwrap(), grpc.unwrap())
         })
         .await
-        .expect("server did not report its address");
-        Self { child, addr, log }
+        .expect("server did not report its addresses");
+        Self {
+            child,
+            addr,
+            grpc_addr,
+            log,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -10,7 +10,7 @@ use super::HttpState;
 use super::dto::{CreateOrderBody, ListParams, MessageBody, OrderBody, StatusBody};
 use super::error::ApiError;
 use crate::domain::{OrderId, RawOrder, Symbol, ValidationError, parse_variant};
-use crate::port::{ListQuery, OrderService, PageLimit, PageToken};
+use crate::port::{CANCELLED_MESSAGE, ListQuery, OrderService, PageLimit, PageToken};
 
 /// Liveness: answers 200 as long as the process serves HTTP, draining or not, so an
 /// orchestrator never kills an instance that is finishing its requests.
@@ -82,7 +82,7 @@ pub async fn cancel_order<S: OrderService>(
 ) -> Result<Json<MessageBody>, ApiError> {
     state.service.cancel(id.parse::<OrderId>()?).await?;
     Ok(Json(MessageBody {
-        message: "order cancelled successfully",
+        message: CANCELLED_MESSAGE,
     }))
 }
 

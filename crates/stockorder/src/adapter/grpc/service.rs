@@ -1,0 +1,71 @@
+//! The tonic service: decode, call the order service, encode. No business rule lives here; the
+//! REST handlers make the same calls.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::RawOrder;
+use crate::port::{CANCELLED_MESSAGE, OrderService};
+
+use super::convert::{list_query, order_id};
+use super::proto;
+use super::proto::stock_order_service_server::{StockOrderService, StockOrderServiceServer};
+
+/// `stockorder.StockOrderService` over an [`OrderService`].
+pub struct GrpcOrders<S> {
+    service: Arc<S>,
+}
+
+impl<S: OrderService> GrpcOrders<S> {
+    /// Serves `service` over gRPC.
+    pub fn new(service: Arc<S>) -> Self {
+        Self { service }
+    }
+
+    /// The tonic server for this service, to add to a router.
+    pub fn into_server(self) -> StockOrderServiceServer<Self> {
+        StockOrderServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: OrderService> StockOrderService for GrpcOrders<S> {
+    async fn create_order(
+        &self,
+        request: Request<proto::CreateOrderRequest>,
+    ) -> Result<Response<proto::StockOrder>, Status> {
+        let new = RawOrder::from(request.into_inner()).validate()?;
+        let created = self.service.create(new).await?;
+        Ok(Response::new(proto::StockOrder::from(&created.order)))
+    }
+
+    async fn get_order(&self, request: Request<proto::GetOrderRequest>) -> Result<Response<proto::StockOrder>, Status> {
+        let id = order_id(&request.get_ref().order_id)?;
+        let order = self.service.get(id).await?;
+        Ok(Response::new(proto::StockOrder::from(&order)))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<proto::ListOrdersRequest>,
+    ) -> Result<Response<proto::ListOrdersResponse>, Status> {
+        let query = list_query(request.get_ref())?;
+        let page = self.service.list(query).await?;
+        Ok(Response::new(proto::ListOrdersResponse {
+            orders: page.orders.iter().map(proto::StockOrder::from).collect(),
+            next_page_token: page.next.map(|t| t.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<proto::CancelOrderRequest>,
+    ) -> Result<Response<proto::CancelOrderResponse>, Status> {
+        let id = order_id(&request.get_ref().order_id)?;
+        self.service.cancel(id).await?;
+        Ok(Response::new(proto::CancelOrderResponse {
+            message: CANCELLED_MESSAGE.to_owned(),
+        }))
+    }
+}
