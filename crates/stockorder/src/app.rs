@@ -25,7 +25,7 @@ pub enum StartupError {
     #[error(transparent)]
     Database(#[from] OpenError),
     /// A listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
@@ -41,13 +41,13 @@ pub enum StartupError {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The HTTP server failed.
-    #[error("HTTP server failed: {0}")]
+    #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
     /// The gRPC server failed.
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
     /// The database could not be closed cleanly.
-    #[error("closing the database failed: {0}")]
+    #[error("closing the database failed")]
     CloseDatabase(#[source] crate::port::RepositoryError),
 }
 

@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (the default).
     Serve(ServeArgs),
+    /// Talk to a running server: the original's demo loop, or one call printed as JSON.
+    Client(crate::client::ClientArgs),
     /// Drive load at a running server and print throughput and latency.
     Load(crate::load::LoadArgs),
 }

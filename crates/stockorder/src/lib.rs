@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod load;

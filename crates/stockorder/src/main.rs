@@ -1,16 +1,37 @@
 //! The `stockorder` binary: parses the command line and hands over to the library.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use stockorder::app::Application;
 use stockorder::config::{Cli, Command};
+use stockorder::telemetry::LogOutput;
+
+/// Errors end here: printed once with their causes (`error: cannot listen on …: Address in use`)
+/// and exit code 1, without the backtrace `anyhow` would add under `RUST_BACKTRACE`, since every
+/// error that reaches this point is an expected one with a message for the user.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    stockorder::telemetry::init(&cli.log);
+    let output = match cli.command {
+        None | Some(Command::Serve(_)) => LogOutput::Stdout,
+        Some(Command::Client(_) | Command::Load(_)) => LogOutput::Stderr,
+    };
+    stockorder::telemetry::init(&cli.log, output);
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Client(args)) => stockorder::client::run(args).await,
         Some(Command::Load(args)) => stockorder::load::run(args).await,
     }
 }

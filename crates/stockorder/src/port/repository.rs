@@ -50,8 +50,10 @@ pub enum RepositoryError {
     #[error("the order store is closed")]
     Closed,
     /// The database reported an error.
+    /// (The driver error is shown in the message rather than chained as a source, because
+    /// this error is logged on its own where it happens.)
     #[error("database error: {0}")]
-    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Database(Box<dyn std::error::Error + Send + Sync>),
     /// A stored row could not be read back as an order.
     #[error("stored order is unreadable: {0}")]
     Corrupt(String),

@@ -20,7 +20,7 @@ pub use schema::MigrationError;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// SQLite could not open or configure the file.
-    #[error("cannot open SQLite database {path}: {source}")]
+    #[error("cannot open SQLite database {path}")]
     Open {
         /// The file.
         path: PathBuf,
@@ -28,7 +28,7 @@ pub enum OpenError {
         source: rusqlite::Error,
     },
     /// The schema could not be brought up to date.
-    #[error("cannot migrate SQLite database {path}: {source}")]
+    #[error("cannot migrate SQLite database {path}")]
     Migrate {
         /// The file.
         path: PathBuf,
@@ -36,7 +36,7 @@ pub enum OpenError {
         source: MigrationError,
     },
     /// The writer thread could not be started.
-    #[error("cannot start the SQLite writer thread: {0}")]
+    #[error("cannot start the SQLite writer thread")]
     Thread(#[from] std::io::Error),
 }
 

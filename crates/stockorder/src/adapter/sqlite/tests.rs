@@ -218,5 +218,8 @@ fn a_newer_schema_is_refused() {
         .pragma_update(None, "user_version", 99)
         .unwrap();
     let err = SqliteStore::open(&path).unwrap_err();
-    assert!(err.to_string().contains("newer than this binary"), "{err}");
+    let cause = std::error::Error::source(&err)
+        .expect("the cause is chained")
+        .to_string();
+    assert!(cause.contains("newer than this binary"), "{err}: {cause}");
 }

@@ -1,0 +1,259 @@
+//! `stockorder client http|grpc`: the original's two demo clients, plus one-shot commands.
+//!
+//! Without a subcommand a client is the original's loop: every `--interval` it places an AAPL
+//! market order and prints one line per answer, so a person can watch a server restart or shut
+//! down from the client's side. Ctrl+C cancels the request in flight and exits 0. With
+//! `create`, `get`, `list` or `cancel` it makes one call and prints the answer as JSON, in the
+//! same shape for both protocols, so the README can show them side by side.
+
+mod grpc;
+mod http;
+mod render;
+
+pub use render::code_name;
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+/// Options of `stockorder client`.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Which API to talk to.
+    #[command(subcommand)]
+    pub protocol: Protocol,
+}
+
+/// The two APIs of the service.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Protocol {
+    /// REST (HTTP/JSON).
+    Http(ProtocolArgs<HttpDefault>),
+    /// gRPC (stockorder.StockOrderService).
+    Grpc(ProtocolArgs<GrpcDefault>),
+}
+
+/// Default server address per protocol, as a type so each subcommand's `--help` shows its own.
+pub trait DefaultAddr: Clone + Send + Sync + 'static {
+    /// The address used when `--addr` is not given.
+    const ADDR: &'static str;
+}
+
+/// `http://localhost:8082`, the service's default HTTP port.
+#[derive(Debug, Clone)]
+pub struct HttpDefault;
+impl DefaultAddr for HttpDefault {
+    const ADDR: &'static str = "http://localhost:8082";
+}
+
+/// `http://localhost:50051`, the service's default gRPC port.
+#[derive(Debug, Clone)]
+pub struct GrpcDefault;
+impl DefaultAddr for GrpcDefault {
+    const ADDR: &'static str = "http://localhost:50051";
+}
+
+/// Options shared by both clients.
+#[derive(Debug, Clone, Args)]
+pub struct ProtocolArgs<D: DefaultAddr> {
+    /// Server URL.
+    #[arg(long, global = true, default_value = D::ADDR)]
+    pub addr: String,
+
+    /// One call instead of the loop.
+    #[command(subcommand)]
+    pub call: Option<Call>,
+
+    /// Loop: time between orders (e.g. `1s`, `250ms`).
+    #[arg(long, default_value = "1s", value_parser = crate::config::parse_duration)]
+    pub interval: Duration,
+
+    /// Loop: stop after this many orders (default: until Ctrl+C).
+    #[arg(long)]
+    pub count: Option<u64>,
+
+    #[arg(skip)]
+    _default: std::marker::PhantomData<D>,
+}
+
+/// A single call, printed as JSON.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Call {
+    /// Place an order.
+    Create(CreateArgs),
+    /// Read one order.
+    Get {
+        /// Order id.
+        id: String,
+    },
+    /// List orders, newest first.
+    List(ListArgs),
+    /// Cancel a pending order.
+    Cancel {
+        /// Order id.
+        id: String,
+    },
+}
+
+/// What to order.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Ticker symbol.
+    #[arg(long, default_value = "AAPL")]
+    pub symbol: String,
+    /// MARKET or LIMIT.
+    #[arg(long = "type", default_value = "MARKET")]
+    pub order_type: String,
+    /// BUY or SELL.
+    #[arg(long, default_value = "BUY")]
+    pub side: String,
+    /// Number of shares.
+    #[arg(long, default_value_t = 100)]
+    pub quantity: i32,
+    /// Limit price (LIMIT orders only).
+    #[arg(long)]
+    pub price: Option<f64>,
+    /// Idempotency key: a retry with the same key places nothing new.
+    #[arg(long)]
+    pub client_order_id: Option<String>,
+}
+
+impl Default for CreateArgs {
+    /// The original client's order: 100 AAPL at the market.
+    fn default() -> Self {
+        Self {
+            symbol: "AAPL".into(),
+            order_type: "MARKET".into(),
+            side: "BUY".into(),
+            quantity: 100,
+            price: None,
+            client_order_id: None,
+        }
+    }
+}
+
+/// Which orders to list.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListArgs {
+    /// Page size (1-1000, default 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// `next_page_token` of the previous page.
+    #[arg(long)]
+    pub page_token: Option<String>,
+    /// Only this status (PENDING, FILLED, CANCELLED, REJECTED).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this symbol.
+    #[arg(long)]
+    pub symbol: Option<String>,
+    /// Only this side (BUY, SELL).
+    #[arg(long)]
+    pub side: Option<String>,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server answered with an error (`HTTP 404: …`, `NOT_FOUND: …`).
+    #[error("{0}")]
+    Refused(String),
+    /// The request did not get an answer (connection refused, reset, …).
+    #[error("{0}")]
+    Transport(String),
+    /// The request could not be expressed in this protocol (an unknown enum name for gRPC).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `error: cause: deeper cause`, down to the root, which is usually what a person needs
+/// ("Connection refused").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The four calls, over either protocol. Answers are JSON in the REST shape.
+trait OrderApi {
+    async fn create(&mut self, order: &CreateArgs) -> Result<Value, CallError>;
+    async fn get(&mut self, id: &str) -> Result<Value, CallError>;
+    async fn list(&mut self, query: &ListArgs) -> Result<Value, CallError>;
+    async fn cancel(&mut self, id: &str) -> Result<Value, CallError>;
+}
+
+/// Runs `stockorder client …`.
+pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    match args.protocol {
+        Protocol::Http(a) => {
+            let api = http::HttpApi::new(&a.addr)?;
+            drive(api, a.call, a.interval, a.count).await
+        }
+        Protocol::Grpc(a) => {
+            let api = grpc::GrpcApi::new(&a.addr)?;
+            drive(api, a.call, a.interval, a.count).await
+        }
+    }
+}
+
+async fn drive(
+    mut api: impl OrderApi,
+    call: Option<Call>,
+    interval: Duration,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let answer = match call {
+        None => return order_loop(api, interval, count).await,
+        Some(Call::Create(order)) => api.create(&order).await,
+        Some(Call::Get { id }) => api.get(&id).await,
+        Some(Call::List(query)) => api.list(&query).await,
+        Some(Call::Cancel { id }) => api.cancel(&id).await,
+    }?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+/// The original clients' loop: one market order per interval, one line per answer, until
+/// Ctrl+C (or SIGTERM), which cancels the request in flight and ends with exit code 0.
+async fn order_loop(mut api: impl OrderApi, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
+    let order = CreateArgs::default();
+    let stop = crate::signal::terminate();
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut sent, mut ok) = (0u64, 0u64);
+    while count.is_none_or(|n| sent < n) {
+        // biased: the signal future is polled first, so its handler is installed before the
+        // first request leaves; a Ctrl+C can never find the process without one.
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            _ = ticker.tick() => {}
+        }
+        let started = Instant::now();
+        sent += 1;
+        tokio::select! {
+            biased;
+            () = &mut stop => {
+                println!("{}  interrupted: cancelled the request in flight", render::clock());
+                sent -= 1;
+                break;
+            }
+            answer = api.create(&order) => {
+                ok += u64::from(answer.is_ok());
+                println!("{}", render::loop_line(&answer, started.elapsed()));
+            }
+        }
+    }
+    println!("orders sent: {sent}, placed: {ok}, failed: {}", sent - ok);
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! `stockorder client http|grpc` as a user runs them: real binary, real server, real signals.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::ServerProcess;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn client(protocol: &str, addr: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockorder"));
+    cmd.args(["client", protocol, "--addr", addr]).kill_on_drop(true);
+    cmd
+}
+
+async fn json_of(cmd: &mut Command) -> Value {
+    let out = cmd.output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}
+
+#[tokio::test]
+async fn one_shot_calls_print_the_same_json_over_both_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
+    let http = format!("http://{}", server.addr);
+    let grpc = format!("http://{}", server.grpc_addr);
+
+    let args = [
+        "create",
+        "--symbol",
+        "msft",
+        "--type",
+        "LIMIT",
+        "--side",
+        "SELL",
+        "--quantity",
+        "5",
+    ];
+    let created = json_of(client("grpc", &grpc).args(args).args(["--price", "410.5"])).await;
+    assert_eq!(created["symbol"], "MSFT");
+    assert_eq!(created["price"], 410.5);
+    let id = created["id"].as_str().unwrap();
+
+    let over_http = json_of(client("http", &http).args(["get", id])).await;
+    let over_grpc = json_of(client("grpc", &grpc).args(["get", id])).await;
+    assert_eq!(over_http, created);
+    assert_eq!(over_grpc, created, "both protocols print one shape");
+
+    json_of(client("http", &http).arg("create")).await;
+    let page = json_of(client("grpc", &grpc).args(["list", "--limit", "1"])).await;
+    assert_eq!(page["orders"].as_array().unwrap().len(), 1);
+    let token = page["next_page_token"].as_str().expect("a second page exists");
+    let rest = json_of(client("http", &http).args(["list", "--limit", "1", "--page-token", token])).await;
+    assert_eq!(rest["orders"][0]["id"], id, "the gRPC token pages REST too");
+    assert!(rest.get("next_page_token").is_none());
+
+    let cancelled = json_of(client("http", &http).args(["cancel", id])).await;
+    assert_eq!(cancelled["message"], "order cancelled successfully");
+
+    for (protocol, addr, code) in [("http", &http, "HTTP 409"), ("grpc", &grpc, "FAILED_PRECONDITION")] {
+        let out = client(protocol, addr).args(["cancel", id]).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with(&format!("error: {code}")), "{stderr}");
+        assert!(!stderr.contains("backtrace"), "{stderr}");
+    }
+
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait().await, Some(0));
+}
+
+#[tokio::test]
+async fn the_loop_places_an_order_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
+    for (protocol, addr) in [("http", server.addr), ("grpc", server.grpc_addr)] {
+        let out = client(protocol, &format!("http://{addr}"))
+            .args(["--interval", "10ms", "--count", "3"])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let placed: Vec<&str> = stdout.lines().filter(|l| l.contains("  placed  ")).collect();
+        assert_eq!(placed.len(), 3, "{stdout}");
+        assert!(
+            placed.iter().all(|l| l.contains("AAPL MARKET BUY 100  PENDING")),
+            "{stdout}"
+        );
+        assert!(stdout.ends_with("orders sent: 3, placed: 3, failed: 0\n"), "{stdout}");
+    }
+    let all: Vec<Value> = reqwest::get(server.url("/api/orders"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait().await, Some(0));
+}
+
+/// Ctrl+C while a request hangs: the loop cancels it and exits 0. The "server" accepts and never
+/// answers, so the request is certainly in flight when the signal arrives.
+#[tokio::test]
+async fn ctrl_c_cancels_the_request_in_flight_and_exits_zero() {
+    for protocol in ["http", "grpc"] {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", silent.local_addr().unwrap());
+        let mut child = client(protocol, &addr).stdout(Stdio::piped()).spawn().unwrap();
+        // Accepted means the first request is under way (and the signal handler installed).
+        let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept())
+            .await
+            .expect("the client connects")
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, Signal::SIGINT).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("the client exits on Ctrl+C")
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{protocol}");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut out = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            out.push(line);
+        }
+        assert!(
+            out[0].ends_with("interrupted: cancelled the request in flight"),
+            "{out:?}"
+        );
+        assert_eq!(out[1], "orders sent: 0, placed: 0, failed: 0", "{protocol}");
+    }
+}
