@@ -13,6 +13,8 @@ use serde::Serialize;
 pub enum Outcome {
     /// An HTTP answer with this status.
     Status(u16),
+    /// A gRPC answer with this status code (0 is OK).
+    Grpc(i32),
     /// The connection was refused (nothing listening).
     Refused,
     /// The connection was reset by the peer.
@@ -51,9 +53,35 @@ impl Outcome {
         }
     }
 
+    /// A gRPC status: the server's code, or, when the status was made on this side because
+    /// the call failed in transport, what happened to the connection.
+    pub(super) fn from_status(status: &tonic::Status) -> Self {
+        let Some(mut cause) = std::error::Error::source(status) else {
+            return Outcome::Grpc(status.code() as i32);
+        };
+        loop {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => Outcome::Refused,
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => Outcome::Reset,
+                    std::io::ErrorKind::UnexpectedEof => Outcome::Closed,
+                    _ => Outcome::Other,
+                };
+            }
+            if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+                return Outcome::from_hyper(h);
+            }
+            match cause.source() {
+                Some(next) => cause = next,
+                None => return Outcome::Other,
+            }
+        }
+    }
+
     pub(super) fn label(self) -> String {
         match self {
             Outcome::Status(s) => format!("HTTP {s}"),
+            Outcome::Grpc(code) => format!("gRPC {}", crate::client::code_name(tonic::Code::from_i32(code))),
             Outcome::Refused => "refused".into(),
             Outcome::Reset => "reset".into(),
             Outcome::Closed => "closed without answer".into(),
@@ -62,7 +90,7 @@ impl Outcome {
     }
 
     fn is_success(self) -> bool {
-        matches!(self, Outcome::Status(s) if (200..300).contains(&s))
+        matches!(self, Outcome::Status(s) if (200..300).contains(&s)) || self == Outcome::Grpc(0)
     }
 }
 
@@ -79,7 +107,7 @@ pub struct Report {
 pub struct Summary {
     /// Requests sent.
     pub requests: u64,
-    /// Requests answered 2xx.
+    /// Requests answered 2xx (HTTP) or OK (gRPC).
     pub ok: u64,
     /// Everything else.
     pub failed: u64,

@@ -1,0 +1,78 @@
+//! gRPC requests for the load generator: one HTTP/2 connection per worker (a tonic `Channel`,
+//! which reconnects by itself after a failure), the stock tonic client as users run it.
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{Outcome, Scenario};
+use crate::adapter::grpc::proto;
+use crate::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+
+/// One worker's connection to the gRPC API.
+pub struct GrpcDriver {
+    orders: StockOrderServiceClient<Channel>,
+    health: HealthClient<Channel>,
+}
+
+fn market_order() -> proto::CreateOrderRequest {
+    proto::CreateOrderRequest {
+        symbol: "AAPL".into(),
+        order_type: proto::OrderType::Market.into(),
+        order_side: proto::OrderSide::Buy.into(),
+        quantity: 100,
+        ..Default::default()
+    }
+}
+
+impl GrpcDriver {
+    /// A driver for `addr` (host:port). Each driver gets its own connection (established on
+    /// first use), so concurrency means connections, as with HTTP.
+    pub fn new(addr: &str) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| anyhow::anyhow!("--addr {addr:?}: {e}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            orders: StockOrderServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+        })
+    }
+
+    /// Sends one call of `scenario` (`id` for `get`) and says what came back.
+    pub async fn send(&mut self, scenario: Scenario, id: &str) -> Outcome {
+        let status = match scenario {
+            Scenario::Create => self.orders.create_order(market_order()).await.err(),
+            Scenario::Get => self
+                .orders
+                .get_order(proto::GetOrderRequest { order_id: id.into() })
+                .await
+                .err(),
+            Scenario::List => self
+                .orders
+                .list_orders(proto::ListOrdersRequest {
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .err(),
+            Scenario::Health => self.health.check(HealthCheckRequest::default()).await.err(),
+        };
+        status.map_or(Outcome::Grpc(0), |s| Outcome::from_status(&s))
+    }
+
+    /// Creates `n` orders and returns their ids (positions for an echo server that sends none).
+    pub async fn seed(&mut self, n: usize) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let order = self
+                .orders
+                .create_order(market_order())
+                .await
+                .map_err(|s| anyhow::anyhow!("seeding orders failed: {}: {}", s.code(), s.message()))?
+                .into_inner();
+            ids.push(if order.id.is_empty() { i.to_string() } else { order.id });
+        }
+        Ok(ids)
+    }
+}
