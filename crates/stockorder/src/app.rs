@@ -8,6 +8,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
@@ -128,7 +130,15 @@ impl Application {
         };
         let stop = || ready_tx.send_replace(false);
         let http_server = axum::serve(self.http_listener, router).with_graceful_shutdown(draining());
+        // Every call logged at info, like HTTP requests (path, gRPC status, latency). A non-OK
+        // status is usually the client's mistake, so "failures" stay at debug; storage errors
+        // are logged at error where they happen.
+        let grpc_trace = TraceLayer::new_for_grpc()
+            .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+            .on_response(DefaultOnResponse::new().level(Level::INFO))
+            .on_failure(DefaultOnFailure::new().level(Level::DEBUG));
         let grpc_server = tonic::transport::Server::builder()
+            .layer(grpc_trace)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),

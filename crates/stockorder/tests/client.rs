@@ -50,6 +50,8 @@ async fn one_shot_calls_print_the_same_json_over_both_protocols() {
     let over_grpc = json_of(client("grpc", &grpc).args(["get", id])).await;
     assert_eq!(over_http, created);
     assert_eq!(over_grpc, created, "both protocols print one shape");
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&over_grpc), keys(&over_http), "in one field order");
 
     json_of(client("http", &http).arg("create")).await;
     let page = json_of(client("grpc", &grpc).args(["list", "--limit", "1"])).await;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use super::CallError;
@@ -71,26 +71,28 @@ fn rfc3339(t: Option<&prost_types::Timestamp>) -> Value {
 /// A gRPC order in the REST JSON shape: same field names, enum names as text, RFC 3339 times,
 /// and the fields REST omits when empty omitted here too.
 pub fn order_json(o: &proto::StockOrder) -> Value {
-    let mut v = json!({
-        "id": o.id,
-        "symbol": o.symbol,
-        "order_type": o.order_type().as_str_name(),
-        "order_side": o.order_side().as_str_name(),
-        "quantity": o.quantity,
-        "status": o.status().as_str_name(),
-        "created_at": rfc3339(o.created_at.as_ref()),
-        "updated_at": rfc3339(o.updated_at.as_ref()),
-    });
+    let mut v = Map::new();
+    let mut put = |key: &str, value: Value| {
+        v.insert(key.to_owned(), value);
+    };
+    put("id", json!(o.id));
+    put("symbol", json!(o.symbol));
+    put("order_type", json!(o.order_type().as_str_name()));
+    put("order_side", json!(o.order_side().as_str_name()));
+    put("quantity", json!(o.quantity));
     if o.price != 0.0 {
-        v["price"] = json!(o.price);
+        put("price", json!(o.price));
     }
+    put("status", json!(o.status().as_str_name()));
+    put("created_at", rfc3339(o.created_at.as_ref()));
+    put("updated_at", rfc3339(o.updated_at.as_ref()));
     if !o.description.is_empty() {
-        v["description"] = json!(o.description);
+        put("description", json!(o.description));
     }
     if !o.client_order_id.is_empty() {
-        v["client_order_id"] = json!(o.client_order_id);
+        put("client_order_id", json!(o.client_order_id));
     }
-    v
+    Value::Object(v)
 }
 
 #[cfg(test)]
