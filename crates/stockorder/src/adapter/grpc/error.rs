@@ -28,3 +28,45 @@ impl From<OrderError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::domain::{OrderId, OrderStatus};
+    use crate::port::RepositoryError;
+
+    #[test]
+    fn each_cause_has_its_code() {
+        let id = OrderId::generate();
+        let cases = [
+            (OrderError::NotFound(id), Code::NotFound),
+            (
+                OrderError::NotCancellable {
+                    id,
+                    status: OrderStatus::Filled,
+                },
+                Code::FailedPrecondition,
+            ),
+            (OrderError::ClientOrderIdReused("k".into()), Code::AlreadyExists),
+            (OrderError::Unavailable, Code::Unavailable),
+            (OrderError::from(RepositoryError::Closed), Code::Unavailable),
+            (
+                OrderError::Internal(RepositoryError::Corrupt("bad row".into())),
+                Code::Internal,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+        let internal = Status::from(OrderError::Internal(RepositoryError::Corrupt("secret path".into())));
+        assert!(
+            !internal.message().contains("secret"),
+            "storage details stay in the log"
+        );
+        let invalid = Status::from(ValidationError::new("quantity", "must be positive"));
+        assert_eq!(invalid.code(), Code::InvalidArgument);
+        assert_eq!(invalid.message(), "quantity must be positive");
+    }
+}
