@@ -1,13 +1,13 @@
-//! Wiring: configuration → repository → service → servers → shutdown. The one place that knows
-//! every adapter.
+//! Wiring: configuration → repository → service → servers → shutdown plan. The one place that
+//! knows every adapter.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use graceful::{Report, Shutdown};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
+use tower::Layer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -15,11 +15,15 @@ use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
 use crate::adapter::sqlite::{OpenError, SqliteStore};
 use crate::config::{DatabaseUrl, ServeArgs};
+use crate::server::{self, Protocol};
 use crate::service::OrderDesk;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// A setting is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// `DATABASE_URL` names no store this build can use.
     #[error("invalid DATABASE_URL: {0}")]
     DatabaseUrl(String),
@@ -39,20 +43,6 @@ pub enum StartupError {
     Grpc(#[from] DescriptorError),
 }
 
-/// Why the service stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The HTTP server failed.
-    #[error("HTTP server failed")]
-    Http(#[source] std::io::Error),
-    /// The gRPC server failed.
-    #[error("gRPC server failed")]
-    Grpc(#[source] tonic::transport::Error),
-    /// The database could not be closed cleanly.
-    #[error("closing the database failed")]
-    CloseDatabase(#[source] crate::port::RepositoryError),
-}
-
 /// A built, bound, not yet serving instance of the service.
 pub struct Application {
     http_listener: TcpListener,
@@ -62,6 +52,8 @@ pub struct Application {
     store: SqliteStore,
     desk: Arc<OrderDesk<SqliteStore>>,
     grpc: grpc::GrpcServices,
+    shutdown_timeout: Duration,
+    drain_delay: Duration,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
@@ -74,10 +66,22 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupErro
     Ok((listener, bound))
 }
 
+/// What the database phase is guaranteed out of the shutdown deadline, whatever the servers
+/// take: closing commits queued writes and checkpoints the WAL, which needs a moment.
+fn close_reserve(timeout: Duration) -> Duration {
+    (timeout / 4).min(Duration::from_secs(1))
+}
+
 impl Application {
     /// Opens the database and binds the listeners. After this returns the ports are known
     /// ([`Application::http_addr`], [`Application::grpc_addr`]) even when 0 was asked for.
     pub async fn build(args: &ServeArgs) -> Result<Self, StartupError> {
+        if args.shutdown_drain_delay >= args.shutdown_timeout {
+            return Err(StartupError::Config(format!(
+                "SHUTDOWN_DRAIN_DELAY ({:?}) must be shorter than SHUTDOWN_TIMEOUT ({:?}): the servers need time to stop after it",
+                args.shutdown_drain_delay, args.shutdown_timeout
+            )));
+        }
         let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
         let store = SqliteStore::open(&path)?;
         tracing::info!(database = %path.display(), "database ready");
@@ -93,6 +97,8 @@ impl Application {
             store,
             desk,
             grpc,
+            shutdown_timeout: args.shutdown_timeout,
+            drain_delay: args.shutdown_drain_delay,
         })
     }
 
@@ -106,72 +112,69 @@ impl Application {
         self.grpc_addr
     }
 
-    /// Serves HTTP and gRPC until `shutdown` resolves, then turns readiness off (`/ready` 503,
-    /// gRPC health NOT_SERVING), stops both servers together (no new connections, every
-    /// accepted request answered), and closes the database last. When this returns, every
-    /// acknowledged order is in the database file.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
-        let (ready_tx, ready_rx) = watch::channel(false);
-        let router = http::router(Arc::clone(&self.desk), ready_rx.clone());
-        let grpc::GrpcServices { routes, health } = self.grpc;
-        tracing::info!(addr = %self.http_addr, "HTTP server listening");
-        tracing::info!(addr = %self.grpc_addr, "gRPC server listening");
-        health.set(true).await;
-        ready_tx.send_replace(true);
+    /// A shutdown coordinator with this configuration's deadline and drain delay. The binary
+    /// adds signal handling; tests trigger it through its handle.
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown::new()
+            .deadline(self.shutdown_timeout)
+            .drain_delay(self.drain_delay)
+    }
 
-        // Readiness off is the one "stop" both servers watch: a signal turns it off, and so
-        // does either server ending on its own, so one never outlives the other.
-        let draining = || {
-            let mut ready = ready_rx.clone();
-            async move {
-                // Err only when the sender is gone, which means stop as well.
-                let _ = ready.wait_for(|ready| !ready).await;
-            }
-        };
-        let stop = || ready_tx.send_replace(false);
-        let http_server = axum::serve(self.http_listener, router).with_graceful_shutdown(draining());
+    /// Serves HTTP and gRPC until `shutdown` is triggered, then follows DESIGN §6:
+    ///
+    /// 1. readiness off: `/ready` 503, gRPC health NOT_SERVING (`/health` stays 200);
+    /// 2. the drain delay, still serving;
+    /// 3. "stop servers": HTTP and gRPC together stop accepting, finish every accepted request
+    ///    (see [`crate::server`]), bounded by the deadline minus a reserve for step 5;
+    /// 5. "close resources": the database, last: queued writes committed, WAL checkpointed.
+    ///
+    /// (Step 4, workers, arrives with the order processor.) Returns the report, already logged;
+    /// when it is clean, every acknowledged order is in the database file.
+    pub async fn run(self, mut shutdown: Shutdown) -> Report {
+        let readiness = shutdown.readiness();
+        let servers_budget = self
+            .shutdown_timeout
+            .saturating_sub(self.drain_delay)
+            .saturating_sub(close_reserve(self.shutdown_timeout));
+        let servers = shutdown.phase_with_budget("stop servers", servers_budget);
+        let resources = shutdown.phase("close resources");
+
+        let router = http::router(Arc::clone(&self.desk), readiness.clone());
+        tracing::info!(addr = %self.http_addr, "HTTP server listening");
+        let http_readiness = readiness.clone();
+        shutdown.spawn(servers, "http server", move |stop| {
+            server::serve(self.http_listener, router, Protocol::Http, http_readiness, stop)
+        });
+
+        let grpc::GrpcServices { routes, health } = self.grpc;
         // Every call logged at info, like HTTP requests (path, gRPC status, latency). A non-OK
         // status is usually the client's mistake, so "failures" stay at debug; storage errors
         // are logged at error where they happen.
-        let grpc_trace = TraceLayer::new_for_grpc()
+        let grpc_service = TraceLayer::new_for_grpc()
             .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
             .on_response(DefaultOnResponse::new().level(Level::INFO))
-            .on_failure(DefaultOnFailure::new().level(Level::DEBUG));
-        let grpc_server = tonic::transport::Server::builder()
-            .layer(grpc_trace)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(self.grpc_listener).with_nodelay(Some(true)),
-                draining(),
-            );
-        let (http_served, grpc_served, ()) = tokio::join!(
-            async {
-                let served = http_server.await;
-                stop();
-                tracing::info!("HTTP server stopped");
-                served
-            },
-            async {
-                let served = grpc_server.await;
-                stop();
-                tracing::info!("gRPC server stopped");
-                served
-            },
-            async {
-                tokio::select! {
-                    () = shutdown => {
-                        tracing::info!("shutdown requested: no new connections, finishing requests in flight");
-                    }
-                    () = draining() => {}
-                }
+            .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
+            .layer(routes.prepare());
+        health.set(true).await;
+        tracing::info!(addr = %self.grpc_addr, "gRPC server listening");
+        let grpc_readiness = readiness.clone();
+        shutdown.spawn(servers, "grpc server", move |stop| async move {
+            let unready = async {
+                grpc_readiness.draining().await;
                 health.set(false).await;
-                stop();
-            },
-        );
-        let closed = self.store.close().await;
-        tracing::info!("database closed");
-        http_served.map_err(RunError::Http)?;
-        grpc_served.map_err(RunError::Grpc)?;
-        closed.map_err(RunError::CloseDatabase)
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = server::serve(self.grpc_listener, grpc_service, Protocol::Grpc, grpc_readiness.clone(), stop) => {}
+                () = unready => {}
+            }
+        });
+
+        let store = self.store;
+        shutdown.on_stop(resources, "database", move || async move { store.close().await });
+
+        let report = shutdown.run().await;
+        report.log();
+        report
     }
 }

@@ -50,6 +50,16 @@ pub struct ServeArgs {
     #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
     pub grpc_port: u16,
 
+    /// Longest a shutdown may take, from the signal to exit, drain delay included. What is
+    /// still running then is aborted and named, and the exit code is 1.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// How long to keep serving after a signal with readiness already off (`/ready` 503, gRPC
+    /// health NOT_SERVING), so load balancers stop routing here first. ~5s behind one.
+    #[arg(long, env = "SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_drain_delay: Duration,
+
     /// Where orders are stored: `sqlite://PATH` (created and migrated on start) or a plain path.
     /// Parsed when the service starts ([`DatabaseUrl::parse`]), so a value meant for another
     /// tool does not break commands that never open a database.

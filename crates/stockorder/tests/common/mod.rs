@@ -11,15 +11,14 @@ use stockorder::app::Application;
 use stockorder::config::ServeArgs;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 
-/// An in-process instance (`Application::build` + `run_until`), like zero2prod's `spawn_app`.
+/// An in-process instance (`Application::build` + `run`), like zero2prod's `spawn_app`.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    shutdown: graceful::ShutdownHandle,
+    task: Option<tokio::task::JoinHandle<graceful::Report>>,
     _dir: tempfile::TempDir,
 }
 
@@ -28,6 +27,8 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         host: "127.0.0.1".parse().unwrap(),
         port: 0,
         grpc_port: 0,
+        shutdown_timeout: Duration::from_secs(10),
+        shutdown_drain_delay: Duration::ZERO,
         database_url: format!("sqlite://{}", db.display()),
     }
 }
@@ -39,19 +40,14 @@ pub async fn spawn_app() -> TestApp {
         .unwrap();
     let addr = app.http_addr();
     let grpc_addr = app.grpc_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
+    let shutdown = app.shutdown();
+    let handle = shutdown.handle();
+    let task = tokio::spawn(app.run(shutdown));
     TestApp {
         addr,
         grpc_addr,
         client: reqwest::Client::new(),
-        stop: Some(stop),
+        shutdown: handle,
         task: Some(task),
         _dir: dir,
     }
@@ -70,14 +66,13 @@ impl TestApp {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
-    /// Stops the app the way a signal would and waits until the database is closed.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
+    /// Stops the app the way a signal would, waits until the database is closed, and checks
+    /// the shutdown was clean.
+    pub async fn stop(mut self) -> graceful::Report {
+        self.shutdown.shutdown("test finished");
+        let report = self.task.take().unwrap().await.unwrap();
+        assert!(report.is_clean(), "{report}");
+        report
     }
 }
 
@@ -145,6 +140,29 @@ impl ServerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits for the next log line whose message is `message`.
+    pub async fn wait_for_log(&mut self, message: &str) -> Value {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let line = self.log.recv().await.expect("server exited before logging it");
+                if line["message"] == message {
+                    return line;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {message:?} in the log"))
+    }
+
+    /// Every log line left, up to the process's exit.
+    pub async fn rest_of_log(&mut self) -> Vec<Value> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.log.recv().await {
+            lines.push(line);
+        }
+        lines
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -21,7 +21,7 @@ pub async fn health() -> Json<StatusBody> {
 /// Readiness: 200 while this instance wants new traffic, 503 once shutdown has begun, so a
 /// load balancer stops routing here before the listener closes.
 pub async fn ready<S>(State(state): State<HttpState<S>>) -> Response {
-    if *state.ready.borrow() {
+    if state.readiness.is_ready() {
         Json(StatusBody { status: "ready" }).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(StatusBody { status: "draining" })).into_response()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use tokio::sync::watch;
+use graceful::Readiness;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -24,20 +24,20 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What every handler can reach: the service, and whether this instance is ready for traffic.
 pub struct HttpState<S> {
     service: Arc<S>,
-    ready: watch::Receiver<bool>,
+    readiness: Readiness,
 }
 
 impl<S> Clone for HttpState<S> {
     fn clone(&self) -> Self {
         Self {
             service: Arc::clone(&self.service),
-            ready: self.ready.clone(),
+            readiness: self.readiness.clone(),
         }
     }
 }
 
-/// The REST API. `ready` drives `GET /ready`: true while this instance wants new traffic.
-pub fn router<S: OrderService>(service: Arc<S>, ready: watch::Receiver<bool>) -> Router {
+/// The REST API. `readiness` drives `GET /ready`: 200 until shutdown starts, 503 after.
+pub fn router<S: OrderService>(service: Arc<S>, readiness: Readiness) -> Router {
     Router::new()
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready::<S>))
@@ -55,5 +55,5 @@ pub fn router<S: OrderService>(service: Arc<S>, ready: watch::Receiver<bool>) ->
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        .with_state(HttpState { service, ready })
+        .with_state(HttpState { service, readiness })
 }

@@ -1,0 +1,63 @@
+//! Ordered, deadline-bounded graceful shutdown for tokio services.
+//!
+//! A service registers its components with a [`Shutdown`] coordinator, each in a [`Phase`]:
+//! servers first, then workers, then resources such as the database. When a trigger comes (a
+//! SIGINT or SIGTERM, a [`ShutdownHandle`], or a component ending on its own), the coordinator
+//!
+//! 1. turns [`Readiness`] to draining, so `/ready` and gRPC health can tell load balancers,
+//! 2. keeps serving for the drain delay, so they have time to notice,
+//! 3. runs the phases in order: the components of one phase stop concurrently, each phase
+//!    bounded by its own budget and all of them by one global deadline. Whatever is still
+//!    running at a deadline is aborted and named,
+//! 4. returns a [`Report`]: one [`Entry`] per component with its phase, timing and [`Outcome`],
+//!    and an exit code.
+//!
+//! A second signal during shutdown exits the process at once with status 130
+//! ([`SecondSignal`]). Every task the coordinator starts is joined before [`Shutdown::run`]
+//! returns. The crate knows nothing of HTTP, gRPC or databases: a component is a name, a phase,
+//! and an async function.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let mut shutdown = graceful::Shutdown::new()
+//!         .deadline(Duration::from_secs(30))
+//!         .drain_delay(Duration::from_secs(5))
+//!         .catch_signals()?;
+//!     let servers = shutdown.phase("stop servers");
+//!     let resources = shutdown.phase("close resources");
+//!
+//!     let readiness = shutdown.readiness();
+//!     shutdown.spawn(servers, "http", move |stop| async move {
+//!         // serve until `stop.stopped()` resolves, then finish what was accepted;
+//!         // answer /ready with 503 once `readiness.is_draining()`.
+//!         stop.stopped().await;
+//!         let _ = readiness;
+//!     });
+//!     shutdown.on_stop(resources, "database", || async {
+//!         // flush and close: runs only after every server has stopped
+//!     });
+//!
+//!     let report = shutdown.run().await;
+//!     report.log();
+//!     std::process::exit(report.exit_code().into());
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+mod readiness;
+mod report;
+mod shutdown;
+mod signal;
+mod stop;
+
+pub use readiness::Readiness;
+pub use report::{Entry, Outcome, Reason, Report};
+pub use shutdown::{Phase, SecondSignal, Shutdown, ShutdownHandle};
+pub use stop::{StopResult, StopSignal};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,56 @@
+//! `Connection: close` on HTTP/1 answers once the instance is draining.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use graceful::Readiness;
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::{Request, Response, Version};
+
+/// Wraps a service so that, from the moment shutdown starts, every HTTP/1 response asks the
+/// client to close the connection. The client then sends its next request on a new connection,
+/// which a load balancer routes elsewhere, instead of reusing one that is about to close: the
+/// keep-alive close race cannot happen on a connection that was told to close. Checked when the
+/// response is ready, so a request that began before the trigger is covered too.
+#[derive(Clone)]
+pub struct CloseWhenDraining<S> {
+    inner: S,
+    readiness: Readiness,
+}
+
+impl<S> CloseWhenDraining<S> {
+    pub fn new(inner: S, readiness: Readiness) -> Self {
+        Self { inner, readiness }
+    }
+}
+
+impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for CloseWhenDraining<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        // HTTP/2 has no Connection header (GOAWAY does this job there).
+        let http1 = request.version() <= Version::HTTP_11;
+        let readiness = self.readiness.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            if http1 && readiness.is_draining() {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! Serving HTTP and gRPC on a listener with the shutdown behaviour the contract needs
+//! (DESIGN §6 step 3 and §8), which `axum::serve` and tonic's server do not give:
+//!
+//! - **Every connection is a task this server owns** (a `JoinSet`): when the shutdown coordinator
+//!   aborts the server at its deadline, every connection is aborted with it. tonic spawns its
+//!   connections detached, so its own server cannot be bounded that way.
+//! - **No request is cut between two keep-alive requests** (the idle close race). From the moment
+//!   the instance is draining, every HTTP/1 response carries `Connection: close`, so clients open
+//!   their next request elsewhere instead of racing a close. At stop, connections that are idle
+//!   get [`IDLE_GRACE`] to deliver a request already on its way before they are closed.
+//! - **Nothing in the listen backlog is reset**: before the listening socket closes, connections
+//!   the kernel has already accepted are taken and served (their first request is answered with
+//!   `Connection: close`), so a client that got through the handshake gets an answer. Later
+//!   connections are refused, which clients can retry safely.
+//! - HTTP/2 and gRPC connections get GOAWAY, and every stream already accepted is finished.
+
+mod close;
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Duration;
+
+use graceful::{Readiness, StopSignal};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use close::CloseWhenDraining;
+
+/// How long a connection that is idle when the server stops may still deliver a request that
+/// was already on its way. Long enough for a request sent just before the close to arrive over
+/// a LAN; short enough that an idle server stops within its budget of 100 ms.
+pub const IDLE_GRACE: Duration = Duration::from_millis(50);
+
+/// Which protocols a port speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, and HTTP/2 with prior knowledge: the REST port.
+    Http,
+    /// HTTP/2 only: the gRPC port.
+    Grpc,
+}
+
+/// Serves `service` on `listener` until `stop` fires, then stops accepting (after taking the
+/// backlog), lets every accepted request finish, and returns when the last connection has
+/// closed. Dropping the returned future aborts every connection.
+pub async fn serve<S, B>(listener: TcpListener, service: S, protocol: Protocol, readiness: Readiness, stop: StopSignal)
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = CloseWhenDraining::new(service, readiness);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let accept = |stream: TcpStream, connections: &mut JoinSet<()>| {
+        connections.spawn(connection(stream, service.clone(), protocol, drain_rx.clone()));
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.stopped() => break,
+            // Reap finished connections so the set holds only live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => accept(stream, &mut connections),
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving what is open, retry
+                    // shortly rather than spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+
+    // Take whatever completed its handshake before the socket closes; closing would reset it.
+    let mut taken = 0;
+    while let Some(Ok((stream, _))) = poll_fn(|cx| Poll::Ready(poll_ready(listener.poll_accept(cx)))).await {
+        accept(stream, &mut connections);
+        taken += 1;
+    }
+    drop(listener);
+    tracing::info!(
+        ?protocol,
+        open = connections.len(),
+        from_backlog = taken,
+        "stopped accepting; finishing requests in flight"
+    );
+    drain_tx.send_replace(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// `Some` for a connection the kernel already has, `None` when the backlog is empty.
+fn poll_ready<T>(p: Poll<std::io::Result<T>>) -> Option<std::io::Result<T>> {
+    match p {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
+    }
+}
+
+async fn connection<S, B>(stream: TcpStream, service: S, protocol: Protocol, drain: watch::Receiver<bool>)
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let service = TowerToHyperService::new(service);
+    match protocol {
+        Protocol::Http => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
+            drive(builder.serve_connection(io, service), drain, IDLE_GRACE).await;
+        }
+        Protocol::Grpc => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            // HTTP/2 needs no grace: GOAWAY tells the client which streams were taken, and
+            // those are finished.
+            drive(builder.serve_connection(io, service), drain, Duration::ZERO).await;
+        }
+    }
+}
+
+/// Runs one connection; once draining, gives it `grace` to finish on its own (HTTP/1 answers
+/// carry `Connection: close` by then), then asks it to shut down gracefully and waits.
+async fn drive<C: GracefulConnection>(conn: C, mut drain: watch::Receiver<bool>, grace: Duration) {
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.wait_for(|draining| *draining) => {}
+    }
+    if !grace.is_zero() {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = tokio::time::sleep(grace) => {}
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
