@@ -54,7 +54,7 @@ mod shutdown;
 mod signal;
 mod stop;
 
-pub use readiness::Readiness;
+pub use readiness::{DrainSwitch, Readiness};
 pub use report::{Entry, Outcome, Reason, Report};
 pub use shutdown::{Phase, SecondSignal, Shutdown, ShutdownHandle};
 pub use stop::{StopResult, StopSignal};

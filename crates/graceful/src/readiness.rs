@@ -28,3 +28,32 @@ impl Readiness {
         let _ = rx.wait_for(|draining| *draining).await;
     }
 }
+
+/// The switch behind [`Readiness`]. A [`Shutdown`](crate::Shutdown) owns one and flips it at
+/// the trigger; code that drives readiness by hand (a small program without a coordinator, a
+/// test) can own one directly.
+#[derive(Debug)]
+pub struct DrainSwitch(watch::Sender<bool>);
+
+impl Default for DrainSwitch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DrainSwitch {
+    /// A switch in the ready position.
+    pub fn new() -> Self {
+        Self(watch::channel(false).0)
+    }
+
+    /// A view for adapters to watch.
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.0.subscribe())
+    }
+
+    /// Turns every [`Readiness`] of this switch to draining. Idempotent.
+    pub fn start_draining(&self) {
+        self.0.send_replace(true);
+    }
+}

@@ -147,15 +147,17 @@ impl fmt::Display for Report {
             ms(self.total),
             ms(self.deadline)
         )?;
+        let phase_w = self.entries.iter().map(|e| e.phase.len()).max().unwrap_or(0).max(5);
+        let name_w = self.entries.iter().map(|e| e.component.len()).max().unwrap_or(0).max(9);
         writeln!(
             f,
-            "  {:<16} {:<18} {:>9} {:>9}  outcome",
+            "  {:<phase_w$}  {:<name_w$}  {:>9}  {:>9}  outcome",
             "phase", "component", "start ms", "took ms"
         )?;
         for e in &self.entries {
             writeln!(
                 f,
-                "  {:<16} {:<18} {:>9.1} {:>9.1}  {}",
+                "  {:<phase_w$}  {:<name_w$}  {:>9.1}  {:>9.1}  {}",
                 e.phase,
                 e.component,
                 ms(e.started),

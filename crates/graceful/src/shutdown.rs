@@ -6,14 +6,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::{Entry, Outcome, Reason, Report};
 use crate::signal::Signals;
-use crate::{Readiness, StopResult, StopSignal};
+use crate::{DrainSwitch, Readiness, StopResult, StopSignal};
 
 /// A step of the shutdown. Phases run in the order they were created; the components of one
 /// phase stop concurrently. Returned by [`Shutdown::phase`].
@@ -100,7 +100,7 @@ pub struct Shutdown {
     drain_delay: Duration,
     signals: Option<Signals>,
     second_signal: SecondSignal,
-    draining: watch::Sender<bool>,
+    draining: DrainSwitch,
     handle: ShutdownHandle,
     ended_tx: mpsc::UnboundedSender<usize>,
     ended_rx: mpsc::UnboundedReceiver<usize>,
@@ -128,7 +128,7 @@ impl Shutdown {
             drain_delay: Duration::ZERO,
             signals: None,
             second_signal: SecondSignal::Exit(130),
-            draining: watch::channel(false).0,
+            draining: DrainSwitch::new(),
             handle: ShutdownHandle {
                 token: CancellationToken::new(),
                 reason: Arc::new(Mutex::new(None)),
@@ -184,7 +184,7 @@ impl Shutdown {
 
     /// The readiness switch adapters watch.
     pub fn readiness(&self) -> Readiness {
-        Readiness(self.draining.subscribe())
+        self.draining.readiness()
     }
 
     /// A handle that triggers this shutdown.
@@ -240,7 +240,7 @@ impl Shutdown {
         let (reason, ended_early) = self.wait_for_trigger().await;
         let started = Instant::now();
         tracing::info!(reason = %reason, "shutdown started: readiness off");
-        self.draining.send_replace(true);
+        self.draining.start_draining();
 
         let Shutdown {
             phases,

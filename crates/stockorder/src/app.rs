@@ -143,7 +143,13 @@ impl Application {
         tracing::info!(addr = %self.http_addr, "HTTP server listening");
         let http_readiness = readiness.clone();
         shutdown.spawn(servers, "http server", move |stop| {
-            server::serve(self.http_listener, router, Protocol::Http, http_readiness, stop)
+            server::serve(
+                self.http_listener,
+                router,
+                Protocol::Http,
+                http_readiness,
+                stop.into_future(),
+            )
         });
 
         let grpc::GrpcServices { routes, health } = self.grpc;
@@ -165,7 +171,7 @@ impl Application {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
-                () = server::serve(self.grpc_listener, grpc_service, Protocol::Grpc, grpc_readiness.clone(), stop) => {}
+                () = server::serve(self.grpc_listener, grpc_service, Protocol::Grpc, grpc_readiness.clone(), stop.stopped()) => {}
                 () = unready => {}
             }
         });

@@ -17,11 +17,12 @@
 mod close;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
 
-use graceful::{Readiness, StopSignal};
+use graceful::Readiness;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -48,11 +49,17 @@ pub enum Protocol {
     Grpc,
 }
 
-/// Serves `service` on `listener` until `stop` fires, then stops accepting (after taking the
+/// Serves `service` on `listener` until `stop` resolves, then stops accepting (after taking the
 /// backlog), lets every accepted request finish, and returns when the last connection has
-/// closed. Dropping the returned future aborts every connection.
-pub async fn serve<S, B>(listener: TcpListener, service: S, protocol: Protocol, readiness: Readiness, stop: StopSignal)
-where
+/// closed. HTTP/1 answers carry `Connection: close` while `readiness` is draining. Dropping the
+/// returned future aborts every connection.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    protocol: Protocol,
+    readiness: Readiness,
+    stop: impl Future<Output = ()>,
+) where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: hyper::body::Body + Send + 'static,
@@ -62,13 +69,14 @@ where
     let service = CloseWhenDraining::new(service, readiness);
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    tokio::pin!(stop);
     let accept = |stream: TcpStream, connections: &mut JoinSet<()>| {
         connections.spawn(connection(stream, service.clone(), protocol, drain_rx.clone()));
     };
     loop {
         tokio::select! {
             biased;
-            () = stop.stopped() => break,
+            () = &mut stop => break,
             // Reap finished connections so the set holds only live ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {

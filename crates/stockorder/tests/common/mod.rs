@@ -84,6 +84,7 @@ pub fn market_order() -> Value {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The gRPC address; the HTTP one for a program without gRPC (demo_1, demo_2).
     pub grpc_addr: SocketAddr,
     pub log: tokio::sync::mpsc::UnboundedReceiver<Value>,
 }
@@ -91,8 +92,24 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `stockorder serve` on port 0 with `db` and waits until its log says it listens.
     pub async fn start(db: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stockorder"))
-            .arg("serve")
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_stockorder"));
+        serve.arg("serve");
+        Self::spawn(serve, db, env, true).await
+    }
+
+    /// Starts one of the examples (`demo_1`…), built by `cargo test` beside the test binaries.
+    pub async fn start_example(name: &str, db: &Path, env: &[(&str, &str)], grpc: bool) -> Self {
+        let examples = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("examples");
+        Self::spawn(Command::new(examples.join(name)), db, env, grpc).await
+    }
+
+    async fn spawn(mut command: Command, db: &Path, env: &[(&str, &str)], grpc: bool) -> Self {
+        let mut child = command
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
             .env("GRPC_PORT", "0")
@@ -104,7 +121,7 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("start stockorder");
+            .expect("start the server");
         let stdout = child.stdout.take().unwrap();
         let (tx, mut log) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -115,9 +132,10 @@ impl ServerProcess {
                 }
             }
         });
+        let grpc_expected = grpc;
         let (addr, grpc_addr) = tokio::time::timeout(Duration::from_secs(20), async {
             let (mut http, mut grpc) = (None, None);
-            while http.is_none() || grpc.is_none() {
+            while http.is_none() || (grpc_expected && grpc.is_none()) {
                 let line = log.recv().await.expect("server exited before listening");
                 let addr = || line["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
                 match line["message"].as_str() {
@@ -126,7 +144,8 @@ impl ServerProcess {
                     _ => {}
                 }
             }
-            (http.unwrap(), grpc.unwrap())
+            let http = http.unwrap();
+            (http, grpc.unwrap_or(http))
         })
         .await
         .expect("server did not report its addresses");
