@@ -62,15 +62,25 @@ impl HttpDriver {
     }
 
     async fn exchange(&mut self, req: Request<Full<Bytes>>) -> Result<(hyper::StatusCode, Bytes), Outcome> {
+        // A kept connection the server has closed since (idle timeout, shutdown) is noticed
+        // before the request is sent: that is not a failed request, so open a new one.
+        if let Some(conn) = &mut self.conn
+            && conn.sender.ready().await.is_err()
+        {
+            self.conn = None;
+        }
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self.conn.insert(Conn::open(&self.addr).await?),
         };
         let result = conn.send(req).await;
-        if result.is_err() {
-            self.conn = None;
+        match &result {
+            // The server asked to close (it is draining): the next request goes on a new one.
+            Ok((_, _, close)) if *close => self.conn = None,
+            Err(_) => self.conn = None,
+            Ok(_) => {}
         }
-        result
+        result.map(|(status, body, _)| (status, body))
     }
 }
 
@@ -108,7 +118,8 @@ impl Conn {
         Ok(Self { sender, driver })
     }
 
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(hyper::StatusCode, Bytes), Outcome> {
+    /// Sends one request; the answer's status, body, and whether it said `Connection: close`.
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(hyper::StatusCode, Bytes, bool), Outcome> {
         self.sender.ready().await.map_err(|e| Outcome::from_hyper(&e))?;
         let response = self
             .sender
@@ -116,13 +127,17 @@ impl Conn {
             .await
             .map_err(|e| Outcome::from_hyper(&e))?;
         let status = response.status();
+        let close = response
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|e| Outcome::from_hyper(&e))?
             .to_bytes();
-        Ok((status, body))
+        Ok((status, body, close))
     }
 }
 
