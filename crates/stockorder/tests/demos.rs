@@ -41,7 +41,7 @@ async fn under_load(server: &mut ServerProcess) -> (Seen, Option<i32>) {
                     }
                     Ok(r) => seen.broken.push(format!("HTTP {}", r.status())),
                     Err(e) if e.is_connect() => return seen,
-                    Err(e) => seen.broken.push(format!("{e}")),
+                    Err(e) => seen.broken.push(format!("{e:?}")),
                 }
             }
         });
