@@ -13,8 +13,10 @@ use tracing::Level;
 
 use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
+use crate::adapter::simulated_price::SimulatedPrices;
 use crate::adapter::sqlite::{OpenError, SqliteStore};
 use crate::config::{DatabaseUrl, ServeArgs};
+use crate::processor::{self, ProcessorConfig};
 use crate::server::{self, Protocol};
 use crate::service::OrderDesk;
 
@@ -54,6 +56,7 @@ pub struct Application {
     grpc: grpc::GrpcServices,
     shutdown_timeout: Duration,
     drain_delay: Duration,
+    processor: ProcessorConfig,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
@@ -66,9 +69,10 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupErro
     Ok((listener, bound))
 }
 
-/// What the database phase is guaranteed out of the shutdown deadline, whatever the servers
-/// take: closing commits queued writes and checkpoints the WAL, which needs a moment.
-fn close_reserve(timeout: Duration) -> Duration {
+/// The slice of the shutdown deadline kept for each phase after the servers, whatever the
+/// servers take: workers finish the batch in hand, and closing the database commits queued
+/// writes and checkpoints the WAL. Each needs a moment, not more.
+fn reserve(timeout: Duration) -> Duration {
     (timeout / 4).min(Duration::from_secs(1))
 }
 
@@ -82,12 +86,13 @@ impl Application {
                 args.shutdown_drain_delay, args.shutdown_timeout
             )));
         }
+        let rules = args.processor.risk_rules().map_err(StartupError::Config)?;
         let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
         let store = SqliteStore::open(&path)?;
         tracing::info!(database = %path.display(), "database ready");
         let (http_listener, http_addr) = bind(SocketAddr::new(args.host, args.port)).await?;
         let (grpc_listener, grpc_addr) = bind(SocketAddr::new(args.host, args.grpc_port)).await?;
-        let desk = Arc::new(OrderDesk::new(store.clone()));
+        let desk = Arc::new(OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules));
         let grpc = grpc::services(Arc::clone(&desk))?;
         Ok(Self {
             http_listener,
@@ -99,6 +104,11 @@ impl Application {
             grpc,
             shutdown_timeout: args.shutdown_timeout,
             drain_delay: args.shutdown_drain_delay,
+            processor: ProcessorConfig {
+                workers: args.processor.processor_workers,
+                batch: args.processor.processor_batch,
+                poll_interval: args.processor.processor_poll_interval,
+            },
         })
     }
 
@@ -125,18 +135,21 @@ impl Application {
     /// 1. readiness off: `/ready` 503, gRPC health NOT_SERVING (`/health` stays 200);
     /// 2. the drain delay, still serving;
     /// 3. "stop servers": HTTP and gRPC together stop accepting, finish every accepted request
-    ///    (see [`crate::server`]), bounded by the deadline minus a reserve for step 5;
+    ///    (see [`crate::server`]), bounded by the deadline minus a reserve for each later step;
+    /// 4. "stop workers": the order processor finishes the batch in hand and stops;
     /// 5. "close resources": the database, last: queued writes committed, WAL checkpointed.
     ///
-    /// (Step 4, workers, arrives with the order processor.) Returns the report, already logged;
-    /// when it is clean, every acknowledged order is in the database file.
+    /// Returns the report, already logged; when it is clean, every acknowledged order and
+    /// every decision of the processor is in the database file.
     pub async fn run(self, mut shutdown: Shutdown) -> Report {
         let readiness = shutdown.readiness();
+        let reserve = reserve(self.shutdown_timeout);
         let servers_budget = self
             .shutdown_timeout
             .saturating_sub(self.drain_delay)
-            .saturating_sub(close_reserve(self.shutdown_timeout));
+            .saturating_sub(reserve * 2);
         let servers = shutdown.phase_with_budget("stop servers", servers_budget);
+        let workers = shutdown.phase_with_budget("stop workers", reserve);
         let resources = shutdown.phase("close resources");
 
         let router = http::router(Arc::clone(&self.desk), readiness.clone());
@@ -174,6 +187,11 @@ impl Application {
                 () = server::serve(self.grpc_listener, grpc_service, Protocol::Grpc, grpc_readiness.clone(), stop.stopped()) => {}
                 () = unready => {}
             }
+        });
+
+        let (desk, config) = (Arc::clone(&self.desk), self.processor);
+        shutdown.spawn(workers, "order processor", move |stop| {
+            processor::run(desk, config, stop.into_future())
         });
 
         let store = self.store;

@@ -1,11 +1,14 @@
 //! Configuration: one clap struct per command, with `env` on every field, so each knob works as
 //! a flag and as an environment variable and `--help` documents them all.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::{Quantity, RiskRules, Symbol};
 
 /// stockorder: a stock-order service (REST + gRPC) that shuts down without losing a request.
 #[derive(Debug, Parser)]
@@ -60,11 +63,90 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_drain_delay: Duration,
 
+    /// Order processing and risk rules.
+    #[command(flatten)]
+    pub processor: ProcessorArgs,
+
     /// Where orders are stored: `sqlite://PATH` (created and migrated on start) or a plain path.
     /// Parsed when the service starts ([`DatabaseUrl::parse`]), so a value meant for another
     /// tool does not break commands that never open a database.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db")]
     pub database_url: String,
+}
+
+/// Options of the order processor and the risk rules it (and order placement) applies.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct ProcessorArgs {
+    /// Processor workers; 0 runs none (orders then stay PENDING).
+    #[arg(long, env = "PROCESSOR_WORKERS", default_value_t = 1)]
+    pub processor_workers: usize,
+
+    /// Orders claimed and written per processor batch.
+    #[arg(long, env = "PROCESSOR_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub processor_batch: u32,
+
+    /// Longest time between two looks at the queue when no order arrives (new orders wake the
+    /// processor at once).
+    #[arg(long, env = "PROCESSOR_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub processor_poll_interval: Duration,
+
+    /// Largest quantity per order; larger orders are REJECTED.
+    #[arg(long, env = "MAX_ORDER_QUANTITY", value_parser = clap::value_parser!(i64).range(1..=i32::MAX as i64))]
+    pub max_order_quantity: Option<i64>,
+
+    /// Largest quantity × price per order; larger orders are REJECTED.
+    #[arg(long, env = "MAX_ORDER_NOTIONAL")]
+    pub max_order_notional: Option<f64>,
+
+    /// Comma-separated symbols that may be traded (e.g. `AAPL,MSFT`); others are REJECTED.
+    /// Unset: all symbols.
+    #[arg(long, env = "ALLOWED_SYMBOLS")]
+    pub allowed_symbols: Option<String>,
+}
+
+impl Default for ProcessorArgs {
+    /// The same values as the command-line defaults (a test checks they agree).
+    fn default() -> Self {
+        Self {
+            processor_workers: 1,
+            processor_batch: 256,
+            processor_poll_interval: Duration::from_secs(1),
+            max_order_quantity: None,
+            max_order_notional: None,
+            allowed_symbols: None,
+        }
+    }
+}
+
+impl ProcessorArgs {
+    /// The risk rules these options describe, or why they are unusable.
+    pub fn risk_rules(&self) -> Result<RiskRules, String> {
+        let max_quantity = self
+            .max_order_quantity
+            .map(|q| Quantity::parse(q).map_err(|e| format!("MAX_ORDER_QUANTITY: {e}")))
+            .transpose()?;
+        if let Some(n) = self.max_order_notional
+            && !(n.is_finite() && n > 0.0)
+        {
+            return Err(format!("MAX_ORDER_NOTIONAL must be a positive number, got {n}"));
+        }
+        let allowed_symbols = self
+            .allowed_symbols
+            .as_deref()
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Symbol::parse(s).map_err(|e| format!("ALLOWED_SYMBOLS: {e}")))
+                    .collect::<Result<HashSet<_>, _>>()
+            })
+            .transpose()?;
+        Ok(RiskRules {
+            max_quantity,
+            max_notional: self.max_order_notional,
+            allowed_symbols,
+        })
+    }
 }
 
 /// Logging options.
@@ -164,6 +246,41 @@ mod tests {
         );
         assert!(DatabaseUrl::parse("sqlite://").is_err());
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn processor_defaults_match_the_command_line() {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            p: ProcessorArgs,
+        }
+        let vars = ["PROCESSOR_WORKERS", "PROCESSOR_BATCH", "PROCESSOR_POLL_INTERVAL", "MAX_ORDER_QUANTITY"];
+        if vars.iter().all(|v| std::env::var_os(v).is_none()) {
+            assert_eq!(Only::try_parse_from(["x"]).unwrap().p, ProcessorArgs::default());
+        }
+    }
+
+    #[test]
+    fn risk_rules_from_options() {
+        let args = ProcessorArgs {
+            max_order_quantity: Some(1000),
+            max_order_notional: Some(1e6),
+            allowed_symbols: Some("aapl, MSFT,".into()),
+            ..ProcessorArgs::default()
+        };
+        let rules = args.risk_rules().unwrap();
+        assert_eq!(rules.allowed_symbols.unwrap().len(), 2);
+        let bad = ProcessorArgs {
+            allowed_symbols: Some("AAPL,$$".into()),
+            ..ProcessorArgs::default()
+        };
+        assert!(bad.risk_rules().unwrap_err().starts_with("ALLOWED_SYMBOLS"));
+        let bad = ProcessorArgs {
+            max_order_notional: Some(-1.0),
+            ..ProcessorArgs::default()
+        };
+        assert!(bad.risk_rules().is_err());
     }
 
     #[test]

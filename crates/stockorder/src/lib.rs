@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod load;
 pub mod port;
+pub mod processor;
 pub mod server;
 pub mod service;
 pub mod signal;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use stockorder::adapter::simulated_price::SimulatedPrices;
 use stockorder::adapter::sqlite::SqliteStore;
 use stockorder::config::{DatabaseUrl, LogArgs, ServeArgs};
 use stockorder::service::OrderDesk;
@@ -49,12 +50,15 @@ impl Demo {
         Ok(Self { args: cli.serve, scale })
     }
 
-    /// The order store and the service over it, as `serve` builds them.
+    /// The order store and the service over it, as `serve` builds them. (The demos run no order
+/// processor: their lesson is the servers and the database; orders stay PENDING.)
     pub fn open_store(&self) -> anyhow::Result<(SqliteStore, Arc<OrderDesk<SqliteStore>>)> {
         let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&self.args.database_url).map_err(anyhow::Error::msg)?;
         let store = SqliteStore::open(&path)?;
         tracing::info!(database = %path.display(), "database ready");
-        Ok((store.clone(), Arc::new(OrderDesk::new(store))))
+        let rules = self.args.processor.risk_rules().map_err(anyhow::Error::msg)?;
+        let desk = OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules);
+        Ok((store, Arc::new(desk)))
     }
 
     /// Binds the HTTP port and says where (tests read the address from this line).

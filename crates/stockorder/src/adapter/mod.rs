@@ -3,4 +3,5 @@
 
 pub mod grpc;
 pub mod http;
+pub mod simulated_price;
 pub mod sqlite;

@@ -92,6 +92,15 @@ pub fn order_json(o: &proto::StockOrder) -> Value {
     if !o.client_order_id.is_empty() {
         put("client_order_id", json!(o.client_order_id));
     }
+    if o.fill_price != 0.0 {
+        put("fill_price", json!(o.fill_price));
+    }
+    if o.filled_at.is_some() {
+        put("filled_at", rfc3339(o.filled_at.as_ref()));
+    }
+    if o.cancelled_at.is_some() {
+        put("cancelled_at", rfc3339(o.cancelled_at.as_ref()));
+    }
     Value::Object(v)
 }
 
@@ -123,6 +132,7 @@ mod tests {
             updated_at: None,
             description: String::new(),
             client_order_id: String::new(),
+            ..Default::default()
         };
         let v = order_json(&order);
         assert_eq!(v["order_type"], "LIMIT");

@@ -3,9 +3,11 @@
 //! "valid" and one state machine.
 
 mod enums;
+mod execution;
 mod order;
 mod validation;
 
 pub use enums::{OrderSide, OrderStatus, OrderType, UnknownVariant};
+pub use execution::{Decision, Rejection, RiskRules, decide};
 pub use order::{NewOrder, OrderId, StockOrder, Timestamp};
 pub use validation::{ClientOrderId, Price, Quantity, RawOrder, Symbol, ValidationError, parse_variant};

@@ -153,6 +153,12 @@ pub struct StockOrder {
     pub created_at: Timestamp,
     /// When the status last changed (equal to `created_at` until then).
     pub updated_at: Timestamp,
+    /// The price it executed at, once `FILLED`.
+    pub fill_price: Option<Price>,
+    /// When it was filled.
+    pub filled_at: Option<Timestamp>,
+    /// When it was cancelled.
+    pub cancelled_at: Option<Timestamp>,
 }
 
 impl StockOrder {
@@ -170,6 +176,19 @@ impl StockOrder {
             description: None,
             created_at: now,
             updated_at: now,
+            fill_price: None,
+            filled_at: None,
+            cancelled_at: None,
+        }
+    }
+
+    /// An order refused when it was placed: a valid order the business declines (a risk
+    /// rule), stored `REJECTED` with the reason so the client and the audit trail see why.
+    pub fn rejected(new: NewOrder, id: OrderId, now: Timestamp, reason: String) -> Self {
+        Self {
+            status: OrderStatus::Rejected,
+            description: Some(reason),
+            ..Self::pending(new, id, now)
         }
     }
 }

@@ -3,9 +3,11 @@
 //! so the core names no driver type and adapters are chosen by generics at wiring time.
 
 mod listing;
+mod price;
 mod repository;
 mod service;
 
 pub use listing::{ListQuery, Page, PageLimit, PageToken};
+pub use price::PriceSource;
 pub use repository::{Inserted, OrderRepository, RepositoryError, StatusChange, Transition};
 pub use service::{CANCELLED_MESSAGE, Created, OrderError, OrderService};

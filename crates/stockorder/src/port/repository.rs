@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::domain::{OrderId, OrderStatus, StockOrder, Timestamp};
+use crate::domain::{OrderId, OrderStatus, Price, StockOrder, Timestamp};
 
 use super::ListQuery;
 
@@ -28,7 +28,9 @@ pub struct StatusChange {
     pub to: OrderStatus,
     /// Replaces the description when `Some` (e.g. a rejection reason).
     pub description: Option<String>,
-    /// The new `updated_at`.
+    /// The execution price, for a change to `FILLED`.
+    pub fill_price: Option<Price>,
+    /// The new `updated_at`, and `filled_at` / `cancelled_at` for those changes.
     pub at: Timestamp,
 }
 
@@ -80,4 +82,17 @@ pub trait OrderRepository: Send + Sync + 'static {
 
     /// Applies a conditional status change.
     fn change_status(&self, change: StatusChange) -> impl Future<Output = Result<Transition, RepositoryError>> + Send;
+
+    /// Up to `limit` pending orders the processor has not decided yet, oldest first: the
+    /// processor's queue. Orders marked resting are not in it.
+    fn unprocessed(&self, limit: u32) -> impl Future<Output = Result<Vec<StockOrder>, RepositoryError>> + Send;
+
+    /// Applies a processor batch in one transaction: each change conditionally (its
+    /// [`Transition`] is returned in the same order), and marks `resting` orders as decided
+    /// (still pending, out of the queue) if they are still pending.
+    fn settle(
+        &self,
+        changes: Vec<StatusChange>,
+        resting: Vec<OrderId>,
+    ) -> impl Future<Output = Result<Vec<Transition>, RepositoryError>> + Send;
 }

@@ -18,8 +18,6 @@ mod close;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::future::poll_fn;
-use std::task::Poll;
 use std::time::Duration;
 
 use graceful::Readiness;
@@ -97,12 +95,24 @@ pub async fn serve<S, B>(
     }
 
     // Take whatever completed its handshake before the socket closes; closing would reset it.
+    // Asked of the kernel directly (a non-blocking accept until it would block): tokio's
+    // readiness for the socket can lag behind connections that arrived since the reactor last
+    // looked, and those would be reset.
     let mut taken = 0;
-    while let Some(Ok((stream, _))) = poll_fn(|cx| Poll::Ready(poll_ready(listener.poll_accept(cx)))).await {
-        accept(stream, &mut connections);
-        taken += 1;
+    match listener.into_std() {
+        Ok(listener) => {
+            while let Ok((stream, _)) = listener.accept() {
+                match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                    Ok(stream) => {
+                        accept(stream, &mut connections);
+                        taken += 1;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot serve a connection taken from the backlog"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog"),
     }
-    drop(listener);
     tracing::info!(
         ?protocol,
         open = connections.len(),
@@ -111,14 +121,6 @@ pub async fn serve<S, B>(
     );
     drain_tx.send_replace(true);
     while connections.join_next().await.is_some() {}
-}
-
-/// `Some` for a connection the kernel already has, `None` when the backlog is empty.
-fn poll_ready<T>(p: Poll<std::io::Result<T>>) -> Option<std::io::Result<T>> {
-    match p {
-        Poll::Ready(r) => Some(r),
-        Poll::Pending => None,
-    }
 }
 
 async fn connection<S, B>(stream: TcpStream, service: S, protocol: Protocol, drain: watch::Receiver<bool>)

@@ -1,35 +1,148 @@
-//! Business rules over the ports: identity and timestamps of new orders, idempotent creates,
-//! paging, and cancellation as a conditional transition. Depends on `domain` and `port` only.
+//! Business rules over the ports: identity and timestamps of new orders, risk rules at
+//! placement, idempotent creates, paging, cancellation as a conditional transition, and the
+//! execution of pending orders. Depends on `domain` and `port` only.
 
-use crate::domain::{NewOrder, OrderId, OrderStatus, StockOrder, Timestamp};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::domain::{Decision, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StockOrder, Timestamp, decide};
 use crate::port::{
-    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, StatusChange, Transition,
+    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, PriceSource, StatusChange,
+    Transition,
 };
 
-/// The order desk: takes orders, answers for them, cancels them. Generic over the repository so
-/// the same rules run on SQLite, PostgreSQL or a test double.
-#[derive(Debug)]
+/// The order desk: takes orders, answers for them, cancels them, and executes them. Generic over
+/// the repository so the same rules run on SQLite, PostgreSQL or a test double.
 pub struct OrderDesk<R> {
     repository: R,
+    rules: RiskRules,
+    prices: Arc<dyn PriceSource>,
+    new_orders: Notify,
+}
+
+impl<R> std::fmt::Debug for OrderDesk<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderDesk").field("rules", &self.rules).finish_non_exhaustive()
+    }
+}
+
+/// What one execution batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Executed {
+    /// Orders looked at.
+    pub decided: usize,
+    /// Filled.
+    pub filled: usize,
+    /// Rejected by a risk rule.
+    pub rejected: usize,
+    /// Limit orders left resting.
+    pub resting: usize,
+    /// Orders that stopped being pending before their execution was written (a cancel won the
+    /// race): nothing was done to them.
+    pub lost_race: usize,
 }
 
 impl<R: OrderRepository> OrderDesk<R> {
-    /// A desk storing orders in `repository`.
-    pub fn new(repository: R) -> Self {
-        Self { repository }
+    /// A desk storing orders in `repository`, executing at `prices` under `rules`.
+    pub fn new(repository: R, prices: Arc<dyn PriceSource>, rules: RiskRules) -> Self {
+        Self {
+            repository,
+            rules,
+            prices,
+            new_orders: Notify::new(),
+        }
     }
 
     /// The repository, for wiring code that needs to close it at shutdown.
     pub fn repository(&self) -> &R {
         &self.repository
     }
+
+    /// Notified after every new pending order is stored, so the processor runs at once instead
+    /// of at its next poll. (A `Notify` keeps one permit: a wake-up sent while no worker waits is
+    /// not lost.)
+    pub fn new_orders(&self) -> &Notify {
+        &self.new_orders
+    }
+
+    /// Up to `limit` orders from the processor's queue, oldest first.
+    pub async fn pending_batch(&self, limit: u32) -> Result<Vec<StockOrder>, OrderError> {
+        Ok(self.repository.unprocessed(limit).await?)
+    }
+
+    /// Decides each order at the current price under the rules, and writes every decision in
+    /// one transaction. Each write is conditional on the order still being pending, so a cancel
+    /// that got there first wins and the fill is simply not applied.
+    pub async fn execute(&self, orders: Vec<StockOrder>) -> Result<Executed, OrderError> {
+        let now = Timestamp::now();
+        let mut changes = Vec::with_capacity(orders.len());
+        let mut resting = Vec::new();
+        let mut done = Executed {
+            decided: orders.len(),
+            ..Executed::default()
+        };
+        for order in &orders {
+            let market = self.prices.price(&order.symbol);
+            let decision = decide(
+                order.order_type,
+                order.order_side,
+                &order.symbol,
+                order.quantity,
+                order.price,
+                market,
+                &self.rules,
+            );
+            let (to, fill_price, description) = match decision {
+                Decision::Fill(price) => (OrderStatus::Filled, Some(price), None),
+                Decision::Reject(reason) => (OrderStatus::Rejected, None, Some(reason.0)),
+                Decision::Rest => {
+                    resting.push(order.id);
+                    continue;
+                }
+            };
+            changes.push(StatusChange {
+                id: order.id,
+                from: OrderStatus::Pending,
+                to,
+                description,
+                fill_price,
+                at: now,
+            });
+        }
+        done.resting = resting.len();
+        for transition in self.repository.settle(changes, resting).await? {
+            match transition {
+                Transition::Applied(o) if o.status == OrderStatus::Filled => done.filled += 1,
+                Transition::Applied(_) => done.rejected += 1,
+                Transition::Refused(_) | Transition::NotFound => done.lost_race += 1,
+            }
+        }
+        Ok(done)
+    }
 }
 
 impl<R: OrderRepository> OrderService for OrderDesk<R> {
     async fn create(&self, new: NewOrder) -> Result<Created, OrderError> {
-        let order = StockOrder::pending(new.clone(), OrderId::generate(), Timestamp::now());
+        let (id, now) = (OrderId::generate(), Timestamp::now());
+        // The rules that can be checked now are: a market order at today's price, a limit order
+        // at its limit. Breaking one is not a client mistake but a business refusal, so the
+        // order is stored REJECTED with the reason.
+        let price = match new.order_type {
+            OrderType::Market => Some(self.prices.price(&new.symbol).get()),
+            OrderType::Limit => new.price.map(|p| p.get()),
+        };
+        let order = match self.rules.check(&new.symbol, new.quantity, price) {
+            Ok(()) => StockOrder::pending(new.clone(), id, now),
+            Err(reason) => StockOrder::rejected(new.clone(), id, now, reason.0),
+        };
         match self.repository.insert(order).await? {
-            Inserted::Created(order) => Ok(Created { order, replayed: false }),
+            Inserted::Created(order) => {
+                if order.status == OrderStatus::Pending {
+                    self.new_orders.notify_one();
+                }
+                Ok(Created { order, replayed: false })
+            }
             Inserted::Existing(existing) if new.matches(&existing) => Ok(Created {
                 order: existing,
                 replayed: true,
@@ -66,6 +179,7 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
             from: OrderStatus::Pending,
             to: OrderStatus::Cancelled,
             description: None,
+            fill_price: None,
             at: Timestamp::now(),
         };
         match self.repository.change_status(change).await? {

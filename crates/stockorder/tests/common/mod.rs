@@ -29,15 +29,23 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         grpc_port: 0,
         shutdown_timeout: Duration::from_secs(10),
         shutdown_drain_delay: Duration::ZERO,
+        processor: Default::default(),
         database_url: format!("sqlite://{}", db.display()),
     }
 }
 
+/// An instance without the order processor: orders stay exactly as the API left them, which is
+/// what tests of the REST and gRPC contracts need.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|args| args.processor.processor_workers = 0).await
+}
+
+/// An instance with `configure` applied to the test defaults (processor on).
+pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let app = Application::build(&serve_args(&dir.path().join("orders.db")))
-        .await
-        .unwrap();
+    let mut args = serve_args(&dir.path().join("orders.db"));
+    configure(&mut args);
+    let app = Application::build(&args).await.unwrap();
     let addr = app.http_addr();
     let grpc_addr = app.grpc_addr();
     let shutdown = app.shutdown();
@@ -69,6 +77,9 @@ impl TestApp {
     /// Stops the app the way a signal would, waits until the database is closed, and checks
     /// the shutdown was clean.
     pub async fn stop(mut self) -> graceful::Report {
+        // Close the client's kept connections first, so the server has no idle connection to
+        // give its grace to.
+        drop(std::mem::replace(&mut self.client, reqwest::Client::new()));
         self.shutdown.shutdown("test finished");
         let report = self.task.take().unwrap().await.unwrap();
         assert!(report.is_clean(), "{report}");

@@ -130,6 +130,9 @@ impl From<&StockOrder> for proto::StockOrder {
                 .as_ref()
                 .map(|k| k.as_str().to_owned())
                 .unwrap_or_default(),
+            fill_price: o.fill_price.map_or(0.0, |p| p.get()),
+            filled_at: o.filled_at.map(timestamp),
+            cancelled_at: o.cancelled_at.map(timestamp),
         }
     }
 }

@@ -60,6 +60,12 @@ pub struct OrderBody<'a> {
     description: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_order_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fill_price: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    filled_at: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    cancelled_at: Option<OffsetDateTime>,
 }
 
 impl<'a> From<&'a StockOrder> for OrderBody<'a> {
@@ -76,6 +82,9 @@ impl<'a> From<&'a StockOrder> for OrderBody<'a> {
             updated_at: o.updated_at.as_datetime(),
             description: o.description.as_deref().filter(|d| !d.is_empty()),
             client_order_id: o.client_order_id.as_ref().map(|k| k.as_str()),
+            fill_price: o.fill_price.map(|p| p.get()),
+            filled_at: o.filled_at.map(|t| t.as_datetime()),
+            cancelled_at: o.cancelled_at.map(|t| t.as_datetime()),
         }
     }
 }

@@ -107,6 +107,17 @@ impl OrderRepository for SqliteStore {
     async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
         self.inner.writer.change_status(change).await
     }
+
+    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.readers.with(|conn| rows::unprocessed(conn, limit)))
+            .await
+            .map_err(|e| RepositoryError::Database(Box::new(e)))?
+    }
+
+    async fn settle(&self, changes: Vec<StatusChange>, resting: Vec<OrderId>) -> Result<Vec<Transition>, RepositoryError> {
+        self.inner.writer.settle(changes, resting).await
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::port::ListQuery;
 /// formatting the SQL text first.
 macro_rules! columns {
     () => {
-        "id, client_order_id, symbol, order_type, order_side, quantity, price, status, description, created_at, updated_at"
+        "id, client_order_id, symbol, order_type, order_side, quantity, price, status, description, created_at, updated_at, fill_price, filled_at, cancelled_at"
     };
 }
 
@@ -37,6 +37,10 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<StockOrder> {
     let status: String = row.get(7)?;
     let created_at: i64 = row.get(9)?;
     let updated_at: i64 = row.get(10)?;
+    let fill_price: Option<f64> = row.get(11)?;
+    let filled_at: Option<i64> = row.get(12)?;
+    let cancelled_at: Option<i64> = row.get(13)?;
+    let instant = |what: &str, micros: i64| Timestamp::from_unix_micros(micros).ok_or_else(|| corrupt(what, micros));
     Ok(StockOrder {
         id: OrderId::from_uuid(Uuid::from_bytes(id)),
         client_order_id: client_order_id
@@ -51,16 +55,19 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<StockOrder> {
             .transpose()?,
         status: status.parse().map_err(|_| corrupt("status", &status))?,
         description: row.get(8)?,
-        created_at: Timestamp::from_unix_micros(created_at).ok_or_else(|| corrupt("created_at", created_at))?,
-        updated_at: Timestamp::from_unix_micros(updated_at).ok_or_else(|| corrupt("updated_at", updated_at))?,
+        created_at: instant("created_at", created_at)?,
+        updated_at: instant("updated_at", updated_at)?,
+        fill_price: fill_price
+            .map(|p| Price::parse(p).map_err(|_| corrupt("fill_price", p)))
+            .transpose()?,
+        filled_at: filled_at.map(|t| instant("filled_at", t)).transpose()?,
+        cancelled_at: cancelled_at.map(|t| instant("cancelled_at", t)).transpose()?,
     })
 }
 
 pub(super) fn insert(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO orders (id, client_order_id, symbol, order_type, order_side, quantity, price, status,
-                             description, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        concat!("INSERT INTO orders (", columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
     )?;
     stmt.execute(params![
         o.id.as_uuid().as_bytes(),
@@ -74,6 +81,9 @@ pub(super) fn insert(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> 
         o.description,
         o.created_at.unix_micros(),
         o.updated_at.unix_micros(),
+        o.fill_price.map(Price::get),
+        o.filled_at.map(|t| t.unix_micros()),
+        o.cancelled_at.map(|t| t.unix_micros()),
     ])?;
     Ok(())
 }
@@ -92,13 +102,17 @@ pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusq
     stmt.query_row([key.as_str()], order_from_row).optional()
 }
 
-/// Sets the status if, and only if, the order is still in `from`; returns the changed row.
+/// Sets the status if, and only if, the order is still in `from`; returns the changed row. A
+/// change to FILLED records the fill price and `filled_at`, one to CANCELLED `cancelled_at`.
 pub(super) fn change_status(
     conn: &Connection,
     change: &crate::port::StatusChange,
 ) -> rusqlite::Result<Option<StockOrder>> {
     let mut stmt = conn.prepare_cached(concat!(
-        "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3
+        "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3,
+                fill_price = coalesce(?6, fill_price),
+                filled_at = CASE WHEN ?1 = 'FILLED' THEN ?3 ELSE filled_at END,
+                cancelled_at = CASE WHEN ?1 = 'CANCELLED' THEN ?3 ELSE cancelled_at END
          WHERE id = ?4 AND status = ?5 RETURNING ",
         columns!()
     ))?;
@@ -109,10 +123,29 @@ pub(super) fn change_status(
             change.at.unix_micros(),
             change.id.as_uuid().as_bytes(),
             change.from.as_str(),
+            change.fill_price.map(Price::get),
         ],
         order_from_row,
     )
     .optional()
+}
+
+/// Takes a pending order out of the processor's queue, leaving it pending (a resting limit).
+pub(super) fn mark_resting(conn: &Connection, id: OrderId) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE orders SET rests = 1 WHERE id = ?1 AND status = 'PENDING'")?;
+    stmt.execute([id.as_uuid().as_bytes()])?;
+    Ok(())
+}
+
+/// The processor's queue, oldest first (an index seek on `orders_unprocessed`).
+pub(super) fn unprocessed(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<StockOrder>> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM orders WHERE status = 'PENDING' AND rests = 0 ORDER BY id LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map([limit], order_from_row)?;
+    rows.collect()
 }
 
 /// The list statement for this combination of filters. Only the filters present appear in the

@@ -27,6 +27,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX orders_by_status ON orders (status, id);
     CREATE INDEX orders_by_symbol ON orders (symbol, id);
     CREATE INDEX orders_by_side ON orders (order_side, id);",
+    // 2: the order lifecycle. Execution details, and the processor's queue: a pending order
+    // not yet decided is in `orders_unprocessed` (a partial index holding exactly the work to
+    // do, so a claim is a seek however many orders exist); one the processor decided to leave
+    // resting (a limit not reached) gets `rests = 1` and leaves the index while staying PENDING.
+    "ALTER TABLE orders ADD COLUMN fill_price REAL CHECK (fill_price IS NULL OR fill_price > 0);
+    ALTER TABLE orders ADD COLUMN filled_at INTEGER;
+    ALTER TABLE orders ADD COLUMN cancelled_at INTEGER;
+    ALTER TABLE orders ADD COLUMN rests INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX orders_unprocessed ON orders (id) WHERE status = 'PENDING' AND rests = 0;",
 ];
 
 /// The schema version this binary writes.

@@ -27,6 +27,7 @@ fn cancel(id: OrderId) -> StatusChange {
         from: OrderStatus::Pending,
         to: OrderStatus::Cancelled,
         description: None,
+        fill_price: None,
         at: Timestamp::now(),
     }
 }

@@ -13,7 +13,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows;
-use crate::domain::StockOrder;
+use crate::domain::{OrderId, StockOrder};
 use crate::port::{Inserted, RepositoryError, StatusChange, Transition};
 
 /// The most requests committed in one transaction; bounds the latency a batch adds to its first
@@ -36,12 +36,14 @@ enum Command {
 enum Write {
     Insert(StockOrder, Reply<Inserted>),
     ChangeStatus(StatusChange, Reply<Transition>),
+    Settle(Vec<StatusChange>, Vec<OrderId>, Reply<Vec<Transition>>),
 }
 
 /// A result computed inside the open transaction, sent once the transaction's fate is known.
 enum Outcome {
     Insert(Reply<Inserted>, Result<Inserted, RepositoryError>),
     ChangeStatus(Reply<Transition>, Result<Transition, RepositoryError>),
+    Settle(Reply<Vec<Transition>>, Result<Vec<Transition>, RepositoryError>),
 }
 
 impl Outcome {
@@ -50,6 +52,7 @@ impl Outcome {
         match write {
             Write::Insert(_, reply) => Outcome::Insert(reply, Err(RepositoryError::Closed)),
             Write::ChangeStatus(_, reply) => Outcome::ChangeStatus(reply, Err(RepositoryError::Closed)),
+            Write::Settle(_, _, reply) => Outcome::Settle(reply, Err(RepositoryError::Closed)),
         }
     }
 
@@ -58,6 +61,7 @@ impl Outcome {
         match self {
             Outcome::Insert(reply, result) => drop(reply.send(result)),
             Outcome::ChangeStatus(reply, result) => drop(reply.send(result)),
+            Outcome::Settle(reply, result) => drop(reply.send(result)),
         }
     }
 
@@ -67,6 +71,7 @@ impl Outcome {
         match self {
             Outcome::Insert(reply, _) => drop(reply.send(Err(err()))),
             Outcome::ChangeStatus(reply, _) => drop(reply.send(Err(err()))),
+            Outcome::Settle(reply, _) => drop(reply.send(Err(err()))),
         }
     }
 }
@@ -111,6 +116,15 @@ impl Writer {
 
     pub(super) async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
         self.call(|reply| Command::Write(Write::ChangeStatus(change, reply)))
+            .await
+    }
+
+    pub(super) async fn settle(
+        &self,
+        changes: Vec<StatusChange>,
+        resting: Vec<OrderId>,
+    ) -> Result<Vec<Transition>, RepositoryError> {
+        self.call(|reply| Command::Write(Write::Settle(changes, resting, reply)))
             .await
     }
 
@@ -204,7 +218,15 @@ fn apply(conn: &Connection, write: Write) -> Outcome {
     match write {
         Write::Insert(order, reply) => Outcome::Insert(reply, insert(conn, order)),
         Write::ChangeStatus(change, reply) => Outcome::ChangeStatus(reply, change_status(conn, &change)),
+        Write::Settle(changes, resting, reply) => Outcome::Settle(reply, settle(conn, &changes, &resting)),
     }
+}
+
+fn settle(conn: &Connection, changes: &[StatusChange], resting: &[OrderId]) -> Result<Vec<Transition>, RepositoryError> {
+    for &id in resting {
+        rows::mark_resting(conn, id).map_err(database)?;
+    }
+    changes.iter().map(|change| change_status(conn, change)).collect()
 }
 
 fn insert(conn: &Connection, order: StockOrder) -> Result<Inserted, RepositoryError> {

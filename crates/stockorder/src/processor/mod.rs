@@ -1,0 +1,157 @@
+//! The order processor: takes pending orders from the database and fills or rejects them.
+//!
+//! The database is the queue (`OrderRepository::unprocessed`): nothing waits only in memory, so
+//! an order accepted before a crash is executed after the restart. Workers wake when an order is
+//! placed (`OrderDesk::new_orders`), so a market order fills within milliseconds, and poll at an
+//! interval as a safety net. Workers claim disjoint batches: a claim and the in-flight set are
+//! kept under one lock, so two workers never decide the same order. Every write is conditional
+//! on the order still being pending, so a cancel racing a fill has exactly one winner.
+//!
+//! On stop, a worker finishes the batch in hand (its decisions are written) and returns.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use crate::domain::OrderId;
+use crate::port::{OrderError, OrderRepository};
+use crate::service::{Executed, OrderDesk};
+
+/// How the processor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessorConfig {
+    /// Concurrent workers; 0 runs no processor (orders stay pending, e.g. to test recovery).
+    pub workers: usize,
+    /// Orders claimed per batch (and written per transaction).
+    pub batch: u32,
+    /// Longest time between two looks at the queue when no order arrives.
+    pub poll_interval: Duration,
+}
+
+/// Why the processor stopped on its own.
+#[derive(Debug, thiserror::Error)]
+#[error("order processor failed")]
+pub struct ProcessorError(#[source] OrderError);
+
+struct Shared<R> {
+    desk: Arc<OrderDesk<R>>,
+    config: ProcessorConfig,
+    /// Orders claimed by a worker and not yet written.
+    in_flight: Mutex<HashSet<OrderId>>,
+}
+
+/// Runs `config.workers` workers until `stop` resolves; each finishes its batch in hand, and
+/// this returns when all have. Returns early with an error if storage fails for good.
+pub async fn run<R: OrderRepository>(
+    desk: Arc<OrderDesk<R>>,
+    config: ProcessorConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProcessorError> {
+    if config.workers == 0 {
+        stop.await;
+        return Ok(());
+    }
+    let shared = Arc::new(Shared {
+        desk,
+        config,
+        in_flight: Mutex::new(HashSet::new()),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = JoinSet::new();
+    for _ in 0..config.workers {
+        workers.spawn(worker(Arc::clone(&shared), stop_rx.clone()));
+    }
+    tokio::pin!(stop);
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            joined = workers.join_next() => match joined {
+                Some(Ok(Err(e))) => { result = Err(e); break; }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    stop_tx.send_replace(true);
+    while let Some(joined) = workers.join_next().await {
+        if let Ok(Err(e)) = joined
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+async fn worker<R: OrderRepository>(
+    shared: Arc<Shared<R>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ProcessorError> {
+    let mut totals = Executed::default();
+    while !*stop.borrow() {
+        let claimed = match claim(&shared).await {
+            Ok(batch) => batch,
+            Err(OrderError::Unavailable) => break, // the store is closing: shutdown is under way
+            Err(e) => return Err(ProcessorError(e)),
+        };
+        let full = claimed.len() >= shared.config.batch as usize;
+        if !claimed.is_empty() {
+            let ids: Vec<OrderId> = claimed.iter().map(|o| o.id).collect();
+            let executed = shared.desk.execute(claimed).await;
+            shared.in_flight.lock().await.retain(|id| !ids.contains(id));
+            match executed {
+                Ok(done) => add(&mut totals, done),
+                Err(OrderError::Unavailable) => break,
+                Err(e) => return Err(ProcessorError(e)),
+            }
+        }
+        if full {
+            // More is waiting: let another worker share it, and go on without sleeping.
+            shared.desk.new_orders().notify_one();
+            continue;
+        }
+        tokio::select! {
+            () = shared.desk.new_orders().notified() => {}
+            () = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = stop.wait_for(|stopped| *stopped) => {}
+        }
+    }
+    tracing::debug!(
+        filled = totals.filled,
+        rejected = totals.rejected,
+        resting = totals.resting,
+        lost_race = totals.lost_race,
+        "processor worker stopped"
+    );
+    Ok(())
+}
+
+/// The next batch no other worker holds, added to the in-flight set under the same lock.
+async fn claim<R: OrderRepository>(shared: &Shared<R>) -> Result<Vec<crate::domain::StockOrder>, OrderError> {
+    let mut in_flight = shared.in_flight.lock().await;
+    let want = shared.config.batch as usize;
+    let candidates = shared
+        .desk
+        .pending_batch((want + in_flight.len()).min(u32::MAX as usize) as u32)
+        .await?;
+    let batch: Vec<_> = candidates
+        .into_iter()
+        .filter(|o| !in_flight.contains(&o.id))
+        .take(want)
+        .collect();
+    in_flight.extend(batch.iter().map(|o| o.id));
+    Ok(batch)
+}
+
+fn add(totals: &mut Executed, done: Executed) {
+    totals.decided += done.decided;
+    totals.filled += done.filled;
+    totals.rejected += done.rejected;
+    totals.resting += done.resting;
+    totals.lost_race += done.lost_race;
+}
