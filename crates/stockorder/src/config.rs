@@ -255,7 +255,12 @@ mod tests {
             #[command(flatten)]
             p: ProcessorArgs,
         }
-        let vars = ["PROCESSOR_WORKERS", "PROCESSOR_BATCH", "PROCESSOR_POLL_INTERVAL", "MAX_ORDER_QUANTITY"];
+        let vars = [
+            "PROCESSOR_WORKERS",
+            "PROCESSOR_BATCH",
+            "PROCESSOR_POLL_INTERVAL",
+            "MAX_ORDER_QUANTITY",
+        ];
         if vars.iter().all(|v| std::env::var_os(v).is_none()) {
             assert_eq!(Only::try_parse_from(["x"]).unwrap().p, ProcessorArgs::default());
         }

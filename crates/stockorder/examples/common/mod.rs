@@ -51,7 +51,7 @@ impl Demo {
     }
 
     /// The order store and the service over it, as `serve` builds them. (The demos run no order
-/// processor: their lesson is the servers and the database; orders stay PENDING.)
+    /// processor: their lesson is the servers and the database; orders stay PENDING.)
     pub fn open_store(&self) -> anyhow::Result<(SqliteStore, Arc<OrderDesk<SqliteStore>>)> {
         let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&self.args.database_url).map_err(anyhow::Error::msg)?;
         let store = SqliteStore::open(&path)?;

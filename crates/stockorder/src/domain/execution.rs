@@ -32,12 +32,7 @@ impl fmt::Display for Rejection {
 impl RiskRules {
     /// Checks an order at `price` (the limit price, or the market price for a market order;
     /// `None` when no price is known yet, which skips the notional rule).
-    pub fn check(
-        &self,
-        symbol: &Symbol,
-        quantity: Quantity,
-        price: Option<f64>,
-    ) -> Result<(), Rejection> {
+    pub fn check(&self, symbol: &Symbol, quantity: Quantity, price: Option<f64>) -> Result<(), Rejection> {
         if let Some(allowed) = &self.allowed_symbols
             && !allowed.contains(symbol)
         {
@@ -99,7 +94,11 @@ pub fn decide(
                 OrderSide::Buy => market <= limit,
                 OrderSide::Sell => market >= limit,
             };
-            if crosses { Decision::Fill(market) } else { Decision::Rest }
+            if crosses {
+                Decision::Fill(market)
+            } else {
+                Decision::Rest
+            }
         }
     }
 }
@@ -122,18 +121,44 @@ mod tests {
 
     #[test]
     fn market_orders_fill_at_the_market() {
-        let d = decide(OrderType::Market, OrderSide::Buy, &sym("AAPL"), qty(10), None, px(150.0), &RiskRules::default());
+        let d = decide(
+            OrderType::Market,
+            OrderSide::Buy,
+            &sym("AAPL"),
+            qty(10),
+            None,
+            px(150.0),
+            &RiskRules::default(),
+        );
         assert_eq!(d, Decision::Fill(px(150.0)));
     }
 
     #[test]
     fn limit_orders_fill_only_at_their_price_or_better() {
         let rules = RiskRules::default();
-        let at = |side, limit| decide(OrderType::Limit, side, &sym("AAPL"), qty(1), Some(px(limit)), px(100.0), &rules);
-        assert_eq!(at(OrderSide::Buy, 101.0), Decision::Fill(px(100.0)), "buy limit above market");
+        let at = |side, limit| {
+            decide(
+                OrderType::Limit,
+                side,
+                &sym("AAPL"),
+                qty(1),
+                Some(px(limit)),
+                px(100.0),
+                &rules,
+            )
+        };
+        assert_eq!(
+            at(OrderSide::Buy, 101.0),
+            Decision::Fill(px(100.0)),
+            "buy limit above market"
+        );
         assert_eq!(at(OrderSide::Buy, 100.0), Decision::Fill(px(100.0)));
         assert_eq!(at(OrderSide::Buy, 99.0), Decision::Rest);
-        assert_eq!(at(OrderSide::Sell, 99.0), Decision::Fill(px(100.0)), "sell limit below market");
+        assert_eq!(
+            at(OrderSide::Sell, 99.0),
+            Decision::Fill(px(100.0)),
+            "sell limit below market"
+        );
         assert_eq!(at(OrderSide::Sell, 101.0), Decision::Rest);
     }
 
@@ -147,13 +172,27 @@ mod tests {
         assert!(rules.check(&sym("AAPL"), qty(100), Some(100.0)).is_ok());
         let reason = |s: &str, q: i64, p: f64| rules.check(&sym(s), qty(q), Some(p)).unwrap_err().0;
         assert_eq!(reason("TSLA", 1, 1.0), "rejected: TSLA is not a traded symbol");
-        assert_eq!(reason("AAPL", 1001, 1.0), "rejected: quantity 1001 exceeds the limit of 1000");
+        assert_eq!(
+            reason("AAPL", 1001, 1.0),
+            "rejected: quantity 1001 exceeds the limit of 1000"
+        );
         assert_eq!(
             reason("AAPL", 600, 100.0),
             "rejected: notional 60000.00 exceeds the limit of 50000.00"
         );
-        assert!(rules.check(&sym("AAPL"), qty(600), None).is_ok(), "no price yet: notional waits");
-        let d = decide(OrderType::Market, OrderSide::Sell, &sym("AAPL"), qty(600), None, px(100.0), &rules);
+        assert!(
+            rules.check(&sym("AAPL"), qty(600), None).is_ok(),
+            "no price yet: notional waits"
+        );
+        let d = decide(
+            OrderType::Market,
+            OrderSide::Sell,
+            &sym("AAPL"),
+            qty(600),
+            None,
+            px(100.0),
+            &rules,
+        );
         assert!(matches!(d, Decision::Reject(_)));
     }
 }

@@ -8,8 +8,8 @@ use tokio::sync::Notify;
 
 use crate::domain::{Decision, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StockOrder, Timestamp, decide};
 use crate::port::{
-    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, PriceSource, StatusChange,
-    Transition,
+    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, PriceSource,
+    StatusChange, Transition,
 };
 
 /// The order desk: takes orders, answers for them, cancels them, and executes them. Generic over
@@ -23,7 +23,9 @@ pub struct OrderDesk<R> {
 
 impl<R> std::fmt::Debug for OrderDesk<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrderDesk").field("rules", &self.rules).finish_non_exhaustive()
+        f.debug_struct("OrderDesk")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
     }
 }
 

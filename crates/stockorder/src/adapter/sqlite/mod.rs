@@ -115,7 +115,11 @@ impl OrderRepository for SqliteStore {
             .map_err(|e| RepositoryError::Database(Box::new(e)))?
     }
 
-    async fn settle(&self, changes: Vec<StatusChange>, resting: Vec<OrderId>) -> Result<Vec<Transition>, RepositoryError> {
+    async fn settle(
+        &self,
+        changes: Vec<StatusChange>,
+        resting: Vec<OrderId>,
+    ) -> Result<Vec<Transition>, RepositoryError> {
         self.inner.writer.settle(changes, resting).await
     }
 }

@@ -66,9 +66,11 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<StockOrder> {
 }
 
 pub(super) fn insert(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        concat!("INSERT INTO orders (", columns!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
-    )?;
+    let mut stmt = conn.prepare_cached(concat!(
+        "INSERT INTO orders (",
+        columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    ))?;
     stmt.execute(params![
         o.id.as_uuid().as_bytes(),
         o.client_order_id.as_ref().map(ClientOrderId::as_str),

@@ -222,7 +222,11 @@ fn apply(conn: &Connection, write: Write) -> Outcome {
     }
 }
 
-fn settle(conn: &Connection, changes: &[StatusChange], resting: &[OrderId]) -> Result<Vec<Transition>, RepositoryError> {
+fn settle(
+    conn: &Connection,
+    changes: &[StatusChange],
+    resting: &[OrderId],
+) -> Result<Vec<Transition>, RepositoryError> {
     for &id in resting {
         rows::mark_resting(conn, id).map_err(database)?;
     }
