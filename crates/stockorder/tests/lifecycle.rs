@@ -9,6 +9,8 @@ use std::time::Duration;
 use common::{ServerProcess, TestApp, market_order, spawn_app_with};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use stockorder::adapter::grpc::proto;
+use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
 use stockorder::adapter::simulated_price::SimulatedPrices;
 use stockorder::domain::Symbol;
 use stockorder::port::PriceSource;
@@ -50,6 +52,23 @@ async fn a_market_order_is_filled_at_the_market_price() {
     assert_eq!(filled["filled_at"], filled["updated_at"]);
     assert!(filled.get("cancelled_at").is_none());
     assert!(filled["filled_at"].as_str().unwrap() >= placed["created_at"].as_str().unwrap());
+
+    // The same over gRPC (fields 12 and 13).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = StockOrderServiceClient::new(channel);
+    let order = grpc
+        .get_order(proto::GetOrderRequest { order_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.status(), proto::OrderStatus::Filled);
+    assert_eq!(order.fill_price, market_price("AAPL"));
+    assert_eq!(order.filled_at, order.updated_at);
+    assert!(order.filled_at.is_some() && order.cancelled_at.is_none());
     app.stop().await;
 }
 
