@@ -50,7 +50,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: writer::Writer,
-    readers: readers::ReadPool,
+    readers: Arc<readers::ReadPool>,
 }
 
 impl SqliteStore {
@@ -67,8 +67,15 @@ impl SqliteStore {
             path: path.clone(),
             source,
         })?;
-        let writer = writer::Writer::spawn(conn)?;
-        let readers = readers::ReadPool::new(path.clone());
+        let commits = readers::Commits::default();
+        let readers = Arc::new(readers::ReadPool::new(path.clone(), commits.clone()));
+        let pool = Arc::clone(&readers);
+        // Readers reuse a snapshot while nothing has been committed (see `readers`): count the
+        // commit before any caller hears of it, then end the snapshots it made stale.
+        let writer = writer::Writer::spawn(conn, move || {
+            commits.bump();
+            pool.release_stale();
+        })?;
         Ok(Self {
             inner: Arc::new(Inner { path, writer, readers }),
         })

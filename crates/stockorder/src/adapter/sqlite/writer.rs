@@ -88,12 +88,13 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on an open, migrated connection.
-    pub(super) fn spawn(conn: Connection) -> std::io::Result<Self> {
+    /// Starts the writer thread on an open, migrated connection. `after_commit` runs after
+    /// each successful commit and before any of its callers is answered.
+    pub(super) fn spawn(conn: Connection, after_commit: impl Fn() + Send + 'static) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, requests))?;
+            .spawn(move || run(conn, requests, &after_commit))?;
         Ok(Self {
             queue,
             thread: std::sync::Mutex::new(Some(thread)),
@@ -147,7 +148,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>) {
+fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit: &dyn Fn()) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
     while let Some(first) = requests.blocking_recv() {
@@ -158,7 +159,7 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        commit(&mut conn, &mut batch);
+        commit(&mut conn, &mut batch, after_commit);
         if closing.is_some() {
             break;
         }
@@ -169,10 +170,10 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>) {
     while let Ok(cmd) = requests.try_recv() {
         take(cmd, &mut batch, &mut closing);
         if batch.len() == MAX_BATCH {
-            commit(&mut conn, &mut batch);
+            commit(&mut conn, &mut batch, after_commit);
         }
     }
-    commit(&mut conn, &mut batch);
+    commit(&mut conn, &mut batch, after_commit);
     let result = shut(conn);
     if let Some(reply) = closing {
         let _ = reply.send(result);
@@ -191,7 +192,7 @@ fn take(cmd: Command, batch: &mut Vec<Write>, closing: &mut Option<oneshot::Send
 }
 
 /// Runs the batch in one transaction and answers every caller after the commit.
-fn commit(conn: &mut Connection, batch: &mut Vec<Write>) {
+fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()) {
     if batch.is_empty() {
         return;
     }
@@ -205,7 +206,10 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>) {
     };
     let outcomes: Vec<Outcome> = batch.drain(..).map(|cmd| apply(&tx, cmd)).collect();
     match tx.commit() {
-        Ok(()) => outcomes.into_iter().for_each(Outcome::send),
+        Ok(()) => {
+            after_commit();
+            outcomes.into_iter().for_each(Outcome::send);
+        }
         Err(e) => {
             tracing::error!(error = %e, writes = outcomes.len(), "sqlite commit failed");
             let message = e.to_string();
