@@ -36,6 +36,8 @@ pub enum Command {
     Client(crate::client::ClientArgs),
     /// Drive load at a running server and print throughput and latency.
     Load(crate::load::LoadArgs),
+    /// Start a server, load it, signal it, and account for every request.
+    Prove(crate::prove::ProveArgs),
 }
 
 /// Options of `stockorder serve`.

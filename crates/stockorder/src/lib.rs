@@ -14,6 +14,7 @@ pub mod domain;
 pub mod load;
 pub mod port;
 pub mod processor;
+pub mod prove;
 pub mod server;
 pub mod service;
 pub mod signal;

@@ -25,7 +25,7 @@ async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let output = match cli.command {
         None | Some(Command::Serve(_)) => LogOutput::Stdout,
-        Some(Command::Client(_) | Command::Load(_)) => LogOutput::Stderr,
+        Some(Command::Client(_) | Command::Load(_) | Command::Prove(_)) => LogOutput::Stderr,
     };
     stockorder::telemetry::init(&cli.log, output);
     match cli.command {
@@ -33,6 +33,7 @@ async fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Client(args)) => stockorder::client::run(args).await.map(|()| ExitCode::SUCCESS),
         Some(Command::Load(args)) => stockorder::load::run(args).await.map(|()| ExitCode::SUCCESS),
+        Some(Command::Prove(args)) => stockorder::prove::run(args).await,
     }
 }
 

@@ -41,6 +41,22 @@ impl HttpDriver {
         }
     }
 
+    /// Places one market order; the outcome, and the order's id when it was acknowledged.
+    pub async fn place_order(&mut self) -> (Outcome, Option<String>) {
+        let req = request(&self.addr, "POST", "/api/orders", Some(ORDER_BODY));
+        match self.exchange(req).await {
+            Ok((status, body)) => {
+                let id = status
+                    .is_success()
+                    .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+                    .flatten()
+                    .and_then(|v| v.get("id").and_then(|id| id.as_str().map(str::to_owned)));
+                (Outcome::Status(status.as_u16()), id)
+            }
+            Err(outcome) => (outcome, None),
+        }
+    }
+
     /// Creates `n` orders and returns their ids (or positions, for a server whose answers
     /// carry no id, such as the echo baseline).
     pub async fn seed(&mut self, n: usize) -> anyhow::Result<Vec<String>> {

@@ -8,7 +8,9 @@ mod grpc;
 mod http;
 mod report;
 
-use std::sync::Arc;
+pub use http::HttpDriver;
+
+pub use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,6 @@ use clap::{Args, ValueEnum};
 use tokio::task::JoinSet;
 
 use grpc::GrpcDriver;
-use http::HttpDriver;
 
 pub use report::{Outcome, Report};
 

@@ -21,6 +21,8 @@ pub enum Outcome {
     Reset,
     /// The connection closed before an answer arrived.
     Closed,
+    /// No answer within the client's timeout.
+    TimedOut,
     /// Any other transport failure.
     Other,
 }
@@ -78,13 +80,15 @@ impl Outcome {
         }
     }
 
-    pub(super) fn label(self) -> String {
+    /// How the outcome is named in reports (`HTTP 201`, `refused`, …).
+    pub fn label(self) -> String {
         match self {
             Outcome::Status(s) => format!("HTTP {s}"),
             Outcome::Grpc(code) => format!("gRPC {}", crate::client::code_name(tonic::Code::from_i32(code))),
             Outcome::Refused => "refused".into(),
             Outcome::Reset => "reset".into(),
             Outcome::Closed => "closed without answer".into(),
+            Outcome::TimedOut => "timed out".into(),
             Outcome::Other => "other error".into(),
         }
     }

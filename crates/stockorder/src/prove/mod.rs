@@ -1,0 +1,266 @@
+//! `stockorder prove`: start a server, put load on it, signal it, and account for every request.
+//!
+//! A user should not have to trust that a shutdown is graceful. This starts the target itself
+//! (`serve` or one of the demos) on free ports with a fresh database, drives
+//! create-order load at it, sends the signal after `--signal-after`, and classifies every
+//! request by what its client saw. Then it reads the database: an acknowledged order that is
+//! missing is *lost*; a stored order no client saw acknowledged is *unacknowledged*. The exit
+//! code is 1 when anything accepted failed, was lost, or is unaccounted for, so CI can use it.
+
+mod tally;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::load::{HttpDriver, Outcome};
+use tally::{Request, Tally};
+
+/// Options of `stockorder prove`.
+#[derive(Debug, Clone, Args)]
+pub struct ProveArgs {
+    /// What to start and shut down.
+    #[arg(long, value_enum, default_value_t = Target::Serve)]
+    pub target: Target,
+
+    /// Clients creating orders back to back.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// When to send the signal, after the load starts (e.g. `2s`).
+    #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+    pub signal_after: Duration,
+
+    /// Which signal.
+    #[arg(long, value_enum, default_value_t = SignalName::Term)]
+    pub signal: SignalName,
+
+    /// `DEMO_SLEEP_SCALE` for the demos: 1 keeps the original's pauses (demo_2 then takes 10 s).
+    #[arg(long, default_value_t = 0.2)]
+    pub demo_sleep_scale: f64,
+
+    /// A client gives up on a request after this long and counts it as timed out.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Print the tally as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The servers `prove` knows how to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// `stockorder serve`.
+    Serve,
+    /// `examples/demo_1`: server, then database.
+    #[value(name = "demo_1")]
+    Demo1,
+    /// `examples/demo_2`: the database closed under a serving server.
+    #[value(name = "demo_2")]
+    Demo2,
+    /// `examples/demo_3`: the generic pattern.
+    #[value(name = "demo_3")]
+    Demo3,
+}
+
+/// The signal to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SignalName {
+    /// SIGTERM, what orchestrators send.
+    Term,
+    /// SIGINT, Ctrl+C.
+    Int,
+}
+
+impl SignalName {
+    fn signal(self) -> nix::sys::signal::Signal {
+        match self {
+            SignalName::Term => nix::sys::signal::Signal::SIGTERM,
+            SignalName::Int => nix::sys::signal::Signal::SIGINT,
+        }
+    }
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Serve => "serve",
+            Target::Demo1 => "demo_1",
+            Target::Demo2 => "demo_2",
+            Target::Demo3 => "demo_3",
+        }
+    }
+
+    /// The program and its arguments. Demos are the example binaries built beside this one.
+    fn command(self) -> anyhow::Result<Command> {
+        let me = std::env::current_exe().context("cannot find this executable")?;
+        if self == Target::Serve {
+            let mut cmd = Command::new(me);
+            cmd.arg("serve");
+            return Ok(cmd);
+        }
+        let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
+        // `target/<profile>/stockorder` → `target/<profile>/examples/demo_N`; a test binary
+        // lives one level deeper, in `deps/`.
+        let candidates: Vec<PathBuf> = [Some(dir.as_path()), dir.parent()]
+            .into_iter()
+            .flatten()
+            .map(|d| d.join("examples").join(self.name()))
+            .collect();
+        let found = candidates.iter().find(|p| p.is_file()).with_context(|| {
+            format!(
+                "{} is not built; run `cargo build --release --examples` (looked in {})",
+                self.name(),
+                candidates[0].display()
+            )
+        })?;
+        Ok(Command::new(found))
+    }
+}
+
+/// Runs the proof and prints the tally; the exit code says whether it held.
+pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let db = dir.path().join("orders.db");
+    let mut child = args
+        .target
+        .command()?
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("GRPC_PORT", "0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("DEMO_SLEEP_SCALE", args.demo_sleep_scale.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.target.name()))?;
+    let pid = child.id().context("the target exited at once")?;
+
+    // The target's log: its address first, then every line, kept for the server-side counts.
+    let stdout = child.stdout.take().context("no stdout from the target")?;
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut addr_tx = Some(addr_tx);
+        let mut lines = BufReader::new(stdout).lines();
+        let mut log = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "HTTP server listening"
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+            }
+            log.push(v);
+        }
+        log
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+        .await
+        .context("the target did not start listening within 30 s")?
+        .context("the target exited before listening")?;
+    eprintln!(
+        "{} listening on {addr} (pid {pid}); {} clients",
+        args.target.name(),
+        args.concurrency
+    );
+
+    let started = Instant::now();
+    let exited = Arc::new(AtomicBool::new(false));
+    let mut clients = JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (addr, exited, timeout) = (addr.clone(), Arc::clone(&exited), args.request_timeout);
+        clients.spawn(client(addr, started, exited, timeout));
+    }
+
+    tokio::time::sleep(args.signal_after).await;
+    let signalled = started.elapsed();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), args.signal.signal())
+        .context("cannot signal the target")?;
+    eprintln!("sent {:?} at {:.2}s", args.signal.signal(), signalled.as_secs_f64());
+    let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+        .await
+        .context("the target did not exit within 120 s of the signal")??;
+    let exit_after = started.elapsed();
+    exited.store(true, Ordering::Release);
+
+    let mut requests = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        requests.extend(done.context("a client task failed")?);
+    }
+    let log = reader.await.unwrap_or_default();
+    let stored = stored_ids(&db)?;
+    let tally = Tally::new(
+        args.target.name(),
+        args.signal.signal(),
+        signalled,
+        exit_after,
+        status.code(),
+        &requests,
+        &stored,
+        &log,
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&tally)?);
+    } else {
+        print!("{tally}");
+    }
+    Ok(if tally.held() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// One client: creates orders back to back until, after the target has exited, its connection
+/// is refused.
+async fn client(addr: String, started: Instant, exited: Arc<AtomicBool>, timeout: Duration) -> Vec<Request> {
+    let mut driver = HttpDriver::new(&addr);
+    let mut requests = Vec::new();
+    loop {
+        let sent = started.elapsed();
+        let (outcome, id) = tokio::time::timeout(timeout, driver.place_order())
+            .await
+            .unwrap_or((Outcome::TimedOut, None));
+        requests.push(Request {
+            sent,
+            answered: started.elapsed(),
+            outcome,
+            id,
+        });
+        if outcome == Outcome::Refused {
+            if exited.load(Ordering::Acquire) {
+                return requests;
+            }
+            // Refused before the target is gone (it stopped listening first): try again
+            // shortly rather than spin.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Every order id in the database the target left behind.
+fn stored_ids(db: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
+    let conn = rusqlite::Connection::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+    let mut stmt = conn.prepare("SELECT id FROM orders")?;
+    let ids = stmt
+        .query_map([], |row| row.get::<_, [u8; 16]>(0))?
+        .map(|id| id.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()))
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
