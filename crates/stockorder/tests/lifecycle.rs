@@ -187,23 +187,6 @@ async fn a_cancel_racing_a_fill_has_exactly_one_winner() {
     app.stop().await;
 }
 
-/// Every order of the database, by id, paging through the REST API.
-async fn all_orders(server: &ServerProcess) -> HashMap<String, Value> {
-    let client = reqwest::Client::new();
-    let mut orders = HashMap::new();
-    let mut next = server.url("/api/orders?limit=1000");
-    loop {
-        let resp = client.get(&next).send().await.unwrap();
-        let link = resp.headers().get("link").map(|l| l.to_str().unwrap().to_owned());
-        let page: Vec<Value> = resp.json().await.unwrap();
-        orders.extend(page.into_iter().map(|o| (o["id"].as_str().unwrap().to_owned(), o)));
-        match link {
-            Some(l) => next = server.url(l.trim_start_matches('<').split('>').next().unwrap()),
-            None => return orders,
-        }
-    }
-}
-
 /// Waits until no order is left PENDING.
 async fn until_settled(server: &ServerProcess) -> HashMap<String, Value> {
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -215,7 +198,7 @@ async fn until_settled(server: &ServerProcess) -> HashMap<String, Value> {
                 .await
                 .unwrap();
             if pending.is_empty() {
-                return all_orders(server).await;
+                return server.all_orders().await;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -111,22 +111,6 @@ async fn grpc_worker(addr: String, acked: Arc<AtomicUsize>, progress: Arc<Notify
     }
 }
 
-async fn all_stored_ids(server: &ServerProcess) -> HashSet<String> {
-    let client = reqwest::Client::new();
-    let mut ids = HashSet::new();
-    let mut next = server.url("/api/orders?limit=1000");
-    loop {
-        let resp = client.get(&next).send().await.unwrap();
-        let link = resp.headers().get("link").map(|l| l.to_str().unwrap().to_owned());
-        let page: Vec<Value> = resp.json().await.unwrap();
-        ids.extend(page.iter().map(|o| o["id"].as_str().unwrap().to_owned()));
-        match link {
-            Some(l) => next = server.url(l.trim_start_matches('<').split('>').next().unwrap()),
-            None => return ids,
-        }
-    }
-}
-
 /// The heart of it: 64 clients (56 REST, 8 gRPC) creating orders back to back; SIGTERM mid-run.
 /// Every accepted request gets its real answer, later connections are refused, the exit code
 /// is 0, the database closed after both servers, and after a restart the stored orders are
@@ -193,7 +177,7 @@ async fn sigterm_under_load_breaks_no_request_and_loses_no_order() {
     assert_eq!(late.kind(), std::io::ErrorKind::ConnectionRefused);
 
     let mut server = ServerProcess::start(&db, &[]).await;
-    let stored = all_stored_ids(&server).await;
+    let stored: HashSet<String> = server.all_orders().await.into_keys().collect();
     assert_eq!(stored.len(), acked_ids.len(), "stored orders = acknowledged orders");
     assert_eq!(stored, acked_ids);
     server.signal(Signal::SIGTERM);

@@ -172,6 +172,23 @@ impl ServerProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Every order in the database, by id, paging through the REST API.
+    pub async fn all_orders(&self) -> std::collections::HashMap<String, Value> {
+        let client = reqwest::Client::new();
+        let mut orders = std::collections::HashMap::new();
+        let mut next = self.url("/api/orders?limit=1000");
+        loop {
+            let resp = client.get(&next).send().await.unwrap();
+            let link = resp.headers().get("link").map(|l| l.to_str().unwrap().to_owned());
+            let page: Vec<Value> = resp.json().await.unwrap();
+            orders.extend(page.into_iter().map(|o| (o["id"].as_str().unwrap().to_owned(), o)));
+            match link {
+                Some(l) => next = self.url(l.trim_start_matches('<').split('>').next().unwrap()),
+                None => return orders,
+            }
+        }
+    }
+
     /// Waits for the next log line whose message is `message`.
     pub async fn wait_for_log(&mut self, message: &str) -> Value {
         tokio::time::timeout(Duration::from_secs(20), async {
