@@ -8,6 +8,7 @@
 //! code is 1 when anything accepted failed, was lost, or is unaccounted for, so CI can use it.
 
 mod tally;
+mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -56,6 +57,11 @@ pub struct ProveArgs {
     /// Print the tally as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Also draw the run as an SVG timeline: requests per second by outcome, with the signal,
+    /// readiness off, listeners closed, database closed and exit marked.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// The servers `prove` knows how to start.
@@ -181,6 +187,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     );
 
     let started = Instant::now();
+    let started_wall = time::OffsetDateTime::now_utc();
     let exited = Arc::new(AtomicBool::new(false));
     let mut clients = JoinSet::new();
     for _ in 0..args.concurrency {
@@ -215,6 +222,28 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         &stored,
         &log,
     );
+    if let Some(path) = &args.svg {
+        let mut marks = timeline::marks_from_log(&log, started_wall);
+        marks.insert(
+            0,
+            timeline::Mark {
+                at: signalled.as_secs_f64(),
+                label: if args.signal == SignalName::Term {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                },
+            },
+        );
+        marks.push(timeline::Mark {
+            at: exit_after.as_secs_f64(),
+            label: "exit",
+        });
+        marks.sort_by(|a, b| a.at.total_cmp(&b.at));
+        let title = format!("stockorder prove --target {}", args.target.name());
+        timeline::render(path, &title, &requests, &marks, exit_after)?;
+        eprintln!("timeline written to {}", path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&tally)?);
     } else {

@@ -12,8 +12,7 @@ use crate::load::Outcome;
 /// One request, as its client saw it.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// When it was sent, since the load started (for timelines).
-    #[allow(dead_code)]
+    /// When it was sent, since the load started.
     pub sent: Duration,
     /// When its outcome was known.
     pub answered: Duration,
@@ -47,6 +46,8 @@ pub struct Tally {
     server_logged_201: usize,
     /// When the last acknowledgement arrived, since the load started.
     last_acknowledged_at_s: f64,
+    /// The longest any acknowledged request took, in milliseconds.
+    slowest_acknowledged_ms: f64,
     /// When the first and the last failed request ended, since the load started.
     failures_from_s: Option<f64>,
     failures_until_s: Option<f64>,
@@ -101,6 +102,11 @@ impl Tally {
                 .filter(|l| l["message"] == "finished processing request" && l["status"] == 201)
                 .count(),
             last_acknowledged_at_s,
+            slowest_acknowledged_ms: requests
+                .iter()
+                .filter(|r| r.id.is_some())
+                .map(|r| (r.answered - r.sent).as_secs_f64() * 1000.0)
+                .fold(0.0, f64::max),
             failures_from_s: failure_times.iter().copied().reduce(f64::min),
             failures_until_s: failure_times.iter().copied().reduce(f64::max),
         }
@@ -166,7 +172,11 @@ impl fmt::Display for Tally {
             self.server_logged_201,
             "answers the server logged as 201 (should equal acknowledged)",
         )?;
-        writeln!(f, "  last acknowledgement at {:.2} s", self.last_acknowledged_at_s)?;
+        writeln!(
+            f,
+            "  last acknowledgement at {:.2} s; slowest acknowledged request {:.1} ms",
+            self.last_acknowledged_at_s, self.slowest_acknowledged_ms
+        )?;
         if let (Some(from), Some(until)) = (self.failures_from_s, self.failures_until_s) {
             writeln!(f, "  failures between {from:.2} s and {until:.2} s")?;
         }

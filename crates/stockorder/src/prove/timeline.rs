@@ -1,0 +1,122 @@
+//! The picture of a proof run: what the clients saw, 50 ms at a time, with the moments of the
+//! shutdown marked (the signal, readiness off, listeners closed, database closed, exit), taken
+//! from the target's own log.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::tally::Request;
+use crate::load::Outcome;
+
+/// Width of one bar of the timeline.
+const BIN: f64 = 0.05;
+
+/// A moment to mark on the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    /// Seconds since the load started.
+    pub at: f64,
+    /// What happened.
+    pub label: &'static str,
+}
+
+/// The shutdown's moments as the target logged them, placed on the load's clock.
+pub fn marks_from_log(log: &[Value], load_started: OffsetDateTime) -> Vec<Mark> {
+    let at = |line: &Value| {
+        let ts = OffsetDateTime::parse(line["timestamp"].as_str()?, &Rfc3339).ok()?;
+        Some((ts - load_started).as_seconds_f64())
+    };
+    let first = |label: &'static str, pick: &dyn Fn(&Value) -> bool| {
+        log.iter()
+            .find(|l| pick(l))
+            .and_then(&at)
+            .map(|t| Mark { at: t, label })
+    };
+    let message = |l: &Value| l["message"].as_str().unwrap_or_default().to_owned();
+    [
+        first("unready", &|l| message(l).starts_with("shutdown started")),
+        first("listeners closed", &|l| message(l).starts_with("stopped accepting")),
+        first("database closed", &|l| {
+            (message(l) == "stopped" && l["component"] == "database") || message(l).contains("database closed")
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Writes the timeline as SVG: requests per second by outcome, and the marks.
+pub fn render(path: &Path, title: &str, requests: &[Request], marks: &[Mark], end: Duration) -> anyhow::Result<()> {
+    let end = end.as_secs_f64() + 0.25;
+    let bins = (end / BIN).ceil() as usize + 1;
+    let mut rates = [vec![0.0; bins], vec![0.0; bins], vec![0.0; bins]];
+    for r in requests {
+        let series = match (r.id.is_some(), r.outcome) {
+            (true, _) => 0,
+            (false, Outcome::Refused) => 2,
+            (false, _) => 1,
+        };
+        let bin = ((r.answered.as_secs_f64() / BIN) as usize).min(bins - 1);
+        rates[series][bin] += 1.0 / BIN;
+    }
+    let top = rates.iter().flatten().copied().fold(1.0, f64::max) * 1.15;
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 420)).into_drawing_area();
+        let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the timeline failed: {e}");
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..end, 0f64..top)
+            .map_err(|e| draw(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the load started")
+            .y_desc("requests per second")
+            .draw()
+            .map_err(|e| draw(&e))?;
+        let colours = [GREEN.mix(0.9), RED.mix(0.9), BLUE.mix(0.6)];
+        let names = ["acknowledged (201)", "failed", "refused at connect"];
+        for ((rate, colour), name) in rates.iter().zip(colours).zip(names) {
+            let points = rate.iter().enumerate().map(|(i, r)| (i as f64 * BIN, *r));
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(|e| draw(&e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        }
+        for (i, mark) in marks.iter().enumerate() {
+            chart
+                .draw_series(LineSeries::new([(mark.at, 0.0), (mark.at, top)], BLACK.mix(0.5)))
+                .map_err(|e| draw(&e))?;
+            // Staggered, so marks close together stay readable.
+            let y = top * (0.97 - 0.07 * i as f64);
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!(" {}", mark.label),
+                    (mark.at, y),
+                    ("sans-serif", 13),
+                )))
+                .map_err(|e| draw(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
+    }
+    std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))
+}
