@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use stockorder::adapter::grpc::proto;
 use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+use stockorder::load::Outcome;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
@@ -60,28 +61,6 @@ async fn http_worker(url: String, acked: Arc<AtomicUsize>, progress: Arc<Notify>
     }
 }
 
-/// Whether a gRPC call was turned away by the server's GOAWAY without being processed: either
-/// hyper cancelled it before sending (it was queued for a connection that had just closed), or
-/// h2 refused it because the connection had received GOAWAY (locally, or with a stream id above
-/// the server's last processed one, RFC 9113 §6.8). Nothing reached the service (the
-/// stored-equals-acknowledged check below proves it) and a client may retry it safely: grpc-go
-/// and grpc-java do so transparently, tonic does not.
-fn turned_away_by_goaway(status: &tonic::Status) -> bool {
-    let mut cause = std::error::Error::source(status);
-    while let Some(c) = cause {
-        if let Some(h) = c.downcast_ref::<hyper::Error>()
-            && h.is_canceled()
-        {
-            return true;
-        }
-        if let Some(h2) = c.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
-        }
-        cause = c.source();
-    }
-    false
-}
-
 /// The same over gRPC, one HTTP/2 connection.
 async fn grpc_worker(addr: String, acked: Arc<AtomicUsize>, progress: Arc<Notify>) -> Tally {
     let channel = tonic::transport::Endpoint::from_shared(addr).unwrap().connect_lazy();
@@ -101,8 +80,14 @@ async fn grpc_worker(addr: String, acked: Arc<AtomicUsize>, progress: Arc<Notify
                 acked.fetch_add(1, Ordering::Relaxed);
                 progress.notify_one();
             }
-            Err(status) if std::error::Error::source(&status).is_some_and(is_refused) => return tally,
-            Err(status) if turned_away_by_goaway(&status) => continue,
+            // Refused at connect: the server has stopped listening.
+            Err(status) if Outcome::from_status(&status) == Outcome::Refused => return tally,
+            // Turned away by the server's GOAWAY without being processed (hyper cancelled it
+            // before sending, or its stream id was above the server's last processed one, RFC
+            // 9113 §6.8): safe to retry, as grpc-go and grpc-java do transparently and tonic
+            // does not. The stored-equals-acknowledged check below proves nothing reached the
+            // service.
+            Err(status) if Outcome::from_status(&status) == Outcome::NotProcessed => continue,
             Err(status) => {
                 tally.failures.push(format!("{status:?}"));
                 return tally;

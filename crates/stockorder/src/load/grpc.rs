@@ -5,7 +5,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{Outcome, Scenario};
+use super::{Call, Outcome};
 use crate::adapter::grpc::proto;
 use crate::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
 
@@ -39,16 +39,16 @@ impl GrpcDriver {
         })
     }
 
-    /// Sends one call of `scenario` (`id` for `get`) and says what came back.
-    pub async fn send(&mut self, scenario: Scenario, id: &str) -> Outcome {
-        let status = match scenario {
-            Scenario::Create => self.orders.create_order(market_order()).await.err(),
-            Scenario::Get => self
+    /// Sends one `call` (`id` for `get`) and says what came back.
+    pub async fn send(&mut self, call: Call, id: &str) -> Outcome {
+        let status = match call {
+            Call::Create => self.orders.create_order(market_order()).await.err(),
+            Call::Get => self
                 .orders
                 .get_order(proto::GetOrderRequest { order_id: id.into() })
                 .await
                 .err(),
-            Scenario::List => self
+            Call::List => self
                 .orders
                 .list_orders(proto::ListOrdersRequest {
                     page_size: 100,
@@ -56,9 +56,17 @@ impl GrpcDriver {
                 })
                 .await
                 .err(),
-            Scenario::Health => self.health.check(HealthCheckRequest::default()).await.err(),
+            Call::Health => self.health.check(HealthCheckRequest::default()).await.err(),
         };
         status.map_or(Outcome::Grpc(0), |s| Outcome::from_status(&s))
+    }
+
+    /// Places one market order: the outcome, and the order's id when it was acknowledged.
+    pub async fn place_order(&mut self) -> (Outcome, Option<String>) {
+        match self.orders.create_order(market_order()).await {
+            Ok(order) => (Outcome::Grpc(0), Some(order.into_inner().id)),
+            Err(status) => (Outcome::from_status(&status), None),
+        }
     }
 
     /// Creates `n` orders and returns their ids (positions for an echo server that sends none).

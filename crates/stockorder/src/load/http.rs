@@ -8,7 +8,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{Outcome, Scenario};
+use super::{Call, Outcome};
 
 const ORDER_BODY: &str = r#"{"symbol":"AAPL","order_type":"MARKET","order_side":"BUY","quantity":100}"#;
 
@@ -27,13 +27,13 @@ impl HttpDriver {
         }
     }
 
-    /// Sends one request of `scenario` (`id` for `get`) and says what came back.
-    pub async fn send(&mut self, scenario: Scenario, id: &str) -> Outcome {
-        let req = match scenario {
-            Scenario::Create => request(&self.addr, "POST", "/api/orders", Some(ORDER_BODY)),
-            Scenario::Get => request(&self.addr, "GET", &format!("/api/orders/{id}"), None),
-            Scenario::List => request(&self.addr, "GET", "/api/orders?limit=100", None),
-            Scenario::Health => request(&self.addr, "GET", "/health", None),
+    /// Sends one `call` (`id` for `get`) and says what came back.
+    pub async fn send(&mut self, call: Call, id: &str) -> Outcome {
+        let req = match call {
+            Call::Create => request(&self.addr, "POST", "/api/orders", Some(ORDER_BODY)),
+            Call::Get => request(&self.addr, "GET", &format!("/api/orders/{id}"), None),
+            Call::List => request(&self.addr, "GET", "/api/orders?limit=100", None),
+            Call::Health => request(&self.addr, "GET", "/health", None),
         };
         match self.exchange(req).await {
             Ok((status, _)) => Outcome::Status(status.as_u16()),

@@ -1,23 +1,25 @@
 //! `stockorder load`: drives HTTP or gRPC load at a server and reports throughput and latency.
 //!
-//! Each worker owns one connection (HTTP/1.1 keep-alive, or one HTTP/2 connection for gRPC) and
-//! sends requests back to back (a closed loop, like `wrk`), so the figures measure the server,
-//! not a client pool. A failed connection is counted and replaced.
+//! Each worker owns one connection (HTTP/1.1 keep-alive, or one HTTP/2 connection for gRPC).
+//! By default workers send requests back to back (a closed loop, like `wrk`), so the figures
+//! measure the server, not a client pool. With `--rate` the requests follow a fixed schedule
+//! instead (an open loop, like `wrk2`): each request has a planned send time, and its latency is
+//! counted from that time, so a server that stalls is charged for the requests it kept waiting
+//! (no coordinated omission). A failed connection is counted and replaced.
 
 mod grpc;
 mod http;
 mod report;
 
+pub use grpc::GrpcDriver;
 pub use http::HttpDriver;
 
-pub use std::sync::Arc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use tokio::task::JoinSet;
-
-use grpc::GrpcDriver;
 
 pub use report::{Outcome, Report};
 
@@ -48,6 +50,11 @@ pub struct LoadArgs {
     #[arg(long, short = 'n')]
     pub requests: Option<u64>,
 
+    /// Send this many requests per second in total, on a fixed schedule, instead of back to
+    /// back. `--concurrency` then bounds how many can be in flight at once.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
     /// Orders created up front for the `get` scenario.
     #[arg(long, default_value_t = 1000)]
     pub seed_orders: usize,
@@ -77,27 +84,91 @@ pub enum Scenario {
     List,
     /// The transport alone, no database (`GET /health`, `grpc.health.v1.Health/Check`).
     Health,
+    /// A trading desk's mix: 7 in 10 requests read an order, 2 place one, 1 lists the first
+    /// page. The figures are also printed per kind.
+    Mixed,
 }
 
-/// One worker's connection, over the protocol of the run.
-enum Driver {
+/// One request a driver sends: what a scenario is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Call {
+    /// Place a market order.
+    Create,
+    /// Read one order by id.
+    Get,
+    /// The first page of 100.
+    List,
+    /// The health check.
+    Health,
+}
+
+impl Call {
+    /// How reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Create => "create",
+            Call::Get => "get",
+            Call::List => "list",
+            Call::Health => "health",
+        }
+    }
+}
+
+impl Scenario {
+    /// What request number `n` of a run sends.
+    fn pick(self, n: u64) -> Call {
+        match self {
+            Scenario::Create => Call::Create,
+            Scenario::Get => Call::Get,
+            Scenario::List => Call::List,
+            Scenario::Health => Call::Health,
+            Scenario::Mixed => match n % 10 {
+                0 | 5 => Call::Create,
+                9 => Call::List,
+                _ => Call::Get,
+            },
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a positive number of requests per second")),
+    }
+}
+
+/// One client's connection, over HTTP or gRPC: what `load` workers and `prove` clients send
+/// their requests through.
+pub enum Driver {
+    /// REST over one HTTP/1.1 keep-alive connection.
     Http(HttpDriver),
-    // Boxed: a tonic client pair is ~6× the size of the HTTP driver.
+    /// gRPC over one HTTP/2 connection. Boxed: a tonic client pair is ~6× the size of the
+    /// HTTP driver.
     Grpc(Box<GrpcDriver>),
 }
 
 impl Driver {
-    fn new(protocol: LoadProtocol, addr: &str) -> anyhow::Result<Self> {
+    /// A driver for `addr` (host:port); it connects on first use.
+    pub fn new(protocol: LoadProtocol, addr: &str) -> anyhow::Result<Self> {
         Ok(match protocol {
             LoadProtocol::Http => Driver::Http(HttpDriver::new(addr)),
             LoadProtocol::Grpc => Driver::Grpc(Box::new(GrpcDriver::new(addr)?)),
         })
     }
 
-    async fn send(&mut self, scenario: Scenario, id: &str) -> Outcome {
+    async fn send(&mut self, call: Call, id: &str) -> Outcome {
         match self {
-            Driver::Http(d) => d.send(scenario, id).await,
-            Driver::Grpc(d) => d.send(scenario, id).await,
+            Driver::Http(d) => d.send(call, id).await,
+            Driver::Grpc(d) => d.send(call, id).await,
+        }
+    }
+
+    /// Places one market order: the outcome, and the order's id when it was acknowledged.
+    pub async fn place_order(&mut self) -> (Outcome, Option<String>) {
+        match self {
+            Driver::Http(d) => d.place_order().await,
+            Driver::Grpc(d) => d.place_order().await,
         }
     }
 
@@ -112,7 +183,7 @@ impl Driver {
 /// Runs the load described by `args` and prints the report.
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let ids = match args.scenario {
-        Scenario::Get => Driver::new(args.protocol, &args.addr)?.seed(args.seed_orders).await?,
+        Scenario::Get | Scenario::Mixed => Driver::new(args.protocol, &args.addr)?.seed(args.seed_orders).await?,
         _ => Vec::new(),
     };
     let report = drive(&args, Arc::new(ids)).await?;
@@ -127,33 +198,50 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
 async fn drive(args: &LoadArgs, ids: Arc<Vec<String>>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let deadline = started + args.duration;
-    let budget = Arc::new(AtomicU64::new(args.requests.unwrap_or(u64::MAX)));
+    let limit = args.requests.unwrap_or(u64::MAX);
+    // Request numbers are handed out from one counter: the number picks the request's kind
+    // (for `mixed`), its planned send time (with `--rate`), and stops the run at `--requests`.
+    let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let progress = tokio::spawn(report::progress(Arc::clone(&sent), Arc::clone(&stop), started));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let progress = tokio::spawn(report::progress(
+        Arc::clone(&sent),
+        Arc::clone(&failed),
+        Arc::clone(&stop),
+        started,
+    ));
+    let schedule = args.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
 
     let mut workers = JoinSet::new();
-    for worker in 0..args.concurrency {
+    for _ in 0..args.concurrency {
         let mut driver = Driver::new(args.protocol, &args.addr)?;
         let (scenario, ids) = (args.scenario, Arc::clone(&ids));
-        let (budget, stop, sent) = (Arc::clone(&budget), Arc::clone(&stop), Arc::clone(&sent));
+        let (next, stop) = (Arc::clone(&next), Arc::clone(&stop));
+        let (sent, failed) = (Arc::clone(&sent), Arc::clone(&failed));
         workers.spawn(async move {
             let mut report = Report::default();
-            let mut n = worker;
-            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                if budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
-                    .is_err()
-                {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= limit || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                // A stride through the seeded ids, different per worker, so reads are spread.
-                n = (n + 7919) % ids.len().max(1);
-                let id = ids.get(n).map_or("0", String::as_str);
-                let t0 = Instant::now();
-                let outcome = driver.send(scenario, id).await;
-                report.record(outcome, t0.elapsed());
+                // With a rate, request n is due at n × interval; latency counts from then.
+                let planned = schedule.map_or_else(Instant::now, |every| started + every.mul_f64(n as f64));
+                if planned >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(planned.into()).await;
+                // A stride through the seeded ids, so reads are spread over them.
+                let id = ids
+                    .get((n.wrapping_mul(7919) % ids.len().max(1) as u64) as usize)
+                    .map_or("0", String::as_str);
+                let kind = scenario.pick(n);
+                let outcome = driver.send(kind, id).await;
+                report.record(kind, outcome, planned.elapsed());
                 sent.fetch_add(1, Ordering::Relaxed);
+                if !outcome.is_success() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             report
         });

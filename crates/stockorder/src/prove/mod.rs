@@ -1,9 +1,9 @@
 //! `stockorder prove`: start a server, put load on it, signal it, and account for every request.
 //!
 //! A user should not have to trust that a shutdown is graceful. This starts the target itself
-//! (`serve` or one of the demos) on free ports with a fresh database, drives
-//! create-order load at it, sends the signal after `--signal-after`, and classifies every
-//! request by what its client saw. Then it reads the database: an acknowledged order that is
+//! (`serve`, one of the demos, or any command) on free ports with a fresh database, drives
+//! create-order load at it over HTTP or gRPC, sends the signal after `--signal-after` (and, if
+//! asked, a second one), and classifies every request by what its client saw. Then it reads the database: an acknowledged order that is
 //! missing is *lost*; a stored order no client saw acknowledged is *unacknowledged*. The exit
 //! code is 1 when anything accepted failed, was lost, or is unaccounted for, so CI can use it.
 
@@ -24,7 +24,7 @@ use tokio::process::Command;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::load::{HttpDriver, Outcome};
+use crate::load::{Driver, LoadProtocol, Outcome};
 use tally::{Request, Tally};
 
 /// Options of `stockorder prove`.
@@ -33,6 +33,11 @@ pub struct ProveArgs {
     /// What to start and shut down.
     #[arg(long, value_enum, default_value_t = Target::Serve)]
     pub target: Target,
+
+    /// Which API the clients place their orders through. gRPC needs a target that serves it
+    /// (`serve`, `demo_3`, or a command).
+    #[arg(long, value_enum, default_value_t = LoadProtocol::Http)]
+    pub protocol: LoadProtocol,
 
     /// Clients creating orders back to back.
     #[arg(long, short = 'c', default_value_t = 32)]
@@ -45,6 +50,11 @@ pub struct ProveArgs {
     /// Which signal.
     #[arg(long, value_enum, default_value_t = SignalName::Term)]
     pub signal: SignalName,
+
+    /// Send the signal again this long after the first, as an impatient operator would. A
+    /// graceful server then exits at once with 130, abandoning what is in flight.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub second_signal_after: Option<Duration>,
 
     /// `DEMO_SLEEP_SCALE` for the demos: 1 keeps the original's pauses (demo_2 then takes 10 s).
     #[arg(long, default_value_t = 0.2)]
@@ -62,6 +72,17 @@ pub struct ProveArgs {
     /// readiness off, listeners closed, database closed and exit marked.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+
+    /// With `--target command`: where the command serves (host:port). Without it, `prove`
+    /// picks a free port and passes it in `PORT` (or `GRPC_PORT` with `--protocol grpc`).
+    #[arg(long)]
+    pub addr: Option<String>,
+
+    /// With `--target command`: the program and its arguments, after `--`. It gets the same
+    /// environment as the built-in targets (`HOST`, `PORT`, `GRPC_PORT`, `DATABASE_URL` of a
+    /// fresh SQLite file, `LOG_FORMAT=json`); it is ready when its port accepts connections.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// The servers `prove` knows how to start.
@@ -78,6 +99,8 @@ pub enum Target {
     /// `examples/demo_3`: the generic pattern.
     #[value(name = "demo_3")]
     Demo3,
+    /// Any server: the command given after `--`.
+    Command,
 }
 
 /// The signal to send.
@@ -105,11 +128,30 @@ impl Target {
             Target::Demo1 => "demo_1",
             Target::Demo2 => "demo_2",
             Target::Demo3 => "demo_3",
+            Target::Command => "command",
         }
     }
 
     /// The program and its arguments. Demos are the example binaries built beside this one.
-    fn command(self) -> anyhow::Result<Command> {
+    fn command(self, args: &ProveArgs) -> anyhow::Result<Command> {
+        if self == Target::Command {
+            let (program, rest) = args
+                .command
+                .split_first()
+                .context("--target command needs the command after `--`, e.g. `-- ./server --port 8080`")?;
+            let mut cmd = Command::new(program);
+            cmd.args(rest);
+            return Ok(cmd);
+        }
+        anyhow::ensure!(
+            args.command.is_empty(),
+            "a command after `--` is only run with `--target command`"
+        );
+        anyhow::ensure!(
+            args.protocol == LoadProtocol::Http || matches!(self, Target::Serve | Target::Demo3),
+            "{} serves HTTP only; gRPC load needs --target serve, demo_3 or command",
+            self.name()
+        );
         let me = std::env::current_exe().context("cannot find this executable")?;
         if self == Target::Serve {
             let mut cmd = Command::new(me);
@@ -139,12 +181,28 @@ impl Target {
 pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let db = dir.path().join("orders.db");
+    let name = match args.target {
+        Target::Command => args.command.join(" "),
+        target => target.name().to_owned(),
+    };
+    // A command is told a free port in advance (unless it was given its address); ours bind
+    // port 0 and announce the port in their log.
+    let (mut http_port, mut grpc_port) = (0, 0);
+    let mut fixed_addr = args.addr.clone();
+    if args.target == Target::Command && fixed_addr.is_none() {
+        let port = free_port()?;
+        match args.protocol {
+            LoadProtocol::Http => http_port = port,
+            LoadProtocol::Grpc => grpc_port = port,
+        }
+        fixed_addr = Some(format!("127.0.0.1:{port}"));
+    }
     let mut child = args
         .target
-        .command()?
+        .command(&args)?
         .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("GRPC_PORT", "0")
+        .env("PORT", http_port.to_string())
+        .env("GRPC_PORT", grpc_port.to_string())
         .env("DATABASE_URL", format!("sqlite://{}", db.display()))
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
@@ -153,12 +211,16 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot start {}", args.target.name()))?;
+        .with_context(|| format!("cannot start {name}"))?;
     let pid = child.id().context("the target exited at once")?;
 
     // The target's log: its address first, then every line, kept for the server-side counts.
     let stdout = child.stdout.take().context("no stdout from the target")?;
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let announcement = match args.protocol {
+        LoadProtocol::Http => "HTTP server listening",
+        LoadProtocol::Grpc => "gRPC server listening",
+    };
     let reader = tokio::spawn(async move {
         let mut addr_tx = Some(addr_tx);
         let mut lines = BufReader::new(stdout).lines();
@@ -167,7 +229,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if v["message"] == "HTTP server listening"
+            if v["message"] == announcement
                 && let Some(tx) = addr_tx.take()
             {
                 let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
@@ -176,14 +238,28 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         }
         log
     });
-    let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
-        .await
-        .context("the target did not start listening within 30 s")?
-        .context("the target exited before listening")?;
+    let ready = async {
+        match &fixed_addr {
+            Some(addr) => accepting(addr).await.map(|()| addr.clone()),
+            None => addr_rx.await.context("the target exited before listening"),
+        }
+    };
+    let addr = tokio::select! {
+        addr = tokio::time::timeout(Duration::from_secs(30), ready) => {
+            let hint = match (&args.addr, args.target) {
+                (None, Target::Command) => {
+                    " (a command is told its port in PORT, or GRPC_PORT for gRPC; give --addr if it listens elsewhere)"
+                }
+                _ => "",
+            };
+            addr.map_err(|_| anyhow::anyhow!("{name} did not start listening within 30 s{hint}"))??
+        }
+        status = child.wait() => anyhow::bail!("{name} exited before it was ready: {}", status?),
+    };
     eprintln!(
-        "{} listening on {addr} (pid {pid}); {} clients",
-        args.target.name(),
-        args.concurrency
+        "{name} listening on {addr} (pid {pid}); {} {} clients",
+        args.concurrency,
+        protocol_name(args.protocol)
     );
 
     let started = Instant::now();
@@ -191,18 +267,32 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     let exited = Arc::new(AtomicBool::new(false));
     let mut clients = JoinSet::new();
     for _ in 0..args.concurrency {
-        let (addr, exited, timeout) = (addr.clone(), Arc::clone(&exited), args.request_timeout);
-        clients.spawn(client(addr, started, exited, timeout));
+        let driver = Driver::new(args.protocol, &addr)?;
+        let (exited, timeout) = (Arc::clone(&exited), args.request_timeout);
+        clients.spawn(client(driver, started, exited, timeout));
     }
 
+    let target = nix::unistd::Pid::from_raw(pid as i32);
     tokio::time::sleep(args.signal_after).await;
     let signalled = started.elapsed();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), args.signal.signal())
-        .context("cannot signal the target")?;
+    nix::sys::signal::kill(target, args.signal.signal()).context("cannot signal the target")?;
     eprintln!("sent {:?} at {:.2}s", args.signal.signal(), signalled.as_secs_f64());
+    // The impatient operator: a second signal while the first shutdown runs.
+    let second = args.second_signal_after.map(|after| {
+        let signal = args.signal.signal();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if nix::sys::signal::kill(target, signal).is_ok() {
+                eprintln!("sent {signal:?} again at {:.2}s", started.elapsed().as_secs_f64());
+            }
+        })
+    });
     let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
         .await
         .context("the target did not exit within 120 s of the signal")??;
+    if let Some(second) = second {
+        second.abort();
+    }
     let exit_after = started.elapsed();
     exited.store(true, Ordering::Release);
 
@@ -213,13 +303,15 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     let log = reader.await.unwrap_or_default();
     let stored = stored_ids(&db)?;
     let tally = Tally::new(
-        args.target.name(),
+        &name,
+        protocol_name(args.protocol),
         args.signal.signal(),
+        args.second_signal_after.is_some(),
         signalled,
         exit_after,
         status.code(),
         &requests,
-        &stored,
+        stored.as_ref(),
         &log,
     );
     if let Some(path) = &args.svg {
@@ -240,7 +332,10 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
             label: "exit",
         });
         marks.sort_by(|a, b| a.at.total_cmp(&b.at));
-        let title = format!("stockorder prove --target {}", args.target.name());
+        let title = match args.protocol {
+            LoadProtocol::Http => format!("stockorder prove --target {}", args.target.name()),
+            LoadProtocol::Grpc => format!("stockorder prove --target {} --protocol grpc", args.target.name()),
+        };
         timeline::render(path, &title, &requests, &marks, exit_after)?;
         eprintln!("timeline written to {}", path.display());
     }
@@ -256,10 +351,37 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     })
 }
 
+fn protocol_name(protocol: LoadProtocol) -> &'static str {
+    match protocol {
+        LoadProtocol::Http => "HTTP",
+        LoadProtocol::Grpc => "gRPC",
+    }
+}
+
+/// A port nothing listens on now, for a command that must be told its port. (Another process
+/// could take it before the command binds; the command then fails to start, and says so.)
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until `addr` accepts a connection: the readiness of a command that does not announce
+/// itself in a log `prove` can read.
+async fn accepting(addr: &str) -> anyhow::Result<()> {
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
+        }
+    }
+}
+
 /// One client: creates orders back to back until, after the target has exited, its connection
 /// is refused.
-async fn client(addr: String, started: Instant, exited: Arc<AtomicBool>, timeout: Duration) -> Vec<Request> {
-    let mut driver = HttpDriver::new(&addr);
+async fn client(mut driver: Driver, started: Instant, exited: Arc<AtomicBool>, timeout: Duration) -> Vec<Request> {
     let mut requests = Vec::new();
     loop {
         let sent = started.elapsed();
@@ -283,13 +405,19 @@ async fn client(addr: String, started: Instant, exited: Arc<AtomicBool>, timeout
     }
 }
 
-/// Every order id in the database the target left behind.
-fn stored_ids(db: &Path) -> anyhow::Result<std::collections::HashSet<String>> {
+/// Every order id in the database the target left behind; `None` when it left none (a command
+/// that keeps its orders elsewhere), so nothing can be said about lost orders.
+fn stored_ids(db: &Path) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
+    if !db.exists() {
+        return Ok(None);
+    }
     let conn = rusqlite::Connection::open(db).with_context(|| format!("cannot open {}", db.display()))?;
-    let mut stmt = conn.prepare("SELECT id FROM orders")?;
+    let mut stmt = conn
+        .prepare("SELECT id FROM orders")
+        .with_context(|| format!("{} has no orders table", db.display()))?;
     let ids = stmt
         .query_map([], |row| row.get::<_, [u8; 16]>(0))?
         .map(|id| id.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()))
         .collect::<Result<_, _>>()?;
-    Ok(ids)
+    Ok(Some(ids))
 }

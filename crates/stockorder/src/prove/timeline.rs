@@ -12,7 +12,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::tally::Request;
-use crate::load::Outcome;
 
 /// Width of one bar of the timeline.
 const BIN: f64 = 0.05;
@@ -59,7 +58,7 @@ pub fn render(path: &Path, title: &str, requests: &[Request], marks: &[Mark], en
     for r in requests {
         let series = match (r.id.is_some(), r.outcome) {
             (true, _) => 0,
-            (false, Outcome::Refused) => 2,
+            (false, o) if o.never_accepted() => 2,
             (false, _) => 1,
         };
         let bin = ((r.answered.as_secs_f64() / BIN) as usize).min(bins - 1);
@@ -86,7 +85,7 @@ pub fn render(path: &Path, title: &str, requests: &[Request], marks: &[Mark], en
             .draw()
             .map_err(|e| draw(&e))?;
         let colours = [GREEN.mix(0.9), RED.mix(0.9), BLUE.mix(0.6)];
-        let names = ["acknowledged (201)", "failed", "refused at connect"];
+        let names = ["acknowledged", "failed", "refused (never accepted)"];
         for ((rate, colour), name) in rates.iter().zip(colours).zip(names) {
             let points = rate.iter().enumerate().map(|(i, r)| (i as f64 * BIN, *r));
             chart

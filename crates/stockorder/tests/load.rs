@@ -1,0 +1,85 @@
+//! `stockorder load` as a user runs it: the real binary against a real server, over HTTP and
+//! gRPC, by request count and at a fixed rate.
+
+mod common;
+
+use common::spawn_app;
+use serde_json::Value;
+
+/// Runs `stockorder load` with `args` and `--json`, and returns its summary.
+async fn load(args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("load --json prints one JSON object")
+}
+
+#[tokio::test]
+async fn the_mixed_scenario_sends_its_mix_over_both_protocols() {
+    let app = spawn_app().await;
+    let (http, grpc) = (app.addr.to_string(), app.grpc_addr.to_string());
+    for args in [vec!["--addr", &http], vec!["--addr", &grpc, "--protocol", "grpc"]] {
+        let mut args = args.clone();
+        args.extend(["--scenario", "mixed", "-c", "8", "-n", "500", "--seed-orders", "20"]);
+        let s = load(&args).await;
+        assert_eq!(s["requests"], 500, "{s}");
+        assert_eq!(s["failed"], 0, "every request of the mix succeeds: {s}");
+        // 2 in 10 place an order, 1 in 10 lists, the rest read one.
+        assert_eq!(s["by_call"]["create"]["requests"], 100, "{s}");
+        assert_eq!(s["by_call"]["list"]["requests"], 50, "{s}");
+        assert_eq!(s["by_call"]["get"]["requests"], 350, "{s}");
+    }
+    // The creates (20 seeded per run, 100 in each mix) are all stored.
+    let list: Vec<Value> = app
+        .client
+        .get(app.url("/api/orders?limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 240);
+}
+
+#[tokio::test]
+async fn a_fixed_rate_sends_exactly_its_schedule() {
+    let app = spawn_app().await;
+    let addr = app.addr.to_string();
+    // 200/s for 1 s: requests are planned at 0, 5, …, 995 ms, so exactly 200 are sent, however
+    // fast the server answers.
+    let s = load(&[
+        "--addr",
+        &addr,
+        "--scenario",
+        "health",
+        "--rate",
+        "200",
+        "-d",
+        "1s",
+        "-c",
+        "4",
+    ])
+    .await;
+    assert_eq!(s["requests"], 200, "{s}");
+    assert_eq!(s["ok"], 200, "{s}");
+    let rate = s["rate"].as_f64().unwrap();
+    assert!(rate <= 205.0, "an open loop does not run ahead of its schedule: {s}");
+}
+
+#[tokio::test]
+async fn bad_load_arguments_are_refused_with_a_reason() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+        .args(["load", "--rate=-5"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--rate"), "{err}");
+}
