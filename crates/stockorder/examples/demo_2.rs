@@ -26,7 +26,7 @@ use stockorder::server::{self, Protocol};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let demo = Demo::from_env()?;
-    let (store, service) = demo.open_store()?;
+    let (store, service) = demo.open_store().await?;
     let listener = demo.bind_http().await?;
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());

@@ -30,7 +30,7 @@ use stockorder::server::{self, Protocol};
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     let demo = Arc::new(Demo::from_env()?);
-    let (store, service) = demo.open_store()?;
+    let (store, service) = demo.open_store().await?;
     let http_listener = demo.bind_http().await?;
     let grpc_listener = demo.bind_grpc().await?;
 

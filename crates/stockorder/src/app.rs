@@ -14,7 +14,7 @@ use tracing::Level;
 use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
 use crate::adapter::simulated_price::SimulatedPrices;
-use crate::adapter::sqlite::{OpenError, SqliteStore};
+use crate::adapter::store::{OpenError, Store};
 use crate::config::{DatabaseUrl, ServeArgs};
 use crate::processor::{self, ProcessorConfig};
 use crate::server::{self, Protocol};
@@ -51,8 +51,8 @@ pub struct Application {
     http_addr: SocketAddr,
     grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
-    store: SqliteStore,
-    desk: Arc<OrderDesk<SqliteStore>>,
+    store: Store,
+    desk: Arc<OrderDesk<Store>>,
     grpc: grpc::GrpcServices,
     shutdown_timeout: Duration,
     drain_delay: Duration,
@@ -87,9 +87,9 @@ impl Application {
             )));
         }
         let rules = args.processor.risk_rules().map_err(StartupError::Config)?;
-        let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
-        let store = SqliteStore::open(&path)?;
-        tracing::info!(database = %path.display(), "database ready");
+        let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
+        let store = Store::open(&url, args.database_pool_size as usize).await?;
+        tracing::info!(database = %store.describe(), "database ready");
         let (http_listener, http_addr) = bind(SocketAddr::new(args.host, args.port)).await?;
         let (grpc_listener, grpc_addr) = bind(SocketAddr::new(args.host, args.grpc_port)).await?;
         let desk = Arc::new(OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules));

@@ -69,11 +69,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub processor: ProcessorArgs,
 
-    /// Where orders are stored: `sqlite://PATH` (created and migrated on start) or a plain path.
-    /// Parsed when the service starts ([`DatabaseUrl::parse`]), so a value meant for another
-    /// tool does not break commands that never open a database.
+    /// Where orders are stored: `sqlite://PATH` (created and migrated on start), a plain path,
+    /// or `postgres://USER@HOST:PORT/DB` (migrated on start; replicas may share it). Parsed
+    /// when the service starts ([`DatabaseUrl::parse`]), so a value meant for another tool does
+    /// not break commands that never open a database.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db")]
     pub database_url: String,
+
+    /// PostgreSQL connections per process (SQLite uses one writer and its own readers).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: u32,
 }
 
 /// Options of the order processor and the risk rules it (and order placement) applies.
@@ -177,13 +182,17 @@ pub enum LogFormat {
 pub enum DatabaseUrl {
     /// A SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL connection string (`postgres://…` or `postgresql://…`), checked in full
+    /// when the store connects.
+    Postgres(String),
 }
 
 impl DatabaseUrl {
-    /// Parses `sqlite://PATH`, `sqlite:PATH` or a plain file path.
+    /// Parses `postgres://…`, `postgresql://…`, `sqlite://PATH`, `sqlite:PATH` or a plain file
+    /// path.
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            return Err("PostgreSQL is not available in this build yet; use sqlite://PATH".into());
+            return Ok(Self::Postgres(raw.to_owned()));
         }
         let path = raw
             .strip_prefix("sqlite://")
@@ -246,6 +255,14 @@ mod tests {
             DatabaseUrl::parse("orders.db"),
             Ok(DatabaseUrl::Sqlite("orders.db".into()))
         );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@db:5432/orders"),
+            Ok(DatabaseUrl::Postgres("postgres://u@db:5432/orders".into()))
+        );
+        assert!(matches!(
+            DatabaseUrl::parse("postgresql://db/orders"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
         assert!(DatabaseUrl::parse("sqlite://").is_err());
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
     }

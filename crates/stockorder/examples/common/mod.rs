@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use stockorder::adapter::simulated_price::SimulatedPrices;
-use stockorder::adapter::sqlite::SqliteStore;
+use stockorder::adapter::store::Store;
 use stockorder::config::{DatabaseUrl, LogArgs, ServeArgs};
 use stockorder::service::OrderDesk;
 use tokio::net::TcpListener;
@@ -52,10 +52,10 @@ impl Demo {
 
     /// The order store and the service over it, as `serve` builds them. (The demos run no order
     /// processor: their lesson is the servers and the database; orders stay PENDING.)
-    pub fn open_store(&self) -> anyhow::Result<(SqliteStore, Arc<OrderDesk<SqliteStore>>)> {
-        let DatabaseUrl::Sqlite(path) = DatabaseUrl::parse(&self.args.database_url).map_err(anyhow::Error::msg)?;
-        let store = SqliteStore::open(&path)?;
-        tracing::info!(database = %path.display(), "database ready");
+    pub async fn open_store(&self) -> anyhow::Result<(Store, Arc<OrderDesk<Store>>)> {
+        let url = DatabaseUrl::parse(&self.args.database_url).map_err(anyhow::Error::msg)?;
+        let store = Store::open(&url, self.args.database_pool_size as usize).await?;
+        tracing::info!(database = %store.describe(), "database ready");
         let rules = self.args.processor.risk_rules().map_err(anyhow::Error::msg)?;
         let desk = OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules);
         Ok((store, Arc::new(desk)))

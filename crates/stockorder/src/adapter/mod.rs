@@ -3,5 +3,9 @@
 
 pub mod grpc;
 pub mod http;
+pub mod postgres;
+#[cfg(test)]
+pub(crate) mod repository_suite;
 pub mod simulated_price;
 pub mod sqlite;
+pub mod store;

@@ -84,7 +84,10 @@ pub trait OrderRepository: Send + Sync + 'static {
     fn change_status(&self, change: StatusChange) -> impl Future<Output = Result<Transition, RepositoryError>> + Send;
 
     /// Up to `limit` pending orders the processor has not decided yet, oldest first: the
-    /// processor's queue. Orders marked resting are not in it.
+    /// processor's queue. Orders marked resting are not in it. A store shared by several
+    /// processes (PostgreSQL) leases what it returns, so concurrent callers get disjoint
+    /// batches, and offers an order again only once the lease runs out unsettled; a store with
+    /// one process (SQLite) leaves that to the processor's own bookkeeping.
     fn unprocessed(&self, limit: u32) -> impl Future<Output = Result<Vec<StockOrder>, RepositoryError>> + Send;
 
     /// Applies a processor batch in one transaction: each change conditionally (its

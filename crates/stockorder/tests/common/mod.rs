@@ -31,6 +31,7 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         shutdown_drain_delay: Duration::ZERO,
         processor: Default::default(),
         database_url: format!("sqlite://{}", db.display()),
+        database_pool_size: 4,
     }
 }
 

@@ -1,0 +1,287 @@
+//! PostgreSQL storage, for when one machine is not enough: several replicas behind a load
+//! balancer share one database.
+//!
+//! The same port as SQLite, with the same guarantees: a write has committed (and, with
+//! PostgreSQL's default `synchronous_commit = on`, is flushed to its WAL) before its future
+//! resolves; status changes are conditional (`UPDATE … WHERE status = $from`), so concurrent
+//! writers on any replica have exactly one winner; `client_order_id` is unique
+//! (`INSERT … ON CONFLICT DO NOTHING`, then the existing row). PostgreSQL batches concurrent
+//! commits itself, so each request is its own short transaction on a pooled connection
+//! (`deadpool-postgres`). What SQLite does not need and PostgreSQL does: the processor's queue
+//! is shared by replicas, so a claim leases its orders (`FOR UPDATE SKIP LOCKED`, see
+//! [`CLAIM_LEASE`]).
+
+mod rows;
+mod schema;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::domain::{OrderId, StockOrder};
+use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+
+pub use schema::MigrationError;
+
+/// How long the processor's claim on a batch lasts. A replica finishes a batch in
+/// milliseconds and releases it by settling it; the lease only matters when a replica dies
+/// holding one, and then those orders wait this long before another replica takes them.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL is not a PostgreSQL connection string.
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The pool could not be built.
+    #[error("cannot build the PostgreSQL connection pool: {0}")]
+    Pool(String),
+    /// No connection could be made.
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        /// Host and database, without credentials.
+        target: String,
+        /// What the pool or server said.
+        source: PoolError,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot migrate the PostgreSQL database {target}")]
+    Migrate {
+        /// Host and database, without credentials.
+        target: String,
+        /// What went wrong.
+        source: MigrationError,
+    },
+}
+
+/// Orders in PostgreSQL. Cheap to clone; all clones share one pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    target: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("target", &self.target).finish()
+    }
+}
+
+/// `host/dbname` of a connection config: enough to say where, without the password.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or("(default)"))
+}
+
+fn database(e: tokio_postgres::Error) -> RepositoryError {
+    RepositoryError::Database(Box::new(e))
+}
+
+impl PostgresStore {
+    /// Connects to `url` with up to `pool_size` connections and migrates the schema.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Self, OpenError> {
+        let config = tokio_postgres::Config::from_str(url).map_err(OpenError::Url)?;
+        Self::open_config(config, pool_size).await
+    }
+
+    /// [`PostgresStore::open`] with a parsed configuration (e.g. with session `options`).
+    pub async fn open_config(config: tokio_postgres::Config, pool_size: usize) -> Result<Self, OpenError> {
+        let target = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection returned to the pool is reused without a round trip to check
+                // it; a broken one fails its next query and is dropped then.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(|e| OpenError::Pool(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|source| OpenError::Connect {
+            target: target.clone(),
+            source,
+        })?;
+        schema::migrate(&mut client)
+            .await
+            .map_err(|source| OpenError::Migrate {
+                target: target.clone(),
+                source,
+            })?;
+        drop(client);
+        Ok(Self { pool, target })
+    }
+
+    /// Where the store is (`host:port/dbname`), for logs.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Closes the pool: idle connections close now, those in use when they are returned, and
+    /// later calls answer [`RepositoryError::Closed`]. Every acknowledged write has committed
+    /// already, so there is nothing to flush. Call it after the servers have stopped.
+    pub async fn close(&self) -> Result<(), RepositoryError> {
+        self.pool.close();
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, RepositoryError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Closed => RepositoryError::Closed,
+            PoolError::Backend(e) => database(e),
+            other => RepositoryError::Database(Box::new(other)),
+        })
+    }
+
+    /// The orders with these ids that exist, to tell a refused change from a missing order.
+    async fn current(
+        client: &impl deadpool_postgres::GenericClient,
+        ids: &[uuid::Uuid],
+    ) -> Result<Vec<StockOrder>, RepositoryError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stmt = client.prepare_cached(rows::BY_IDS).await.map_err(database)?;
+        rows::orders(&client.query(&stmt, &[&ids]).await.map_err(database)?)
+    }
+
+    /// Applies `changes` conditionally in one statement; a [`Transition`] per change, in order.
+    async fn apply(
+        client: &impl deadpool_postgres::GenericClient,
+        changes: &[StatusChange],
+    ) -> Result<Vec<Transition>, RepositoryError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = changes.iter().map(|c| *c.id.as_uuid()).collect();
+        let from: Vec<&str> = changes.iter().map(|c| c.from.as_str()).collect();
+        let to: Vec<&str> = changes.iter().map(|c| c.to.as_str()).collect();
+        let description: Vec<Option<&str>> = changes.iter().map(|c| c.description.as_deref()).collect();
+        let fill_price: Vec<Option<f64>> = changes.iter().map(|c| c.fill_price.map(|p| p.get())).collect();
+        let at: Vec<time::OffsetDateTime> = changes.iter().map(|c| c.at.as_datetime()).collect();
+        let stmt = client.prepare_cached(rows::CHANGE_STATUS).await.map_err(database)?;
+        let changed = rows::orders(
+            &client
+                .query(&stmt, &[&ids, &from, &to, &description, &fill_price, &at])
+                .await
+                .map_err(database)?,
+        )?;
+        let mut applied: std::collections::HashMap<OrderId, StockOrder> =
+            changed.into_iter().map(|o| (o.id, o)).collect();
+        let missed: Vec<uuid::Uuid> = ids
+            .iter()
+            .filter(|id| !applied.contains_key(&OrderId::from_uuid(**id)))
+            .copied()
+            .collect();
+        let mut refused: std::collections::HashMap<OrderId, StockOrder> = Self::current(client, &missed)
+            .await?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect();
+        Ok(changes
+            .iter()
+            .map(|c| {
+                if let Some(o) = applied.remove(&c.id) {
+                    Transition::Applied(o)
+                } else if let Some(o) = refused.remove(&c.id) {
+                    Transition::Refused(o)
+                } else {
+                    Transition::NotFound
+                }
+            })
+            .collect())
+    }
+}
+
+impl OrderRepository for PostgresStore {
+    async fn insert(&self, order: StockOrder) -> Result<Inserted, RepositoryError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(rows::INSERT).await.map_err(database)?;
+        let params = rows::InsertParams::of(&order);
+        let inserted = client.execute(&stmt, &params.as_params()).await.map_err(database)?;
+        if inserted == 1 {
+            return Ok(Inserted::Created(order));
+        }
+        // ON CONFLICT waited for the other insert of this key to commit: it is there to read.
+        let key = order
+            .client_order_id
+            .as_ref()
+            .ok_or_else(|| RepositoryError::Corrupt(format!("order {} was not inserted", order.id)))?;
+        let stmt = client
+            .prepare_cached(rows::BY_CLIENT_ORDER_ID)
+            .await
+            .map_err(database)?;
+        let row = client.query_one(&stmt, &[&key.as_str()]).await.map_err(database)?;
+        Ok(Inserted::Existing(rows::order_from_row(&row)?))
+    }
+
+    async fn get(&self, id: OrderId) -> Result<Option<StockOrder>, RepositoryError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(rows::BY_ID).await.map_err(database)?;
+        client
+            .query_opt(&stmt, &[id.as_uuid()])
+            .await
+            .map_err(database)?
+            .map(|row| rows::order_from_row(&row))
+            .transpose()
+    }
+
+    async fn list(&self, query: ListQuery, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        let client = self.client().await?;
+        let (sql, args) = rows::list_sql(&query, limit);
+        let stmt = client.prepare_cached(&sql).await.map_err(database)?;
+        let params: Vec<_> = args.iter().map(rows::Param::as_sql).collect();
+        rows::orders(&client.query(&stmt, &params).await.map_err(database)?)
+    }
+
+    async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
+        let client = self.client().await?;
+        let mut transitions = Self::apply(&client, std::slice::from_ref(&change)).await?;
+        Ok(transitions.pop().unwrap_or(Transition::NotFound))
+    }
+
+    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(rows::CLAIM).await.map_err(database)?;
+        let lease = CLAIM_LEASE.as_secs_f64();
+        let mut claimed = rows::orders(
+            &client
+                .query(&stmt, &[&i64::from(limit), &lease])
+                .await
+                .map_err(database)?,
+        )?;
+        // RETURNING follows no order; the queue is oldest first.
+        claimed.sort_by_key(|o| o.id);
+        Ok(claimed)
+    }
+
+    async fn settle(
+        &self,
+        changes: Vec<StatusChange>,
+        resting: Vec<OrderId>,
+    ) -> Result<Vec<Transition>, RepositoryError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(database)?;
+        let transitions = Self::apply(&tx, &changes).await?;
+        if !resting.is_empty() {
+            let ids: Vec<uuid::Uuid> = resting.iter().map(|id| *id.as_uuid()).collect();
+            let stmt = tx.prepare_cached(rows::MARK_RESTING).await.map_err(database)?;
+            tx.execute(&stmt, &[&ids]).await.map_err(database)?;
+        }
+        tx.commit().await.map_err(database)?;
+        Ok(transitions)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! One repository test suite for every storage adapter: SQLite and PostgreSQL must keep the
+//! same promises (read-back exactness, idempotency, conditional transitions, paging, the
+//! processor's queue), so the same tests run against both. Each adapter's `tests` module calls
+//! [`repository_suite!`] with a function that opens a fresh, empty store (or `None`, with the
+//! reason printed, when its database is not reachable here).
+
+use std::collections::HashSet;
+
+use crate::domain::{
+    ClientOrderId, NewOrder, OrderId, OrderSide, OrderStatus, OrderType, Price, Quantity, StockOrder, Symbol, Timestamp,
+};
+use crate::port::{Inserted, ListQuery, OrderRepository, PageLimit, PageToken, StatusChange, Transition};
+
+/// A pending market order.
+pub fn order(symbol: &str, side: OrderSide, key: Option<&str>) -> StockOrder {
+    let new = NewOrder::new(
+        Symbol::parse(symbol).unwrap(),
+        OrderType::Market,
+        side,
+        Quantity::parse(10).unwrap(),
+        None,
+        key.map(|k| ClientOrderId::parse(k).unwrap()),
+    )
+    .unwrap();
+    StockOrder::pending(new, OrderId::generate(), Timestamp::now())
+}
+
+/// A change from PENDING to `to`.
+pub fn change(id: OrderId, to: OrderStatus) -> StatusChange {
+    StatusChange {
+        id,
+        from: OrderStatus::Pending,
+        to,
+        description: None,
+        fill_price: (to == OrderStatus::Filled).then(|| Price::parse(101.5).unwrap()),
+        at: Timestamp::now(),
+    }
+}
+
+/// A cancel.
+pub fn cancel(id: OrderId) -> StatusChange {
+    change(id, OrderStatus::Cancelled)
+}
+
+pub async fn insert_then_read_back_exactly<S: OrderRepository>(store: S) {
+    let o = order("aapl", OrderSide::Buy, Some("k1"));
+    assert_eq!(store.insert(o.clone()).await.unwrap(), Inserted::Created(o.clone()));
+    assert_eq!(store.get(o.id).await.unwrap(), Some(o));
+    assert_eq!(store.get(OrderId::generate()).await.unwrap(), None);
+}
+
+pub async fn a_known_client_order_id_returns_the_existing_order<S: OrderRepository>(store: S) {
+    let first = order("AAPL", OrderSide::Buy, Some("same"));
+    store.insert(first.clone()).await.unwrap();
+    let second = order("MSFT", OrderSide::Sell, Some("same"));
+    assert_eq!(store.insert(second.clone()).await.unwrap(), Inserted::Existing(first));
+    assert_eq!(
+        store.get(second.id).await.unwrap(),
+        None,
+        "nothing was written for the duplicate"
+    );
+}
+
+/// Twenty clients retrying one `client_order_id` at once: one order is created, and every
+/// other caller is handed that same order.
+pub async fn concurrent_creates_with_one_key_store_one_order<S: OrderRepository + Clone>(store: S) {
+    let racers: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert(order("AAPL", OrderSide::Buy, Some("retry")))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut existing = HashSet::new();
+    for r in racers {
+        match r.await.unwrap() {
+            Inserted::Created(o) => created.push(o.id),
+            Inserted::Existing(o) => {
+                existing.insert(o.id);
+            }
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one insert wins");
+    assert!(existing.iter().all(|id| *id == created[0]), "the others see the winner");
+    let all = store.list(ListQuery::default(), 100).await.unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+pub async fn status_changes_are_conditional<S: OrderRepository>(store: S) {
+    let o = order("AAPL", OrderSide::Buy, None);
+    store.insert(o.clone()).await.unwrap();
+    let Transition::Applied(cancelled) = store.change_status(cancel(o.id)).await.unwrap() else {
+        panic!("first cancel must apply");
+    };
+    assert_eq!(cancelled.status, OrderStatus::Cancelled);
+    assert!(cancelled.updated_at >= o.updated_at);
+    assert_eq!(cancelled.cancelled_at, Some(cancelled.updated_at));
+    assert_eq!(store.get(o.id).await.unwrap(), Some(cancelled.clone()));
+    assert_eq!(
+        store.change_status(cancel(o.id)).await.unwrap(),
+        Transition::Refused(cancelled)
+    );
+    assert_eq!(
+        store.change_status(cancel(OrderId::generate())).await.unwrap(),
+        Transition::NotFound
+    );
+}
+
+pub async fn concurrent_racing_cancels_have_one_winner<S: OrderRepository + Clone>(store: S) {
+    let o = order("AAPL", OrderSide::Buy, None);
+    store.insert(o.clone()).await.unwrap();
+    let racers: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.change_status(cancel(o.id)).await.unwrap() })
+        })
+        .collect();
+    let mut applied = 0;
+    for r in racers {
+        if matches!(r.await.unwrap(), Transition::Applied(_)) {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
+}
+
+pub async fn list_is_newest_first_paged_and_filtered<S: OrderRepository>(store: S) {
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let side = if i % 2 == 0 { OrderSide::Buy } else { OrderSide::Sell };
+        let o = order(if i % 5 == 0 { "MSFT" } else { "AAPL" }, side, None);
+        ids.push(o.id);
+        store.insert(o).await.unwrap();
+    }
+    ids.reverse();
+    let page = |token: Option<OrderId>| ListQuery {
+        limit: PageLimit::parse(10).unwrap(),
+        page_token: token.map(PageToken::after),
+        ..ListQuery::default()
+    };
+    let first = store.list(page(None), 10).await.unwrap();
+    assert_eq!(first.iter().map(|o| o.id).collect::<Vec<_>>(), ids[..10]);
+    let second = store.list(page(Some(ids[9])), 10).await.unwrap();
+    assert_eq!(second.iter().map(|o| o.id).collect::<Vec<_>>(), ids[10..20]);
+    let last = store.list(page(Some(ids[19])), 10).await.unwrap();
+    assert_eq!(last.iter().map(|o| o.id).collect::<Vec<_>>(), ids[20..]);
+
+    let msft = ListQuery {
+        symbol: Some(Symbol::parse("msft").unwrap()),
+        ..ListQuery::default()
+    };
+    assert_eq!(store.list(msft, 100).await.unwrap().len(), 5);
+    let sells = ListQuery {
+        side: Some(OrderSide::Sell),
+        ..ListQuery::default()
+    };
+    let sells = store.list(sells, 100).await.unwrap();
+    assert_eq!(sells.len(), 12);
+    assert!(sells.iter().all(|o| o.order_side == OrderSide::Sell));
+    let msft_buys_pending = ListQuery {
+        status: Some(OrderStatus::Pending),
+        symbol: Some(Symbol::parse("MSFT").unwrap()),
+        side: Some(OrderSide::Buy),
+        ..ListQuery::default()
+    };
+    assert_eq!(store.list(msft_buys_pending, 100).await.unwrap().len(), 3);
+    let filled = ListQuery {
+        status: Some(OrderStatus::Filled),
+        ..ListQuery::default()
+    };
+    assert!(store.list(filled, 100).await.unwrap().is_empty());
+}
+
+/// The processor's queue: oldest first; a settled batch leaves it (filled, rejected, or
+/// resting), and a change that lost its race is reported, not applied.
+pub async fn the_queue_is_settled_in_one_batch<S: OrderRepository>(store: S) {
+    let orders: Vec<StockOrder> = (0..6).map(|_| order("AAPL", OrderSide::Buy, None)).collect();
+    for o in &orders {
+        store.insert(o.clone()).await.unwrap();
+    }
+    let queue = store.unprocessed(100).await.unwrap();
+    assert_eq!(
+        queue.iter().map(|o| o.id).collect::<Vec<_>>(),
+        orders.iter().map(|o| o.id).collect::<Vec<_>>(),
+        "oldest first"
+    );
+    // A cancel gets to order 2 first; the processor's fill of it must lose.
+    store.change_status(cancel(orders[2].id)).await.unwrap();
+    let mut reject = change(orders[1].id, OrderStatus::Rejected);
+    reject.description = Some("quantity 10 exceeds the limit".into());
+    let transitions = store
+        .settle(
+            vec![
+                change(orders[0].id, OrderStatus::Filled),
+                reject,
+                change(orders[2].id, OrderStatus::Filled),
+                change(OrderId::generate(), OrderStatus::Filled),
+            ],
+            vec![orders[3].id],
+        )
+        .await
+        .unwrap();
+    let Transition::Applied(filled) = &transitions[0] else {
+        panic!("{transitions:?}")
+    };
+    assert_eq!(filled.status, OrderStatus::Filled);
+    assert_eq!(filled.fill_price, Some(Price::parse(101.5).unwrap()));
+    assert_eq!(filled.filled_at, Some(filled.updated_at));
+    let Transition::Applied(rejected) = &transitions[1] else {
+        panic!("{transitions:?}")
+    };
+    assert_eq!(rejected.status, OrderStatus::Rejected);
+    assert_eq!(rejected.description.as_deref(), Some("quantity 10 exceeds the limit"));
+    assert!(matches!(&transitions[2], Transition::Refused(o) if o.status == OrderStatus::Cancelled));
+    assert_eq!(transitions[3], Transition::NotFound);
+    let resting = store.get(orders[3].id).await.unwrap().unwrap();
+    assert_eq!(resting.status, OrderStatus::Pending, "a resting order stays pending");
+
+    // Left in the queue: the two orders nobody decided, not the resting one. SQLite offers them
+    // again; PostgreSQL leased them with the first claim and offers them only when the lease
+    // runs out (its own tests check that).
+    let left: Vec<OrderId> = store.unprocessed(100).await.unwrap().iter().map(|o| o.id).collect();
+    assert!(left == vec![orders[4].id, orders[5].id] || left.is_empty(), "{left:?}");
+}
+
+/// Reads right after an acknowledged write see it, however the adapter pools its reads.
+pub async fn reads_after_an_acknowledged_write_see_it<S: OrderRepository + Clone>(store: S) {
+    let first = order("AAPL", OrderSide::Buy, None);
+    store.insert(first.clone()).await.unwrap();
+    for round in 0..30 {
+        let reads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                let id = first.id;
+                tokio::spawn(async move { store.get(id).await.unwrap() })
+            })
+            .collect();
+        for r in reads {
+            assert!(r.await.unwrap().is_some());
+        }
+        let next = order("MSFT", OrderSide::Sell, None);
+        store.insert(next.clone()).await.unwrap();
+        for _ in 0..8 {
+            assert!(
+                store.get(next.id).await.unwrap().is_some(),
+                "round {round}: acknowledged write not visible"
+            );
+        }
+        store.change_status(cancel(next.id)).await.unwrap();
+        let page = store.list(ListQuery::default(), 1).await.unwrap();
+        assert_eq!(page[0].status, OrderStatus::Cancelled, "round {round}");
+    }
+}
+
+/// Generates one `#[tokio::test]` per suite test for an adapter. `$open` is an async function
+/// returning `Option<(guard, store)>`: a fresh empty store, and whatever must live as long as
+/// it (a temp dir, a schema to drop); `None` skips the test (it prints why).
+macro_rules! repository_suite {
+    ($open:ident) => {
+        $crate::adapter::repository_suite::repository_suite!(
+            $open;
+            insert_then_read_back_exactly,
+            a_known_client_order_id_returns_the_existing_order,
+            concurrent_creates_with_one_key_store_one_order,
+            status_changes_are_conditional,
+            concurrent_racing_cancels_have_one_winner,
+            list_is_newest_first_paged_and_filtered,
+            the_queue_is_settled_in_one_batch,
+            reads_after_an_acknowledged_write_see_it,
+        );
+    };
+    ($open:ident; $($name:ident),+ $(,)?) => {
+        mod suite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some((_guard, store)) = super::$open().await else {
+                        return;
+                    };
+                    $crate::adapter::repository_suite::$name(store).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use repository_suite;

@@ -1,0 +1,105 @@
+//! The store `DATABASE_URL` names: SQLite or PostgreSQL, chosen at start-up.
+//!
+//! An enum rather than a trait object: the port's methods are `async fn`s (not object safe),
+//! and two variants dispatched by a `match` cost nothing measurable next to a database call.
+
+use super::postgres::{self, PostgresStore};
+use super::sqlite::{self, SqliteStore};
+use crate::config::DatabaseUrl;
+use crate::domain::{OrderId, StockOrder};
+use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The SQLite file could not be opened or migrated.
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::OpenError),
+    /// PostgreSQL could not be reached or migrated.
+    #[error(transparent)]
+    Postgres(#[from] postgres::OpenError),
+}
+
+/// Orders in SQLite (one process) or PostgreSQL (replicas sharing one database).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A SQLite file.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database.
+    Postgres(PostgresStore),
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the store `url` names; `pool_size` is the
+    /// number of PostgreSQL connections (SQLite has its own fixed pool).
+    pub async fn open(url: &DatabaseUrl, pool_size: usize) -> Result<Self, OpenError> {
+        Ok(match url {
+            DatabaseUrl::Sqlite(path) => Store::Sqlite(SqliteStore::open(path)?),
+            DatabaseUrl::Postgres(url) => Store::Postgres(PostgresStore::open(url, pool_size).await?),
+        })
+    }
+
+    /// Where the orders are, for logs: the file, or `host:port/dbname` without credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.path().display().to_string(),
+            Store::Postgres(p) => format!("postgres://{}", p.target()),
+        }
+    }
+
+    /// Closes the store after the servers have stopped; see each adapter's `close`.
+    pub async fn close(&self) -> Result<(), RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+impl OrderRepository for Store {
+    async fn insert(&self, order: StockOrder) -> Result<Inserted, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.insert(order).await,
+            Store::Postgres(p) => p.insert(order).await,
+        }
+    }
+
+    async fn get(&self, id: OrderId) -> Result<Option<StockOrder>, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.get(id).await,
+            Store::Postgres(p) => p.get(id).await,
+        }
+    }
+
+    async fn list(&self, query: ListQuery, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.list(query, limit).await,
+            Store::Postgres(p) => p.list(query, limit).await,
+        }
+    }
+
+    async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.change_status(change).await,
+            Store::Postgres(p) => p.change_status(change).await,
+        }
+    }
+
+    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.unprocessed(limit).await,
+            Store::Postgres(p) => p.unprocessed(limit).await,
+        }
+    }
+
+    async fn settle(
+        &self,
+        changes: Vec<StatusChange>,
+        resting: Vec<OrderId>,
+    ) -> Result<Vec<Transition>, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.settle(changes, resting).await,
+            Store::Postgres(p) => p.settle(changes, resting).await,
+        }
+    }
+}
