@@ -38,6 +38,9 @@ pub enum Command {
     Load(crate::load::LoadArgs),
     /// Start a server, load it, signal it, and account for every request.
     Prove(crate::prove::ProveArgs),
+    /// Restart three replicas behind HAProxy one by one under load, and account for every
+    /// request and order.
+    RollingRestart(crate::rolling::RollingArgs),
 }
 
 /// Options of `stockorder serve`.

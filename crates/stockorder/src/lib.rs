@@ -15,6 +15,7 @@ pub mod load;
 pub mod port;
 pub mod processor;
 pub mod prove;
+pub mod rolling;
 pub mod server;
 pub mod service;
 pub mod signal;

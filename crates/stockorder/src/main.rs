@@ -25,7 +25,9 @@ async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let output = match cli.command {
         None | Some(Command::Serve(_)) => LogOutput::Stdout,
-        Some(Command::Client(_) | Command::Load(_) | Command::Prove(_)) => LogOutput::Stderr,
+        Some(Command::Client(_) | Command::Load(_) | Command::Prove(_) | Command::RollingRestart(_)) => {
+            LogOutput::Stderr
+        }
     };
     stockorder::telemetry::init(&cli.log, output);
     match cli.command {
@@ -34,6 +36,7 @@ async fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Client(args)) => stockorder::client::run(args).await.map(|()| ExitCode::SUCCESS),
         Some(Command::Load(args)) => stockorder::load::run(args).await.map(|()| ExitCode::SUCCESS),
         Some(Command::Prove(args)) => stockorder::prove::run(args).await,
+        Some(Command::RollingRestart(args)) => stockorder::rolling::run(args).await,
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use tokio::task::JoinSet;
 
-pub use report::{Outcome, Report};
+pub use report::{Latency, Outcome, Report};
 
 /// Options of `stockorder load`.
 #[derive(Debug, Clone, Args)]

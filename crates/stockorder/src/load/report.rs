@@ -147,7 +147,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut us: Vec<u32>) -> Self {
+    /// The percentiles of these latencies, in microseconds.
+    pub fn of(mut us: Vec<u32>) -> Self {
         us.sort_unstable();
         let pct = |p: f64| {
             if us.is_empty() {

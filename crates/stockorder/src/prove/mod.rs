@@ -7,7 +7,7 @@
 //! missing is *lost*; a stored order no client saw acknowledged is *unacknowledged*. The exit
 //! code is 1 when anything accepted failed, was lost, or is unaccounted for, so CI can use it.
 
-mod tally;
+pub(crate) mod tally;
 mod timeline;
 
 use std::path::{Path, PathBuf};
@@ -351,7 +351,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     })
 }
 
-fn protocol_name(protocol: LoadProtocol) -> &'static str {
+pub(crate) fn protocol_name(protocol: LoadProtocol) -> &'static str {
     match protocol {
         LoadProtocol::Http => "HTTP",
         LoadProtocol::Grpc => "gRPC",
@@ -360,7 +360,7 @@ fn protocol_name(protocol: LoadProtocol) -> &'static str {
 
 /// A port nothing listens on now, for a command that must be told its port. (Another process
 /// could take it before the command binds; the command then fails to start, and says so.)
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -379,9 +379,24 @@ async fn accepting(addr: &str) -> anyhow::Result<()> {
     }
 }
 
-/// One client: creates orders back to back until, after the target has exited, its connection
-/// is refused.
-async fn client(mut driver: Driver, started: Instant, exited: Arc<AtomicBool>, timeout: Duration) -> Vec<Request> {
+/// What a client does after a request.
+pub(crate) enum Next {
+    /// Send the next one.
+    Send,
+    /// Wait a moment first (the server refused the connection but may still be there).
+    Pause(Duration),
+    /// Stop.
+    Stop,
+}
+
+/// One client: places orders through `driver` back to back, recording what it saw of each,
+/// until `next` says stop.
+pub(crate) async fn place_orders(
+    mut driver: Driver,
+    started: Instant,
+    timeout: Duration,
+    mut next: impl FnMut(Outcome) -> Next,
+) -> Vec<Request> {
     let mut requests = Vec::new();
     loop {
         let sent = started.elapsed();
@@ -394,15 +409,25 @@ async fn client(mut driver: Driver, started: Instant, exited: Arc<AtomicBool>, t
             outcome,
             id,
         });
-        if outcome == Outcome::Refused {
-            if exited.load(Ordering::Acquire) {
-                return requests;
-            }
-            // Refused before the target is gone (it stopped listening first): try again
-            // shortly rather than spin.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        match next(outcome) {
+            Next::Send => {}
+            Next::Pause(pause) => tokio::time::sleep(pause).await,
+            Next::Stop => return requests,
         }
     }
+}
+
+/// `prove`'s client: places orders until, after the target has exited, its connection is
+/// refused.
+async fn client(driver: Driver, started: Instant, exited: Arc<AtomicBool>, timeout: Duration) -> Vec<Request> {
+    place_orders(driver, started, timeout, move |outcome| match outcome {
+        Outcome::Refused if exited.load(Ordering::Acquire) => Next::Stop,
+        // Refused before the target is gone (it stopped listening first): try again shortly
+        // rather than spin.
+        Outcome::Refused => Next::Pause(Duration::from_millis(5)),
+        _ => Next::Send,
+    })
+    .await
 }
 
 /// Every order id in the database the target left behind; `None` when it left none (a command

@@ -1,0 +1,110 @@
+//! Rolling restarts behind HAProxy over one PostgreSQL database, as `stockorder
+//! rolling-restart` runs them: three real replicas, real HAProxy, real signals, 32 clients.
+//! Skipped, with the reason printed, where HAProxy or PostgreSQL is missing (`.ci/run`
+//! installs and starts both).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+/// `DATABASE_URL` when it names a reachable PostgreSQL and `haproxy` is installed.
+async fn prerequisites() -> Option<String> {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    let Some(url) = url else {
+        eprintln!("skipped: set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… for the rolling-restart tests");
+        return None;
+    };
+    if let Err(e) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+        eprintln!("skipped: PostgreSQL at {url} is not reachable: {e}");
+        return None;
+    }
+    if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("skipped: haproxy is not installed (apt-get install haproxy; .ci/run does it)");
+        return None;
+    }
+    Some(url)
+}
+
+async fn rolling_restart(url: &str, args: &[&str]) -> (Option<i32>, Value) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+        .arg("rolling-restart")
+        .args(["--database-url", url, "--concurrency", "32", "--steady", "1s", "--json"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no JSON summary; stderr:\n{}", String::from_utf8_lossy(&out.stderr)));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), summary)
+}
+
+/// The promise: 3 replicas × 2 rounds under 32 clients (half REST, half gRPC), and not
+/// one request fails or one acknowledged order goes missing.
+#[tokio::test]
+async fn two_rolling_restarts_under_load_fail_nothing_and_lose_nothing() {
+    let Some(url) = prerequisites().await else {
+        return;
+    };
+    let config = repo_file("deploy/haproxy.cfg");
+    let (code, s) = rolling_restart(&url, &["--rounds", "2", "--haproxy-config", config.to_str().unwrap()]).await;
+    assert_eq!(s["restarts"].as_array().unwrap().len(), 6, "{s}");
+    for r in s["restarts"].as_array().unwrap() {
+        assert_eq!(r["exit_code"], 0, "every replica stopped cleanly: {r}");
+        assert!(
+            r["out_of_rotation_ms"].as_f64() < r["exited_ms"].as_f64(),
+            "HAProxy stopped routing to it before it stopped serving: {r}"
+        );
+    }
+    assert!(s["acknowledged"].as_u64().unwrap() > 1000, "{s}");
+    assert!(s["grpc_clients"].as_u64().unwrap() > 0 && s["http_clients"].as_u64().unwrap() > 0);
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(s["never_accepted"], 0, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["unacknowledged"], 0, "{s}");
+    assert!(s["during_restarts"]["requests"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(code, Some(0));
+}
+
+/// The control: the same restart with no drain delay behind a balancer that does not retry
+/// refused connections does fail requests, and the tool says so. (This is what the drain
+/// delay is for.)
+#[tokio::test]
+async fn without_a_drain_delay_a_balancer_that_does_not_retry_fails_requests() {
+    let Some(url) = prerequisites().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("no-retries.cfg");
+    let text = std::fs::read_to_string(repo_file("deploy/haproxy.cfg")).unwrap();
+    let no_retries = text
+        .replace("    retries 3\n", "    retries 0\n")
+        .replace("    option redispatch 1\n", "");
+    assert_ne!(
+        text, no_retries,
+        "deploy/haproxy.cfg still has the lines this test edits"
+    );
+    std::fs::write(&config, no_retries).unwrap();
+    let (code, s) = rolling_restart(
+        &url,
+        &[
+            "--rounds",
+            "1",
+            "--drain-delay",
+            "0s",
+            "--haproxy-config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(s["failed"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["lost"], 0, "failed requests were never acknowledged: {s}");
+    assert_eq!(code, Some(1), "{s}");
+}
