@@ -3,6 +3,8 @@
 //! Skipped, with the reason printed, where HAProxy or PostgreSQL is missing (`.ci/run`
 //! installs and starts both).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -13,11 +15,7 @@ fn repo_file(path: &str) -> PathBuf {
 
 /// `DATABASE_URL` when it names a reachable PostgreSQL and `haproxy` is installed.
 async fn prerequisites() -> Option<String> {
-    let url = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
-    let Some(url) = url else {
+    let Some(url) = common::pg_url() else {
         eprintln!("skipped: set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… for the rolling-restart tests");
         return None;
     };

@@ -227,3 +227,50 @@ impl ServerProcess {
             .code()
     }
 }
+
+/// A PostgreSQL schema of its own for one test, and a `DATABASE_URL` whose sessions use it;
+/// dropped by [`PgSchema::drop_now`]. `None`, with the reason printed, when `TEST_DATABASE_URL`
+/// (or `DATABASE_URL`) names no reachable PostgreSQL.
+pub struct PgSchema {
+    pub name: String,
+    /// `DATABASE_URL` for a server working in this schema.
+    pub url: String,
+    admin: tokio_postgres::Client,
+}
+
+impl PgSchema {
+    pub async fn create() -> Option<Self> {
+        let Some(base) = pg_url() else {
+            eprintln!("skipped: set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… to run this test");
+            return None;
+        };
+        let (admin, connection) = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("skipped: PostgreSQL at {base} is not reachable: {e}");
+                return None;
+            }
+        };
+        tokio::spawn(connection);
+        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+        admin.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
+        Some(Self { name, url, admin })
+    }
+
+    pub async fn drop_now(self) {
+        self.admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}
+
+/// `TEST_DATABASE_URL`, else `DATABASE_URL`, when it is a PostgreSQL URL.
+pub fn pg_url() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+}
