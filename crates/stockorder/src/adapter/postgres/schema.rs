@@ -2,6 +2,8 @@
 
 use tokio_postgres::Client;
 
+pub use crate::adapter::migration::MigrationError;
+
 /// Migrations in order; the `stockorder_schema` table records how many have run. Append only,
 /// as for SQLite. The table mirrors the SQLite one column for column, with native types
 /// (`uuid`, `timestamptz`, `boolean`).
@@ -40,31 +42,10 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this binary writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
-/// Why the schema could not be brought up to date.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrationError {
-    /// The database was migrated by a newer binary; running old code on it could corrupt it.
-    #[error("database schema version {found} is newer than this binary supports ({supported}); upgrade stockorder")]
-    TooNew {
-        /// Version found in the database.
-        found: usize,
-        /// Newest version this binary knows.
-        supported: usize,
-    },
-    /// PostgreSQL refused a migration.
-    #[error("migration {version} failed: {source}")]
-    Failed {
-        /// The migration that failed (0: reading the version).
-        version: usize,
-        /// What PostgreSQL said.
-        source: tokio_postgres::Error,
-    },
-}
-
 /// Runs every migration the database has not seen yet, in one transaction under an advisory
 /// lock: replicas starting together migrate once, and the others wait and find it done.
 pub(super) async fn migrate(client: &mut Client) -> Result<(), MigrationError> {
-    let failed = |version| move |source| MigrationError::Failed { version, source };
+    let failed = MigrationError::failed;
     let tx = client.transaction().await.map_err(failed(0))?;
     tx.batch_execute(
         "SELECT pg_advisory_xact_lock(hashtext('stockorder migrate'));

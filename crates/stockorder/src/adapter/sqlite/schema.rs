@@ -2,6 +2,8 @@
 
 use rusqlite::Connection;
 
+pub use crate::adapter::migration::MigrationError;
+
 /// Migrations in order; `PRAGMA user_version` records how many have run. Append only: a
 /// released migration never changes, so every database reaches the same schema.
 const MIGRATIONS: &[&str] = &[
@@ -61,30 +63,9 @@ pub(super) fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Why the schema could not be brought up to date.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrationError {
-    /// The file was written by a newer binary; running old code on it could corrupt it.
-    #[error("database schema version {found} is newer than this binary supports ({supported}); upgrade stockorder")]
-    TooNew {
-        /// Version found in the file.
-        found: usize,
-        /// Newest version this binary knows.
-        supported: usize,
-    },
-    /// SQLite refused a migration.
-    #[error("migration {version} failed: {source}")]
-    Failed {
-        /// The migration that failed.
-        version: usize,
-        /// What SQLite said.
-        source: rusqlite::Error,
-    },
-}
-
 /// Runs every migration the database has not seen yet, each in its own transaction.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
-    let failed = |version| move |source| MigrationError::Failed { version, source };
+    let failed = MigrationError::failed;
     let found: usize = conn
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
         .map_err(failed(0))? as usize;
