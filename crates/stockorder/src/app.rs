@@ -43,6 +43,9 @@ pub enum StartupError {
     /// The gRPC services could not be built.
     #[error(transparent)]
     Grpc(#[from] DescriptorError),
+    /// The sockets passed by the service manager cannot be used.
+    #[error(transparent)]
+    Activation(#[from] crate::activation::ActivationError),
 }
 
 /// A built, bound, not yet serving instance of the service.
@@ -69,6 +72,16 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupErro
     Ok((listener, bound))
 }
 
+/// A listening socket from the service manager, as a tokio listener.
+fn adopt(listener: std::net::TcpListener) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let listener = TcpListener::from_std(listener).map_err(|source| StartupError::Bind { addr, source })?;
+    Ok((listener, addr))
+}
+
 /// The slice of the shutdown deadline kept for each phase after the servers, whatever the
 /// servers take: workers finish the batch in hand, and closing the database commits queued
 /// writes and checkpoints the WAL. Each needs a moment, not more.
@@ -90,8 +103,18 @@ impl Application {
         let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
         let store = Store::open(&url, args.database_pool_size as usize).await?;
         tracing::info!(database = %store.describe(), "database ready");
-        let (http_listener, http_addr) = bind(SocketAddr::new(args.host, args.port)).await?;
-        let (grpc_listener, grpc_addr) = bind(SocketAddr::new(args.host, args.grpc_port)).await?;
+        let ((http_listener, http_addr), (grpc_listener, grpc_addr)) = match crate::activation::inherited_listeners()? {
+            // Socket activation: the service manager owns the sockets; HOST and the ports are
+            // its business (`stockorder.socket`).
+            Some((http, grpc)) => {
+                tracing::info!("serving on sockets passed by the service manager");
+                (adopt(http)?, adopt(grpc)?)
+            }
+            None => (
+                bind(SocketAddr::new(args.host, args.port)).await?,
+                bind(SocketAddr::new(args.host, args.grpc_port)).await?,
+            ),
+        };
         let desk = Arc::new(OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules));
         let grpc = grpc::services(Arc::clone(&desk))?;
         Ok(Self {
@@ -196,6 +219,15 @@ impl Application {
 
         let store = self.store;
         shutdown.on_stop(resources, "database", move || async move { store.close().await });
+
+        // systemd: started once both servers serve; stopping from the first moment of the
+        // shutdown (the service manager then knows the exit is on purpose).
+        crate::activation::notify_ready();
+        let stopping = readiness.clone();
+        tokio::spawn(async move {
+            stopping.draining().await;
+            crate::activation::notify_stopping();
+        });
 
         let report = shutdown.run().await;
         report.log();

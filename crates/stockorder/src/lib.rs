@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod adapter;
 pub mod app;
 pub mod client;

@@ -175,16 +175,21 @@ impl ServerProcess {
 
     /// Every order in the database, by id, paging through the REST API.
     pub async fn all_orders(&self) -> std::collections::HashMap<String, Value> {
+        Self::all_orders_at(&format!("http://{}", self.addr)).await
+    }
+
+    /// Every order of the server at `base` (`http://host:port`), by id, following the pages.
+    pub async fn all_orders_at(base: &str) -> std::collections::HashMap<String, Value> {
         let client = reqwest::Client::new();
         let mut orders = std::collections::HashMap::new();
-        let mut next = self.url("/api/orders?limit=1000");
+        let mut next = format!("{base}/api/orders?limit=1000");
         loop {
             let resp = client.get(&next).send().await.unwrap();
             let link = resp.headers().get("link").map(|l| l.to_str().unwrap().to_owned());
             let page: Vec<Value> = resp.json().await.unwrap();
             orders.extend(page.into_iter().map(|o| (o["id"].as_str().unwrap().to_owned(), o)));
             match link {
-                Some(l) => next = self.url(l.trim_start_matches('<').split('>').next().unwrap()),
+                Some(l) => next = format!("{base}{}", l.trim_start_matches('<').split('>').next().unwrap()),
                 None => return orders,
             }
         }

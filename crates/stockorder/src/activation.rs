@@ -1,0 +1,82 @@
+//! systemd integration: listening sockets handed over by the service manager (socket
+//! activation), and readiness notifications (`sd_notify`).
+//!
+//! Why: with a plain restart, even a perfect graceful shutdown leaves a gap between the old
+//! process closing its listener and the new one binding, and connections in that gap are
+//! refused. Under socket activation systemd owns the listening sockets (`stockorder.socket`)
+//! and passes them to each generation of the service: while one process stops and the next
+//! starts, new connections wait in the socket's backlog instead of being refused.
+//!
+//! Both are no-ops outside systemd: without `LISTEN_FDS` the service binds its own ports, and
+//! without `NOTIFY_SOCKET` notifications go nowhere.
+
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+
+/// Why the inherited sockets cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// `LISTEN_FDS`/`LISTEN_FDNAMES` could not be read.
+    #[error("cannot read the sockets passed by the service manager: {0}")]
+    Read(#[source] std::io::Error),
+    /// The wrong number or kind of sockets was passed.
+    #[error(
+        "socket activation needs two listening TCP sockets, named http and grpc (LISTEN_FDNAMES=http:grpc) or in that order; got {0}"
+    )]
+    Unusable(String),
+}
+
+/// The HTTP and gRPC listening sockets passed by the service manager, if any.
+///
+/// Sockets are matched by name (`FileDescriptorName=http` / `grpc` in the socket unit); when
+/// unnamed, the first is HTTP and the second gRPC.
+pub fn inherited_listeners() -> Result<Option<(TcpListener, TcpListener)>, ActivationError> {
+    let fds: Vec<(RawFd, String)> = sd_notify::listen_fds_with_names()
+        .map_err(ActivationError::Read)?
+        .collect();
+    if fds.is_empty() {
+        return Ok(None);
+    }
+    let by_name = |name: &str| fds.iter().find(|(_, n)| n == name).map(|(fd, _)| *fd);
+    let (http, grpc) = match (by_name("http"), by_name("grpc"), fds.as_slice()) {
+        (Some(http), Some(grpc), _) => (http, grpc),
+        (_, _, [(http, _), (grpc, _)]) => (*http, *grpc),
+        _ => {
+            let names: Vec<&str> = fds.iter().map(|(_, n)| n.as_str()).collect();
+            return Err(ActivationError::Unusable(format!(
+                "{} ({})",
+                fds.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    Ok(Some((listener(http)?, listener(grpc)?)))
+}
+
+fn listener(fd: RawFd) -> Result<TcpListener, ActivationError> {
+    // SAFETY: `fd` is one of the descriptors the service manager passed for this process
+    // (LISTEN_PID matched); nothing else in the process owns it, and it is taken once.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ActivationError::Unusable(format!("fd {fd} is not a TCP socket: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ActivationError::Unusable(format!("fd {fd} ({addr}): {e}")))?;
+    Ok(listener)
+}
+
+/// Tells the service manager the service is ready (`READY=1`): systemd then considers the
+/// start (or restart) complete. A no-op outside systemd.
+pub fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// Tells the service manager the service is stopping (`STOPPING=1`).
+pub fn notify_stopping() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
