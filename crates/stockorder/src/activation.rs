@@ -67,8 +67,10 @@ fn listener(fd: RawFd) -> Result<TcpListener, ActivationError> {
 }
 
 /// Tells the service manager the service is ready (`READY=1`): systemd then considers the
-/// start (or restart) complete. A no-op outside systemd.
+/// start (or restart) complete. A no-op outside systemd. In the new process of an in-place
+/// upgrade, also tells the old process (see [`crate::upgrade`]).
 pub fn notify_ready() {
+    crate::upgrade::notify_old_process_ready();
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "cannot notify the service manager");
     }

@@ -115,6 +115,17 @@ impl Application {
                 bind(SocketAddr::new(args.host, args.grpc_port)).await?,
             ),
         };
+        // Started by an in-place upgrade: until the old process has exited, it may still write
+        // to the same database.
+        if let Some(old) = crate::upgrade::upgraded_from() {
+            store.other_process_writes(true);
+            let store = store.clone();
+            tokio::spawn(async move {
+                crate::upgrade::exited(old).await;
+                store.other_process_writes(false);
+                tracing::info!(old_pid = old.as_raw(), "the previous process has exited");
+            });
+        }
         let desk = Arc::new(OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules));
         let grpc = grpc::services(Arc::clone(&desk))?;
         Ok(Self {
@@ -132,6 +143,19 @@ impl Application {
                 batch: args.processor.processor_batch,
                 poll_interval: args.processor.processor_poll_interval,
             },
+        })
+    }
+
+    /// What a SIGHUP upgrade needs: the binary to start, and the listening sockets to pass on.
+    /// `None` when this process cannot tell where its own binary is and none was configured.
+    pub fn upgrader(&self, args: &ServeArgs) -> Option<crate::upgrade::Upgrader> {
+        use std::os::fd::AsRawFd;
+        let binary = args.upgrade_binary.clone().or_else(crate::upgrade::own_binary)?;
+        Some(crate::upgrade::Upgrader {
+            binary,
+            http_fd: self.http_listener.as_raw_fd(),
+            grpc_fd: self.grpc_listener.as_raw_fd(),
+            store: self.store.clone(),
         })
     }
 

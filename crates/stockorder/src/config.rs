@@ -79,6 +79,11 @@ pub struct ServeArgs {
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db")]
     pub database_url: String,
 
+    /// The binary a SIGHUP upgrade starts; by default the path this process was started from
+    /// (where a deploy puts the new version).
+    #[arg(long, env = "UPGRADE_BINARY")]
+    pub upgrade_binary: Option<PathBuf>,
+
     /// PostgreSQL connections per process (SQLite uses one writer and its own readers).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,

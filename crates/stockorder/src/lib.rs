@@ -21,3 +21,4 @@ pub mod server;
 pub mod service;
 pub mod signal;
 pub mod telemetry;
+pub mod upgrade;

@@ -11,6 +11,8 @@ use stockorder::telemetry::LogOutput;
 /// and exit code 1, without the backtrace `anyhow` would add under `RUST_BACKTRACE`, since every
 /// error that reaches this point is an expected one with a message for the user.
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before the runtime or any other thread exists.
+    unsafe { stockorder::upgrade::adopt_upgrade_env() };
     match run() {
         Ok(code) => code,
         Err(e) => {
@@ -46,6 +48,11 @@ async fn run() -> anyhow::Result<ExitCode> {
 async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> {
     let app = Application::build(&args).await?;
     let shutdown = app.shutdown().catch_signals()?;
+    // SIGHUP: in-place upgrade (the new process takes over the listening sockets). The task
+    // ends when the shutdown begins, whatever triggered it.
+    if let Some(upgrader) = app.upgrader(&args) {
+        tokio::spawn(upgrader.run(shutdown.readiness(), shutdown.handle()));
+    }
     let report = app.run(shutdown).await;
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -180,3 +180,23 @@ async fn prove_says_what_is_wrong_with_its_arguments() {
     assert_eq!(code, Some(1));
     assert!(err.contains("serves HTTP only"), "{err}");
 }
+
+#[tokio::test]
+async fn in_place_upgrades_refuse_and_fail_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("upgrades.svg");
+    let (code, t) = prove_with(
+        "serve",
+        &svg,
+        &["--upgrade-every", "300ms", "--upgrades", "5", "--protocol", "grpc"],
+    )
+    .await;
+    assert_eq!(t["upgrades"], 5, "{t}");
+    assert_eq!(
+        t["refused_before_signal"], 0,
+        "nothing refused during the upgrades: {t}"
+    );
+    assert_sound("serve with upgrades", code, &t);
+    let marks = marks(&svg);
+    assert_eq!(marks.iter().filter(|m| *m == "SIGHUP").count(), 5, "{marks:?}");
+}

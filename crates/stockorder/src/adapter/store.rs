@@ -47,6 +47,15 @@ impl Store {
         }
     }
 
+    /// Says whether another process may be writing to the same database right now (the
+    /// overlap of an in-place upgrade). SQLite readers then take a fresh snapshot for every
+    /// read instead of reusing one across reads; PostgreSQL needs nothing.
+    pub fn other_process_writes(&self, yes: bool) {
+        if let Store::Sqlite(s) = self {
+            s.other_process_writes(yes);
+        }
+    }
+
     /// Closes the store after the servers have stopped; see each adapter's `close`.
     pub async fn close(&self) -> Result<(), RepositoryError> {
         match self {

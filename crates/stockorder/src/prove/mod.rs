@@ -56,6 +56,16 @@ pub struct ProveArgs {
     #[arg(long, value_parser = crate::config::parse_duration)]
     pub second_signal_after: Option<Duration>,
 
+    /// In-place upgrades instead of one shutdown: SIGHUP this often (`serve` only). Each
+    /// upgrade hands the listening sockets to a new process; after `--upgrades` of them the
+    /// last process gets the signal.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub upgrade_every: Option<Duration>,
+
+    /// How many upgrades `--upgrade-every` makes.
+    #[arg(long, default_value_t = 20)]
+    pub upgrades: usize,
+
     /// `DEMO_SLEEP_SCALE` for the demos: 1 keeps the original's pauses (demo_2 then takes 10 s).
     #[arg(long, default_value_t = 0.2)]
     pub demo_sleep_scale: f64,
@@ -148,6 +158,10 @@ impl Target {
             "a command after `--` is only run with `--target command`"
         );
         anyhow::ensure!(
+            args.upgrade_every.is_none() || self == Target::Serve,
+            "--upgrade-every needs --target serve (the demos do not upgrade in place)"
+        );
+        anyhow::ensure!(
             args.protocol == LoadProtocol::Http || matches!(self, Target::Serve | Target::Demo3),
             "{} serves HTTP only; gRPC load needs --target serve, demo_3 or command",
             self.name()
@@ -217,6 +231,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     // The target's log: its address first, then every line, kept for the server-side counts.
     let stdout = child.stdout.take().context("no stdout from the target")?;
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (upgraded_tx, mut upgraded) = tokio::sync::mpsc::unbounded_channel();
     let announcement = match args.protocol {
         LoadProtocol::Http => "HTTP server listening",
         LoadProtocol::Grpc => "gRPC server listening",
@@ -233,6 +248,11 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
                 && let Some(tx) = addr_tx.take()
             {
                 let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+            }
+            if v["message"] == "upgrade: the new process is ready; this one stops"
+                && let Some(pid) = v["new_pid"].as_i64()
+            {
+                let _ = upgraded_tx.send(nix::unistd::Pid::from_raw(pid as i32));
             }
             log.push(v);
         }
@@ -273,26 +293,64 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     }
 
     let target = nix::unistd::Pid::from_raw(pid as i32);
-    tokio::time::sleep(args.signal_after).await;
-    let signalled = started.elapsed();
-    nix::sys::signal::kill(target, args.signal.signal()).context("cannot signal the target")?;
-    eprintln!("sent {:?} at {:.2}s", args.signal.signal(), signalled.as_secs_f64());
-    // The impatient operator: a second signal while the first shutdown runs.
-    let second = args.second_signal_after.map(|after| {
-        let signal = args.signal.signal();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            if nix::sys::signal::kill(target, signal).is_ok() {
-                eprintln!("sent {signal:?} again at {:.2}s", started.elapsed().as_secs_f64());
-            }
-        })
-    });
-    let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
-        .await
-        .context("the target did not exit within 120 s of the signal")??;
-    if let Some(second) = second {
-        second.abort();
-    }
+    let mut upgrade_marks = Vec::new();
+    let (signalled, exit_code) = if let Some(every) = args.upgrade_every {
+        // In-place upgrades: each SIGHUP goes to the process now serving, which names its
+        // successor in the log.
+        let mut current = target;
+        for i in 1..=args.upgrades {
+            tokio::time::sleep(every).await;
+            let at = started.elapsed();
+            nix::sys::signal::kill(current, nix::sys::signal::Signal::SIGHUP).context("cannot signal the target")?;
+            let next = tokio::time::timeout(Duration::from_secs(60), upgraded.recv())
+                .await
+                .with_context(|| format!("upgrade {i}: no new process within 60 s"))?
+                .context("the target exited during an upgrade")?;
+            eprintln!(
+                "upgrade {i}: SIGHUP at {:.2}s; pid {current} → {next}",
+                at.as_secs_f64()
+            );
+            upgrade_marks.push(at);
+            current = next;
+        }
+        tokio::time::sleep(every).await;
+        let signalled = started.elapsed();
+        nix::sys::signal::kill(current, args.signal.signal()).context("cannot signal the target")?;
+        eprintln!(
+            "sent {:?} to pid {current} at {:.2}s",
+            args.signal.signal(),
+            signalled.as_secs_f64()
+        );
+        tokio::time::timeout(Duration::from_secs(120), crate::upgrade::exited(current))
+            .await
+            .context("the target did not exit within 120 s of the signal")?;
+        // The first process, long gone: reap it. The exit code is the last process's, read
+        // from its report below.
+        let _ = child.wait().await;
+        (signalled, None)
+    } else {
+        tokio::time::sleep(args.signal_after).await;
+        let signalled = started.elapsed();
+        nix::sys::signal::kill(target, args.signal.signal()).context("cannot signal the target")?;
+        eprintln!("sent {:?} at {:.2}s", args.signal.signal(), signalled.as_secs_f64());
+        // The impatient operator: a second signal while the first shutdown runs.
+        let second = args.second_signal_after.map(|after| {
+            let signal = args.signal.signal();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if nix::sys::signal::kill(target, signal).is_ok() {
+                    eprintln!("sent {signal:?} again at {:.2}s", started.elapsed().as_secs_f64());
+                }
+            })
+        });
+        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+            .await
+            .context("the target did not exit within 120 s of the signal")??;
+        if let Some(second) = second {
+            second.abort();
+        }
+        (signalled, Some(status.code()))
+    };
     let exit_after = started.elapsed();
     exited.store(true, Ordering::Release);
 
@@ -301,6 +359,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         requests.extend(done.context("a client task failed")?);
     }
     let log = reader.await.unwrap_or_default();
+    let exit_code = exit_code.unwrap_or_else(|| last_report_exit_code(&log));
     let stored = stored_ids(&db)?;
     let tally = Tally::new(
         &name,
@@ -309,13 +368,25 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         args.second_signal_after.is_some(),
         signalled,
         exit_after,
-        status.code(),
+        exit_code,
+        upgrade_marks.len(),
         &requests,
         stored.as_ref(),
         &log,
     );
     if let Some(path) = &args.svg {
-        let mut marks = timeline::marks_from_log(&log, started_wall);
+        // With upgrades, the log's shutdown steps are the old processes'; mark the upgrades.
+        let mut marks = if upgrade_marks.is_empty() {
+            timeline::marks_from_log(&log, started_wall)
+        } else {
+            upgrade_marks
+                .iter()
+                .map(|at| timeline::Mark {
+                    at: at.as_secs_f64(),
+                    label: "SIGHUP",
+                })
+                .collect()
+        };
         marks.insert(
             0,
             timeline::Mark {
@@ -332,10 +403,13 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
             label: "exit",
         });
         marks.sort_by(|a, b| a.at.total_cmp(&b.at));
-        let title = match args.protocol {
+        let mut title = match args.protocol {
             LoadProtocol::Http => format!("stockorder prove --target {}", args.target.name()),
             LoadProtocol::Grpc => format!("stockorder prove --target {} --protocol grpc", args.target.name()),
         };
+        if let Some(every) = args.upgrade_every {
+            title.push_str(&format!(" --upgrade-every {}ms", every.as_millis()));
+        }
         timeline::render(path, &title, &requests, &marks, exit_after)?;
         eprintln!("timeline written to {}", path.display());
     }
@@ -356,6 +430,14 @@ pub(crate) fn protocol_name(protocol: LoadProtocol) -> &'static str {
         LoadProtocol::Http => "HTTP",
         LoadProtocol::Grpc => "gRPC",
     }
+}
+
+/// The exit code the last process's shutdown report implies: 0 when clean, 1 otherwise.
+fn last_report_exit_code(log: &[Value]) -> Option<i32> {
+    log.iter()
+        .rev()
+        .find(|l| l["message"] == "shutdown complete")
+        .map(|l| if l["clean"] == true { 0 } else { 1 })
 }
 
 /// A port nothing listens on now, for a command that must be told its port. (Another process

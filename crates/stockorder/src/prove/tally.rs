@@ -31,6 +31,8 @@ pub struct Tally {
     signal: String,
     /// Whether the signal was sent a second time during the shutdown.
     signalled_twice: bool,
+    /// In-place upgrades (SIGHUP) before the signal.
+    upgrades: usize,
     signal_at_s: f64,
     exit_at_s: f64,
     exit_code: Option<i32>,
@@ -39,6 +41,9 @@ pub struct Tally {
     outcomes: BTreeMap<String, usize>,
     acknowledged: usize,
     refused: usize,
+    /// Connections refused before the signal (during upgrades, say): a restart that hands its
+    /// sockets over refuses none.
+    refused_before_signal: usize,
     /// Accepted requests that did not end in an acknowledgement: non-2xx answers, resets,
     /// closes without an answer, timeouts.
     failed: usize,
@@ -71,6 +76,7 @@ impl Tally {
         signal_at: Duration,
         exit_at: Duration,
         exit_code: Option<i32>,
+        upgrades: usize,
         requests: &[Request],
         stored: Option<&HashSet<String>>,
         log: &[Value],
@@ -97,6 +103,7 @@ impl Tally {
             protocol,
             signal: signal.as_str().to_owned(),
             signalled_twice,
+            upgrades,
             signal_at_s: signal_at.as_secs_f64(),
             exit_at_s: exit_at.as_secs_f64(),
             exit_code,
@@ -104,6 +111,10 @@ impl Tally {
             outcomes,
             acknowledged: acked.len(),
             refused,
+            refused_before_signal: requests
+                .iter()
+                .filter(|r| r.outcome == Outcome::Refused && r.answered < signal_at)
+                .count(),
             failed,
             lost: stored.map(|stored| acked.iter().filter(|id| !stored.contains(**id)).count()),
             unacknowledged: stored.map(|stored| stored.iter().filter(|id| !acked.contains(id.as_str())).count()),
@@ -154,9 +165,13 @@ impl fmt::Display for Tally {
         let exit = self
             .exit_code
             .map_or("killed by a signal".to_owned(), |c| format!("exit code {c}"));
+        let upgrades = match self.upgrades {
+            0 => String::new(),
+            n => format!("{n} in-place upgrades (SIGHUP), then "),
+        };
         writeln!(
             f,
-            "\nprove {} ({} clients): {} at {:.2} s; {exit} at {:.2} s ({:.0} ms after the signal)\n",
+            "\nprove {} ({} clients): {upgrades}{} at {:.2} s; {exit} at {:.2} s ({:.0} ms after the signal)\n",
             self.target,
             self.protocol,
             self.signal,
@@ -183,6 +198,7 @@ impl fmt::Display for Tally {
             "refused at connect, or turned away unprocessed by HTTP/2 GOAWAY: safe to retry",
         )?;
         breakdown(f, &|label| never_accepted.iter().any(|l| l == label))?;
+        line(f, "  refused before signal", self.refused_before_signal, "")?;
         line(
             f,
             "failed",

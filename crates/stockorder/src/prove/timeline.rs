@@ -94,12 +94,18 @@ pub fn render(path: &Path, title: &str, requests: &[Request], marks: &[Mark], en
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
         }
-        for (i, mark) in marks.iter().enumerate() {
+        // Staggered, so marks close together stay readable; a label that repeats (twenty
+        // SIGHUPs) is written at the same height each time, below the others.
+        let mut heights: Vec<&str> = Vec::new();
+        for mark in marks {
             chart
                 .draw_series(LineSeries::new([(mark.at, 0.0), (mark.at, top)], BLACK.mix(0.5)))
                 .map_err(|e| draw(&e))?;
-            // Staggered, so marks close together stay readable.
-            let y = top * (0.97 - 0.07 * i as f64);
+            let row = heights.iter().position(|l| *l == mark.label).unwrap_or_else(|| {
+                heights.push(mark.label);
+                heights.len() - 1
+            });
+            let y = top * (0.97 - 0.07 * row as f64);
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!(" {}", mark.label),

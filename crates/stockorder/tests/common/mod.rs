@@ -32,6 +32,7 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         processor: Default::default(),
         database_url: format!("sqlite://{}", db.display()),
         database_pool_size: 4,
+        upgrade_binary: None,
     }
 }
 

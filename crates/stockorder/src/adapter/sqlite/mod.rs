@@ -86,6 +86,13 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// Says whether another process may be writing to this file right now (an in-place
+    /// upgrade's overlap): readers then start a fresh snapshot for every read, since the
+    /// commit count they otherwise rely on only sees this process's commits.
+    pub fn other_process_writes(&self, yes: bool) {
+        self.inner.readers.set_shared(yes);
+    }
+
     /// Closes the store: reads are refused from now on, every queued write is committed, the
     /// WAL is checkpointed into the main file, and the connection is closed. Later calls on any
     /// clone answer [`RepositoryError::Closed`]. Call it after the servers have stopped.

@@ -83,6 +83,8 @@ pub(super) struct ReadPool {
     next: AtomicUsize,
     closed: AtomicBool,
     commits: Commits,
+    /// Another process may write: no snapshot is reused across reads.
+    shared: AtomicBool,
 }
 
 impl ReadPool {
@@ -94,6 +96,7 @@ impl ReadPool {
             next: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             commits,
+            shared: AtomicBool::new(false),
         }
     }
 
@@ -129,7 +132,7 @@ impl ReadPool {
                 };
                 reader.fresh_snapshot(&self.commits).map_err(db)?;
                 let result = read(&reader.conn);
-                if result.is_err() {
+                if result.is_err() || self.shared.load(Ordering::Acquire) {
                     reader.end_snapshot();
                 }
                 return result.map_err(db);
@@ -138,6 +141,23 @@ impl ReadPool {
         // Every slot is busy: more concurrent reads than slots. Serve this one on its own
         // connection rather than wait.
         read(&self.open().map_err(db)?).map_err(db)
+    }
+
+    /// See [`super::SqliteStore::other_process_writes`].
+    pub(super) fn set_shared(&self, yes: bool) {
+        self.shared.store(yes, Ordering::Release);
+        self.release_all();
+    }
+
+    /// Ends every idle reader's snapshot.
+    fn release_all(&self) {
+        for slot in self.slots.iter() {
+            if let Ok(mut slot) = slot.try_lock()
+                && let Some(reader) = slot.as_mut()
+            {
+                reader.end_snapshot();
+            }
+        }
     }
 
     /// Ends the snapshots of readers that are idle and began before the latest commit, so none

@@ -262,6 +262,10 @@ fn change_status(conn: &Connection, change: &StatusChange) -> Result<Transition,
 /// Moves the whole WAL into the database file and closes, so the file is complete on its own
 /// (a copy or backup taken after shutdown needs no `-wal` beside it).
 fn shut(conn: Connection) -> Result<(), RepositoryError> {
+    // Another process reading the file (the new one of an in-place upgrade) keeps the WAL from
+    // being truncated; wait for that only briefly: the WAL is complete either way.
+    conn.busy_timeout(std::time::Duration::from_millis(200))
+        .map_err(database)?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(database)?;
     conn.close().map_err(|(_, e)| database(e))
