@@ -50,8 +50,10 @@ async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> 
     let shutdown = app.shutdown().catch_signals()?;
     // SIGHUP: in-place upgrade (the new process takes over the listening sockets). The task
     // ends when the shutdown begins, whatever triggered it.
+    // The handler is installed before the servers announce themselves, so a SIGHUP sent as
+    // soon as they listen upgrades instead of killing the process.
     if let Some(upgrader) = app.upgrader(&args) {
-        tokio::spawn(upgrader.run(shutdown.readiness(), shutdown.handle()));
+        tokio::spawn(upgrader.listen(shutdown.readiness(), shutdown.handle())?);
     }
     let report = app.run(shutdown).await;
     Ok(ExitCode::from(report.exit_code()))

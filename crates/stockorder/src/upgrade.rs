@@ -129,13 +129,20 @@ pub struct Upgrader {
 }
 
 impl Upgrader {
-    /// Upgrades on every SIGHUP until one succeeds (then triggers this process's shutdown
-    /// through `shutdown`) or the shutdown begins for another reason.
-    pub async fn run(self, readiness: Readiness, shutdown: ShutdownHandle) {
-        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            tracing::warn!("cannot install the SIGHUP handler; in-place upgrades are off");
-            return;
-        };
+    /// Installs the SIGHUP handler now (so a SIGHUP from here on upgrades rather than kills
+    /// the process), and returns the task that upgrades on every SIGHUP until one succeeds
+    /// (then triggers this process's shutdown through `shutdown`) or the shutdown begins for
+    /// another reason.
+    pub fn listen(
+        self,
+        readiness: Readiness,
+        shutdown: ShutdownHandle,
+    ) -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        Ok(self.run(hangup, readiness, shutdown))
+    }
+
+    async fn run(self, mut hangup: tokio::signal::unix::Signal, readiness: Readiness, shutdown: ShutdownHandle) {
         loop {
             tokio::select! {
                 () = readiness.draining() => return,
