@@ -148,6 +148,15 @@ impl Upgrader {
                 () = readiness.draining() => return,
                 Some(()) = hangup.recv() => {}
             }
+            if std::env::var_os("NOTIFY_SOCKET").is_some() {
+                // systemd tracks this process as the service's main one: it would stop the unit
+                // (and kill the new process) when this one exits. There, restarts belong to
+                // systemd, with the sockets of stockorder.socket.
+                tracing::error!(
+                    "SIGHUP ignored: under systemd, restart with `systemctl restart` and socket activation instead"
+                );
+                continue;
+            }
             tracing::info!(binary = %self.binary.display(), "SIGHUP: starting the new process");
             // From the moment the new process may write, this one's reads must not reuse a
             // snapshot its own commit count says is current.

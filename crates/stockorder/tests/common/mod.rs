@@ -129,6 +129,9 @@ impl ServerProcess {
             .env("DATABASE_URL", PathBuf::from(db))
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            // Not under a service manager, whatever runs the tests.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
