@@ -11,11 +11,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use stockorder::load::{Driver, LoadProtocol, Outcome};
 use tokio::process::{Child, Command};
 
 /// Starts `stockorder serve` on the held sockets, as systemd starts a socket-activated
@@ -73,24 +70,7 @@ async fn restarts_on_held_sockets_refuse_nothing_and_lose_nothing() {
     let mut server = start(&http, &grpc, &db, &log).await;
 
     // 24 clients, a third of them gRPC, placing orders back to back through every restart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = tokio::task::JoinSet::new();
-    for i in 0..24 {
-        let (protocol, addr) = if i % 3 == 0 {
-            (LoadProtocol::Grpc, grpc_addr.to_string())
-        } else {
-            (LoadProtocol::Http, http_addr.to_string())
-        };
-        let mut driver = Driver::new(protocol, &addr).unwrap();
-        let stop = Arc::clone(&stop);
-        clients.spawn(async move {
-            let mut seen = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                seen.push(driver.place_order().await);
-            }
-            seen
-        });
-    }
+    let clients = common::OrderClients::start(24, 3, &http_addr.to_string(), &grpc_addr.to_string());
 
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -105,21 +85,8 @@ async fn restarts_on_held_sockets_refuse_nothing_and_lose_nothing() {
         server = start(&http, &grpc, &db, &log).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    let mut other = std::collections::BTreeMap::new();
-    while let Some(seen) = clients.join_next().await {
-        for (outcome, id) in seen.unwrap() {
-            match id {
-                Some(id) => acked.push(id),
-                None => *other.entry(outcome.label()).or_insert(0) += 1,
-            }
-        }
-    }
-    eprintln!("acknowledged {}, other outcomes {other:?}", acked.len());
-    // Over HTTP/2 a call sent after the server's GOAWAY is turned away unprocessed (safe to
-    // retry, and tonic does not retry it for you); that is the only non-answer allowed.
-    other.remove(&Outcome::NotProcessed.label());
+    // `other` leaves out gRPC calls a GOAWAY turned away unprocessed (see `finish`).
+    let common::Seen { acked, other } = clients.finish().await;
     assert!(other.is_empty(), "refused, reset, closed or failed: {other:?}");
     assert!(acked.len() > 500, "{} acknowledged", acked.len());
 

@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::ServerProcess;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use stockorder::load::{Driver, LoadProtocol, Outcome};
 use stockorder::upgrade::exited;
 
 /// Sends SIGHUP to `pid` and returns the pid of the process that took over.
@@ -31,24 +28,7 @@ async fn twenty_upgrades_under_load_break_nothing_and_lose_nothing() {
     let mut server = ServerProcess::start(&db, &[]).await;
     let (http, grpc) = (server.addr.to_string(), server.grpc_addr.to_string());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = tokio::task::JoinSet::new();
-    for i in 0..32 {
-        let (protocol, addr) = if i % 4 == 0 {
-            (LoadProtocol::Grpc, grpc.clone())
-        } else {
-            (LoadProtocol::Http, http.clone())
-        };
-        let mut driver = Driver::new(protocol, &addr).unwrap();
-        let stop = Arc::clone(&stop);
-        clients.spawn(async move {
-            let mut seen = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                seen.push(driver.place_order().await);
-            }
-            seen
-        });
-    }
+    let clients = common::OrderClients::start(32, 4, &http, &grpc);
 
     let first = Pid::from_raw(server.child.id().unwrap() as i32);
     let mut current = first;
@@ -67,22 +47,8 @@ async fn twenty_upgrades_under_load_break_nothing_and_lose_nothing() {
         current = next;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut acked = Vec::new();
-    let mut other = std::collections::BTreeMap::new();
-    while let Some(seen) = clients.join_next().await {
-        for (outcome, id) in seen.unwrap() {
-            match id {
-                Some(id) => acked.push(id),
-                None => *other.entry(outcome.label()).or_insert(0) += 1,
-            }
-        }
-    }
-    eprintln!("acknowledged {}, other outcomes {other:?}", acked.len());
-    // An HTTP/2 call sent after the old process's GOAWAY is turned away unprocessed: never
-    // accepted, safe to retry (grpc-go and grpc-java do it by themselves, tonic does not).
-    other.remove(&Outcome::NotProcessed.label());
+    // `other` leaves out gRPC calls a GOAWAY turned away unprocessed (see `finish`).
+    let common::Seen { acked, other } = clients.finish().await;
     assert!(other.is_empty(), "refused, reset, closed or failed: {other:?}");
     assert!(acked.len() > 1000, "{} acknowledged", acked.len());
 

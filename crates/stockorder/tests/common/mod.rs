@@ -283,3 +283,69 @@ pub fn pg_url() -> Option<String> {
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
 }
+
+/// Clients placing orders back to back over REST and gRPC until [`OrderClients::finish`]:
+/// the load that restarts must not break.
+pub struct OrderClients {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: tokio::task::JoinSet<Vec<(stockorder::load::Outcome, Option<String>)>>,
+}
+
+/// What the clients saw: acknowledged order ids, and every other outcome by label.
+pub struct Seen {
+    pub acked: Vec<String>,
+    pub other: std::collections::BTreeMap<String, usize>,
+}
+
+impl OrderClients {
+    /// `n` clients; every `grpc_every`-th one uses gRPC at `grpc`, the others REST at `http`.
+    pub fn start(n: usize, grpc_every: usize, http: &str, grpc: &str) -> Self {
+        use stockorder::load::{Driver, LoadProtocol};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (protocol, addr) = if i % grpc_every == 0 {
+                (LoadProtocol::Grpc, grpc)
+            } else {
+                (LoadProtocol::Http, http)
+            };
+            let mut driver = Driver::new(protocol, addr).unwrap();
+            let stop = std::sync::Arc::clone(&stop);
+            clients.spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seen.push(driver.place_order().await);
+                }
+                seen
+            });
+        }
+        Self { stop, clients }
+    }
+
+    /// Stops the clients (each after its request in flight) and says what they saw. An HTTP/2
+    /// call turned away unprocessed by a GOAWAY is left out of `other`: it was never accepted,
+    /// is safe to retry, and tonic does not retry it by itself.
+    pub async fn finish(mut self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut seen = Seen {
+            acked: Vec::new(),
+            other: std::collections::BTreeMap::new(),
+        };
+        let mut turned_away = 0;
+        while let Some(outcomes) = self.clients.join_next().await {
+            for (outcome, id) in outcomes.unwrap() {
+                match id {
+                    Some(id) => seen.acked.push(id),
+                    None if outcome == stockorder::load::Outcome::NotProcessed => turned_away += 1,
+                    None => *seen.other.entry(outcome.label()).or_insert(0) += 1,
+                }
+            }
+        }
+        eprintln!(
+            "acknowledged {}, turned away unprocessed {turned_away}, other outcomes {:?}",
+            seen.acked.len(),
+            seen.other
+        );
+        seen
+    }
+}
