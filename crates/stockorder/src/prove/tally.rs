@@ -22,6 +22,52 @@ pub struct Request {
     pub id: Option<String>,
 }
 
+/// Every request classified by what its client saw, and checked against the orders stored:
+/// the part of a verdict that `prove` and `rolling-restart` share.
+#[derive(Debug)]
+pub(crate) struct Accounting {
+    /// Requests sent.
+    pub requests: usize,
+    /// Count per outcome label (`HTTP 201`, `refused`, …).
+    pub outcomes: BTreeMap<String, usize>,
+    /// Orders acknowledged.
+    pub acknowledged: usize,
+    /// Refused at connect, or turned away unprocessed: safe to retry.
+    pub never_accepted: usize,
+    /// Accepted but not acknowledged.
+    pub failed: usize,
+    /// Acknowledged orders missing from `stored` (`None` without a store to check).
+    pub lost: Option<usize>,
+    /// Stored orders no client saw acknowledged.
+    pub unacknowledged: Option<usize>,
+}
+
+impl Accounting {
+    pub(crate) fn of<'a>(requests: impl IntoIterator<Item = &'a Request>, stored: Option<&HashSet<String>>) -> Self {
+        let mut outcomes = BTreeMap::new();
+        let mut acked = HashSet::new();
+        let (mut sent, mut never_accepted) = (0, 0);
+        for r in requests {
+            sent += 1;
+            *outcomes.entry(r.outcome.label()).or_insert(0) += 1;
+            if let Some(id) = r.id.as_deref() {
+                acked.insert(id);
+            } else if r.outcome.never_accepted() {
+                never_accepted += 1;
+            }
+        }
+        Self {
+            requests: sent,
+            outcomes,
+            acknowledged: acked.len(),
+            never_accepted,
+            failed: sent - acked.len() - never_accepted,
+            lost: stored.map(|stored| acked.iter().filter(|id| !stored.contains(**id)).count()),
+            unacknowledged: stored.map(|stored| stored.iter().filter(|id| !acked.contains(id.as_str())).count()),
+        }
+    }
+}
+
 /// The verdict of a run.
 #[derive(Debug, Serialize)]
 pub struct Tally {
@@ -81,13 +127,7 @@ impl Tally {
         stored: Option<&HashSet<String>>,
         log: &[Value],
     ) -> Self {
-        let mut outcomes = BTreeMap::new();
-        for r in requests {
-            *outcomes.entry(r.outcome.label()).or_insert(0) += 1;
-        }
-        let acked: HashSet<&str> = requests.iter().filter_map(|r| r.id.as_deref()).collect();
-        let refused = requests.iter().filter(|r| r.outcome.never_accepted()).count();
-        let failed = requests.len() - acked.len() - refused;
+        let counts = Accounting::of(requests, stored);
         let failure_times: Vec<f64> = requests
             .iter()
             .filter(|r| r.id.is_none() && !r.outcome.never_accepted())
@@ -107,17 +147,17 @@ impl Tally {
             signal_at_s: signal_at.as_secs_f64(),
             exit_at_s: exit_at.as_secs_f64(),
             exit_code,
-            requests: requests.len(),
-            outcomes,
-            acknowledged: acked.len(),
-            refused,
+            requests: counts.requests,
+            outcomes: counts.outcomes,
+            acknowledged: counts.acknowledged,
+            refused: counts.never_accepted,
             refused_before_signal: requests
                 .iter()
                 .filter(|r| r.outcome == Outcome::Refused && r.answered < signal_at)
                 .count(),
-            failed,
-            lost: stored.map(|stored| acked.iter().filter(|id| !stored.contains(**id)).count()),
-            unacknowledged: stored.map(|stored| stored.iter().filter(|id| !acked.contains(id.as_str())).count()),
+            failed: counts.failed,
+            lost: counts.lost,
+            unacknowledged: counts.unacknowledged,
             server_logged_acks: server_logged_acks(log),
             last_acknowledged_at_s,
             slowest_acknowledged_ms: requests

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_postgres::NoTls;
 
 use crate::load::{Driver, Latency, LoadProtocol};
-use crate::prove::tally::Request;
+use crate::prove::tally::{Accounting, Request};
 use crate::prove::{Next, free_port, place_orders};
 use lb::{LbPorts, LoadBalancer};
 use replica::ReplicaSpec;
@@ -366,12 +366,7 @@ fn summarize(
     (http_clients, grpc_clients): (usize, usize),
     stored: &HashSet<String>,
 ) -> Summary {
-    let mut outcomes = std::collections::BTreeMap::new();
-    for (r, _) in &requests {
-        *outcomes.entry(r.outcome.label()).or_insert(0) += 1;
-    }
-    let acked: HashSet<&str> = requests.iter().filter_map(|(r, _)| r.id.as_deref()).collect();
-    let never_accepted = requests.iter().filter(|(r, _)| r.outcome.never_accepted()).count();
+    let counts = Accounting::of(requests.iter().map(|(r, _)| r), Some(stored));
     let latency = |during: bool| {
         Latency::of(
             requests
@@ -386,13 +381,14 @@ fn summarize(
         rounds: args.rounds,
         http_clients,
         grpc_clients,
-        requests: requests.len(),
-        acknowledged: acked.len(),
-        never_accepted,
-        failed: requests.len() - acked.len() - never_accepted,
-        lost: acked.iter().filter(|id| !stored.contains(**id)).count(),
-        unacknowledged: stored.iter().filter(|id| !acked.contains(id.as_str())).count(),
-        outcomes,
+        requests: counts.requests,
+        acknowledged: counts.acknowledged,
+        never_accepted: counts.never_accepted,
+        failed: counts.failed,
+        // Both are counted: `stored` was given.
+        lost: counts.lost.unwrap_or_default(),
+        unacknowledged: counts.unacknowledged.unwrap_or_default(),
+        outcomes: counts.outcomes,
         steady: latency(false),
         during_restarts: latency(true),
         restarts,
