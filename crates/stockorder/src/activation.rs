@@ -66,6 +66,29 @@ fn listener(fd: RawFd) -> Result<TcpListener, ActivationError> {
     Ok(listener)
 }
 
+/// Hands the listening sockets `http` and `grpc` to the program `cmd` starts, the way systemd
+/// does: as fds 3 and 4, with `LISTEN_FDS=2` and `LISTEN_FDNAMES=http:grpc`. `LISTEN_PID` is
+/// the caller's business (it can only be known in the child, see [`crate::upgrade`]).
+pub fn pass_listeners(cmd: &mut std::process::Command, http: RawFd, grpc: RawFd) {
+    use std::os::unix::process::CommandExt;
+    cmd.env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "http:grpc")
+        .env_remove("LISTEN_PID");
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2). The sockets
+    // are first copied above the fds 3 and 4 they are moved to, so neither can overwrite the
+    // other; dup2 leaves the copies at 3 and 4 open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let h = libc::fcntl(http, libc::F_DUPFD_CLOEXEC, 10);
+            let g = libc::fcntl(grpc, libc::F_DUPFD_CLOEXEC, 10);
+            if h < 0 || g < 0 || libc::dup2(h, 3) < 0 || libc::dup2(g, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Tells the service manager the service is ready (`READY=1`): systemd then considers the
 /// start (or restart) complete. A no-op outside systemd. In the new process of an in-place
 /// upgrade, also tells the old process (see [`crate::upgrade`]).

@@ -16,7 +16,6 @@
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -216,25 +215,9 @@ impl Upgrader {
     fn command(&self, notify: &Path) -> tokio::process::Command {
         let mut cmd = std::process::Command::new(&self.binary);
         cmd.args(std::env::args_os().skip(1).collect::<Vec<OsString>>())
-            .env("LISTEN_FDS", "2")
-            .env("LISTEN_FDNAMES", "http:grpc")
-            .env_remove("LISTEN_PID")
             .env(UPGRADE_FROM, std::process::id().to_string())
             .env("NOTIFY_SOCKET", notify);
-        let (http, grpc) = (self.http_fd, self.grpc_fd);
-        // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2). The
-        // sockets are first copied above the fds 3 and 4 they are moved to, so neither can
-        // overwrite the other; dup2 leaves the copies at 3 and 4 open across exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let h = libc::fcntl(http, libc::F_DUPFD_CLOEXEC, 10);
-                let g = libc::fcntl(grpc, libc::F_DUPFD_CLOEXEC, 10);
-                if h < 0 || g < 0 || libc::dup2(h, 3) < 0 || libc::dup2(g, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::activation::pass_listeners(&mut cmd, self.http_fd, self.grpc_fd);
         // The new process outlives this one: not killed on drop.
         tokio::process::Command::from(cmd)
     }

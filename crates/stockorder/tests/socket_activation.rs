@@ -8,7 +8,6 @@ mod common;
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -26,8 +25,6 @@ async fn start(http: &TcpListener, grpc: &TcpListener, db: &Path, log: &Path) ->
         r#"LISTEN_PID=$$ exec "$0" serve"#,
         env!("CARGO_BIN_EXE_stockorder"),
     ])
-    .env("LISTEN_FDS", "2")
-    .env("LISTEN_FDNAMES", "http:grpc")
     .env("DATABASE_URL", db)
     .env("LOG_FORMAT", "json")
     .env("RUST_LOG", "info")
@@ -35,18 +32,7 @@ async fn start(http: &TcpListener, grpc: &TcpListener, db: &Path, log: &Path) ->
         std::fs::File::options().create(true).append(true).open(log).unwrap(),
     ))
     .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. The sockets
-    // are first copied above fd 10, so neither can be overwritten by the other's dup2.
-    unsafe {
-        cmd.pre_exec(move || {
-            let h = libc::fcntl(h, libc::F_DUPFD, 10);
-            let g = libc::fcntl(g, libc::F_DUPFD, 10);
-            if h < 0 || g < 0 || libc::dup2(h, 3) < 0 || libc::dup2(g, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    stockorder::activation::pass_listeners(&mut cmd, h, g);
     let child = Command::from(cmd).kill_on_drop(true).spawn().unwrap();
     let url = format!("http://{}/ready", http.local_addr().unwrap());
     let client = reqwest::Client::new();
