@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestApp, market_order, spawn_app};
+use common::{TestApp, grpc_market_order, market_order, spawn_app};
 use serde_json::Value;
 use stockorder::adapter::grpc::proto;
 use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
@@ -20,16 +20,6 @@ async fn channel(app: &TestApp) -> Channel {
 
 async fn client(app: &TestApp) -> StockOrderServiceClient<Channel> {
     StockOrderServiceClient::new(channel(app).await)
-}
-
-fn market() -> proto::CreateOrderRequest {
-    proto::CreateOrderRequest {
-        symbol: "AAPL".into(),
-        order_type: proto::OrderType::Market.into(),
-        order_side: proto::OrderSide::Buy.into(),
-        quantity: 100,
-        ..Default::default()
-    }
 }
 
 fn limit(symbol: &str, price: f64) -> proto::CreateOrderRequest {
@@ -56,7 +46,7 @@ async fn every_rpc_works_and_rest_sees_the_same_orders() {
     let app = spawn_app().await;
     let mut grpc = client(&app).await;
 
-    let placed = grpc.create_order(market()).await.unwrap().into_inner();
+    let placed = grpc.create_order(grpc_market_order()).await.unwrap().into_inner();
     assert_eq!(placed.symbol, "AAPL");
     assert_eq!(placed.order_type(), proto::OrderType::Market);
     assert_eq!(placed.order_side(), proto::OrderSide::Buy);
@@ -135,7 +125,7 @@ async fn client_order_id_replays_or_is_already_exists() {
     let mut grpc = client(&app).await;
     let keyed = proto::CreateOrderRequest {
         client_order_id: "grpc-key-1".into(),
-        ..market()
+        ..grpc_market_order()
     };
     let first = grpc.create_order(keyed.clone()).await.unwrap().into_inner();
     assert_eq!(first.client_order_id, "grpc-key-1");
@@ -160,28 +150,28 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         (
             proto::CreateOrderRequest {
                 symbol: String::new(),
-                ..market()
+                ..grpc_market_order()
             },
             "symbol",
         ),
         (
             proto::CreateOrderRequest {
                 symbol: "NOT A SYMBOL".into(),
-                ..market()
+                ..grpc_market_order()
             },
             "symbol",
         ),
         (
             proto::CreateOrderRequest {
                 quantity: 0,
-                ..market()
+                ..grpc_market_order()
             },
             "quantity",
         ),
         (
             proto::CreateOrderRequest {
                 quantity: -3,
-                ..market()
+                ..grpc_market_order()
             },
             "quantity",
         ),
@@ -191,35 +181,35 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         (
             proto::CreateOrderRequest {
                 price: 10.0,
-                ..market()
+                ..grpc_market_order()
             },
             "price",
         ),
         (
             proto::CreateOrderRequest {
                 order_type: 0,
-                ..market()
+                ..grpc_market_order()
             },
             "order_type",
         ),
         (
             proto::CreateOrderRequest {
                 order_type: 7,
-                ..market()
+                ..grpc_market_order()
             },
             "order_type",
         ),
         (
             proto::CreateOrderRequest {
                 order_side: 3,
-                ..market()
+                ..grpc_market_order()
             },
             "order_side",
         ),
         (
             proto::CreateOrderRequest {
                 client_order_id: "has space".into(),
-                ..market()
+                ..grpc_market_order()
             },
             "client_order_id",
         ),
@@ -293,7 +283,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     }
 
     // Still serving after all that.
-    assert!(grpc.create_order(market()).await.is_ok());
+    assert!(grpc.create_order(grpc_market_order()).await.is_ok());
     app.stop().await;
 }
 
@@ -304,7 +294,7 @@ async fn pages_and_filters() {
     let mut made = Vec::new();
     for i in 0..5 {
         let request = if i % 2 == 0 {
-            market()
+            grpc_market_order()
         } else {
             limit("MSFT", 10.0 + i as f64)
         };

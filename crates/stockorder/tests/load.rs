@@ -35,15 +35,7 @@ async fn the_mixed_scenario_sends_its_mix_over_both_protocols() {
         assert_eq!(s["by_call"]["get"]["requests"], 350, "{s}");
     }
     // The creates (20 seeded per run, 100 in each mix) are all stored.
-    let list: Vec<Value> = app
-        .client
-        .get(app.url("/api/orders?limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = app.get("/api/orders?limit=1000").await.json().await.unwrap();
     assert_eq!(list.len(), 240);
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{PgSchema, ServerProcess};
+use common::{PgSchema, ServerProcess, market_order};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -30,7 +30,7 @@ async fn serve_on_postgres_answers_the_seed_commands_and_keeps_orders_across_a_r
     assert_eq!(health, json!({"status": "ok"}));
     let market = http
         .post(server.url("/api/orders"))
-        .json(&json!({"symbol": "AAPL", "order_type": "MARKET", "order_side": "BUY", "quantity": 100}))
+        .json(&market_order())
         .send()
         .await
         .unwrap();

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, market_order};
+use common::{ServerProcess, grpc_market_order, market_order};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use stockorder::adapter::grpc::proto;
 use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
 use stockorder::load::Outcome;
 use tokio::io::AsyncWriteExt;
@@ -65,13 +64,7 @@ async fn http_worker(url: String, acked: Arc<AtomicUsize>, progress: Arc<Notify>
 async fn grpc_worker(addr: String, acked: Arc<AtomicUsize>, progress: Arc<Notify>) -> Tally {
     let channel = tonic::transport::Endpoint::from_shared(addr).unwrap().connect_lazy();
     let mut client = StockOrderServiceClient::new(channel);
-    let request = proto::CreateOrderRequest {
-        symbol: "MSFT".into(),
-        order_type: proto::OrderType::Market.into(),
-        order_side: proto::OrderSide::Sell.into(),
-        quantity: 1,
-        ..Default::default()
-    };
+    let request = grpc_market_order();
     let mut tally = Tally::default();
     loop {
         match client.create_order(request.clone()).await {
@@ -310,13 +303,7 @@ async fn the_drain_delay_keeps_serving_while_unready() {
         "close",
         "and keep-alive clients are told to leave"
     );
-    let request = proto::CreateOrderRequest {
-        symbol: "AAPL".into(),
-        order_type: proto::OrderType::Market.into(),
-        order_side: proto::OrderSide::Buy.into(),
-        quantity: 1,
-        ..Default::default()
-    };
+    let request = grpc_market_order();
     assert!(orders.create_order(request).await.is_ok(), "over gRPC too");
     assert!(
         signalled.elapsed() < Duration::from_secs(2),

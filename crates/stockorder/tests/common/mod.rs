@@ -93,6 +93,18 @@ pub fn market_order() -> Value {
     serde_json::json!({"symbol": "AAPL", "order_type": "MARKET", "order_side": "BUY", "quantity": 100})
 }
 
+/// [`market_order`] as a gRPC request.
+pub fn grpc_market_order() -> stockorder::adapter::grpc::proto::CreateOrderRequest {
+    use stockorder::adapter::grpc::proto;
+    proto::CreateOrderRequest {
+        symbol: "AAPL".into(),
+        order_type: proto::OrderType::Market.into(),
+        order_side: proto::OrderSide::Buy.into(),
+        quantity: 100,
+        ..Default::default()
+    }
+}
+
 /// The real `stockorder` binary as a child process, with JSON logs read line by line.
 pub struct ServerProcess {
     pub child: Child,
