@@ -104,7 +104,11 @@ pub struct Shutdown {
     handle: ShutdownHandle,
     ended_tx: mpsc::UnboundedSender<usize>,
     ended_rx: mpsc::UnboundedReceiver<usize>,
+    observer: Option<Observer>,
 }
+
+/// Called with each report entry the moment it is known.
+type Observer = Box<dyn Fn(&Entry) + Send + Sync>;
 
 impl Default for Shutdown {
     fn default() -> Self {
@@ -135,6 +139,7 @@ impl Shutdown {
             },
             ended_tx,
             ended_rx,
+            observer: None,
         }
     }
 
@@ -160,6 +165,15 @@ impl Shutdown {
     /// What a second signal during shutdown does ([`SecondSignal::Exit`]`(130)` by default).
     pub fn on_second_signal(mut self, action: SecondSignal) -> Self {
         self.second_signal = action;
+        self
+    }
+
+    /// Calls `observe` with each entry of the report as soon as that component has stopped,
+    /// while the shutdown is still going: how a metrics system or a supervisor learns the
+    /// phase durations without waiting for [`Shutdown::run`] to return (the process may be
+    /// gone by then, or killed at the deadline).
+    pub fn on_entry(mut self, observe: impl Fn(&Entry) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Box::new(observe));
         self
     }
 
@@ -252,6 +266,7 @@ impl Shutdown {
             second_signal,
             ended_tx,
             mut ended_rx,
+            observer,
             ..
         } = self;
         let plan = Plan {
@@ -263,6 +278,10 @@ impl Shutdown {
             deadline_at: started + deadline,
             drain_delay,
             ended_tx,
+            entries: Entries {
+                list: Vec::new(),
+                observer,
+            },
         };
         let entries = tokio::select! {
             entries = plan.execute(&mut ended_rx) => entries,
@@ -328,6 +347,22 @@ struct Plan {
     deadline_at: Instant,
     drain_delay: Duration,
     ended_tx: mpsc::UnboundedSender<usize>,
+    entries: Entries,
+}
+
+/// The report's entries as they come, each shown to the observer when added.
+struct Entries {
+    list: Vec<Entry>,
+    observer: Option<Observer>,
+}
+
+impl Entries {
+    fn push(&mut self, entry: Entry) {
+        if let Some(observe) = &self.observer {
+            observe(&entry);
+        }
+        self.list.push(entry);
+    }
 }
 
 /// A component whose stop is under way in the current phase.
@@ -350,8 +385,8 @@ impl Plan {
             deadline_at,
             drain_delay,
             ended_tx,
+            mut entries,
         } = self;
-        let mut entries = Vec::new();
         if !drain_delay.is_zero() {
             tracing::info!(
                 delay_ms = drain_delay.as_millis() as u64,
@@ -452,7 +487,7 @@ impl Plan {
                 }
             }
         }
-        entries
+        entries.list
     }
 }
 

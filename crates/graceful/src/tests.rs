@@ -202,3 +202,34 @@ async fn the_first_reason_is_kept() {
     assert_eq!(report.reason, Reason::Requested("first".into()));
     assert!(report.entries.is_empty() && report.is_clean());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_sees_each_entry_when_its_component_stops_not_at_the_end() {
+    let seen: Log = Arc::default();
+    let t0 = Instant::now();
+    let s = Arc::clone(&seen);
+    let mut shutdown = Shutdown::new()
+        .drain_delay(ms(200))
+        .on_entry(move |e| note(&s, t0, &e.component));
+    let servers = shutdown.phase("servers");
+    let resources = shutdown.phase("resources");
+    shutdown.spawn(servers, "http", |stop| async move {
+        stop.stopped().await;
+        tokio::time::sleep(ms(100)).await;
+    });
+    shutdown.on_stop(resources, "database", || async {
+        tokio::time::sleep(ms(50)).await;
+        Ok::<(), std::io::Error>(())
+    });
+    shutdown.handle().shutdown("test");
+    let report = shutdown.run().await;
+
+    let seen = seen.lock().unwrap().clone();
+    let names: Vec<_> = report.entries.iter().map(|e| e.component.clone()).collect();
+    assert_eq!(seen.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>(), names);
+    assert_eq!(
+        seen.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
+        [ms(200), ms(300), ms(350)],
+        "each entry is observed when it is known"
+    );
+}
