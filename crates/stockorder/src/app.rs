@@ -7,17 +7,22 @@ use std::time::Duration;
 
 use graceful::{Report, Shutdown};
 use tokio::net::TcpListener;
-use tower::Layer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower::ServiceBuilder;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
+use crate::adapter::middleware::admission::{AdmissionLayer, Limits};
+use crate::adapter::middleware::api_keys::{ApiKeys, ApiKeysError};
+use crate::adapter::middleware::observe::ObserveLayer;
+use crate::adapter::middleware::request_id;
 use crate::adapter::simulated_price::SimulatedPrices;
 use crate::adapter::store::{OpenError, Store};
 use crate::config::{DatabaseUrl, ServeArgs};
+use crate::metrics::metrics;
 use crate::processor::{self, ProcessorConfig};
-use crate::server::{self, Protocol};
+use crate::server::{self, ConnectionLimits, Protocol};
 use crate::service::OrderDesk;
 
 /// Why the service could not start.
@@ -46,6 +51,9 @@ pub enum StartupError {
     /// The sockets passed by the service manager cannot be used.
     #[error(transparent)]
     Activation(#[from] crate::activation::ActivationError),
+    /// `API_KEYS` or `API_KEYS_FILE` is unusable.
+    #[error(transparent)]
+    ApiKeys(#[from] ApiKeysError),
 }
 
 /// A built, bound, not yet serving instance of the service.
@@ -60,6 +68,8 @@ pub struct Application {
     shutdown_timeout: Duration,
     drain_delay: Duration,
     processor: ProcessorConfig,
+    http_options: http::Options,
+    connection_limits: ConnectionLimits,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
@@ -100,6 +110,23 @@ impl Application {
             )));
         }
         let rules = args.processor.risk_rules().map_err(StartupError::Config)?;
+        let limits = &args.limits;
+        let keys = ApiKeys::load(limits.api_keys.as_deref(), limits.api_keys_file.as_deref())?;
+        if let Some(keys) = &keys {
+            tracing::info!(?keys, "API keys required for the order API");
+        }
+        let http_options = http::Options {
+            limits: Limits {
+                keys: keys.map(Arc::new),
+                max_concurrent: limits.max_concurrent_requests as usize,
+                timeout: limits.request_timeout,
+            },
+            docs_ui: limits.docs_ui,
+        };
+        let connection_limits = ConnectionLimits {
+            header_read_timeout: limits.header_read_timeout,
+            ..ConnectionLimits::default()
+        };
         let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
         let store = Store::open(&url, args.database_pool_size as usize).await?;
         tracing::info!(database = %store.describe(), "database ready");
@@ -143,6 +170,8 @@ impl Application {
                 batch: args.processor.processor_batch,
                 poll_interval: args.processor.processor_poll_interval,
             },
+            http_options,
+            connection_limits,
         })
     }
 
@@ -175,6 +204,7 @@ impl Application {
         Shutdown::new()
             .deadline(self.shutdown_timeout)
             .drain_delay(self.drain_delay)
+            .on_entry(|entry| metrics().shutdown_entry(entry))
     }
 
     /// Serves HTTP and gRPC until `shutdown` is triggered, then follows DESIGN §6:
@@ -198,29 +228,48 @@ impl Application {
         let servers = shutdown.phase_with_budget("stop servers", servers_budget);
         let workers = shutdown.phase_with_budget("stop workers", reserve);
         let resources = shutdown.phase("close resources");
+        for (phase, budget) in [
+            ("drain", self.drain_delay),
+            ("stop servers", servers_budget),
+            ("stop workers", reserve),
+            // The last phase has no budget of its own: whatever is left of the deadline.
+            ("total", self.shutdown_timeout),
+        ] {
+            metrics().shutdown_phase_budget(phase, budget);
+        }
 
-        let router = http::router(Arc::clone(&self.desk), readiness.clone());
+        let router = http::router_with(Arc::clone(&self.desk), readiness.clone(), &self.http_options);
         tracing::info!(addr = %self.http_addr, "HTTP server listening");
         let http_readiness = readiness.clone();
+        let connection_limits = self.connection_limits;
         shutdown.spawn(servers, "http server", move |stop| {
-            server::serve(
+            server::serve_with(
                 self.http_listener,
                 router,
                 Protocol::Http,
+                connection_limits,
                 http_readiness,
                 stop.into_future(),
             )
         });
 
         let grpc::GrpcServices { routes, health } = self.grpc;
-        // Every call logged at info, like HTTP requests (path, gRPC status, latency). A non-OK
-        // status is usually the client's mistake, so "failures" stay at debug; storage errors
-        // are logged at error where they happen.
-        let grpc_service = TraceLayer::new_for_grpc()
-            .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-            .on_response(DefaultOnResponse::new().level(Level::INFO))
-            .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
-            .layer(routes.prepare());
+        // The same stack as the REST API's (see `http::router_with`). Every call is logged at
+        // info, like HTTP requests (path, gRPC status, latency). A non-OK status is usually the
+        // client's mistake, so "failures" stay at debug; storage errors are logged at error
+        // where they happen.
+        let grpc_service = ServiceBuilder::new()
+            .layer(request_id::set())
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(request_id::span)
+                    .on_response(DefaultOnResponse::new().level(Level::INFO))
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
+            .layer(request_id::propagate())
+            .layer(ObserveLayer::<grpc::Grpc>::new())
+            .layer(AdmissionLayer::<grpc::Grpc>::new(&self.http_options.limits))
+            .service(routes.prepare());
         health.set(true).await;
         tracing::info!(addr = %self.grpc_addr, "gRPC server listening");
         let grpc_readiness = readiness.clone();
@@ -231,7 +280,7 @@ impl Application {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
-                () = server::serve(self.grpc_listener, grpc_service, Protocol::Grpc, grpc_readiness.clone(), stop.stopped()) => {}
+                () = server::serve_with(self.grpc_listener, grpc_service, Protocol::Grpc, connection_limits, grpc_readiness.clone(), stop.stopped()) => {}
                 () = unready => {}
             }
         });
@@ -250,6 +299,7 @@ impl Application {
         let stopping = readiness.clone();
         tokio::spawn(async move {
             stopping.draining().await;
+            metrics().shutdown_started();
             crate::activation::notify_stopping();
         });
 

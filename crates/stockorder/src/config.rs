@@ -72,6 +72,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub processor: ProcessorArgs,
 
+    /// Limits, authentication and API documentation.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
     /// Where orders are stored: `sqlite://PATH` (created and migrated on start), a plain path,
     /// or `postgres://USER@HOST:PORT/DB` (migrated on start; replicas may share it). Parsed
     /// when the service starts ([`DatabaseUrl::parse`]), so a value meant for another tool does
@@ -87,6 +91,53 @@ pub struct ServeArgs {
     /// PostgreSQL connections per process (SQLite uses one writer and its own readers).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
+}
+
+/// What protects the service from bad, excessive or unauthenticated traffic.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct LimitArgs {
+    /// Longest a request may take; then it is answered 504 (gRPC DEADLINE_EXCEEDED). A
+    /// client's shorter `grpc-timeout` wins.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Requests handled at once per port; more are refused at once with 503 + Retry-After
+    /// (gRPC RESOURCE_EXHAUSTED) instead of queueing. Probes and /metrics are never refused.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_concurrent_requests: u32,
+
+    /// Longest a client may take to send a request's headers (and, on a new connection, its
+    /// first byte) before the connection is closed: slow-client protection.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Comma-separated API keys (16+ characters each). When set, order endpoints and RPCs need
+    /// `Authorization: Bearer KEY`; health, readiness, metrics and /openapi.json stay open.
+    #[arg(long, env = "API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// A file of API keys, one per line (`#` starts a comment); adds to API_KEYS.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Serve an interactive API reference at /docs (its script loads from a CDN in the
+    /// browser).
+    #[arg(long, env = "DOCS_UI", default_value_t = false)]
+    pub docs_ui: bool,
+}
+
+impl Default for LimitArgs {
+    /// The same values as the command-line defaults (a test checks they agree).
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            api_keys: None,
+            api_keys_file: None,
+            docs_ui: false,
+        }
+    }
 }
 
 /// Options of the order processor and the risk rules it (and order placement) applies.
@@ -291,6 +342,36 @@ mod tests {
         if vars.iter().all(|v| std::env::var_os(v).is_none()) {
             assert_eq!(Only::try_parse_from(["x"]).unwrap().p, ProcessorArgs::default());
         }
+    }
+
+    #[test]
+    fn limit_defaults_match_the_command_line_and_the_layers() {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            l: LimitArgs,
+        }
+        let vars = [
+            "REQUEST_TIMEOUT",
+            "MAX_CONCURRENT_REQUESTS",
+            "HEADER_READ_TIMEOUT",
+            "API_KEYS",
+            "API_KEYS_FILE",
+            "DOCS_UI",
+        ];
+        if vars.iter().all(|v| std::env::var_os(v).is_none()) {
+            assert_eq!(Only::try_parse_from(["x"]).unwrap().l, LimitArgs::default());
+        }
+        let (args, layers) = (
+            LimitArgs::default(),
+            crate::adapter::middleware::admission::Limits::default(),
+        );
+        assert_eq!(args.request_timeout, layers.timeout);
+        assert_eq!(args.max_concurrent_requests as usize, layers.max_concurrent);
+        assert_eq!(
+            args.header_read_timeout,
+            crate::server::ConnectionLimits::default().header_read_timeout
+        );
     }
 
     #[test]

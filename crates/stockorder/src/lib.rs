@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod load;
+pub mod metrics;
 pub mod port;
 pub mod processor;
 pub mod prove;

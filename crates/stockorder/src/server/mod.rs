@@ -43,6 +43,35 @@ use close::CloseWhenDraining;
 /// busy: a 50 ms grace reset 1–3 requests in about one shutdown in eight; 1 s and 2 s reset none.
 pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 
+/// What a connection may cost before it has sent a request: slow-client protection.
+///
+/// Why at the connection: a client that opens a connection and then sends nothing, or one byte
+/// a second, never reaches the request middleware; without these bounds 1000 such clients hold
+/// 1000 sockets and buffers for as long as they like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Longest wait for a new connection's first byte, and for an HTTP/1 request's complete
+    /// headers; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes: beyond it HTTP/1 answers 431
+    /// and HTTP/2 resets the stream.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// 10 s and 16 KiB: the command line's defaults (a test checks they agree). hyper's own
+    /// defaults are 30 s and ~400 KiB.
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// hyper's smallest allowed HTTP/1 read buffer.
+const MIN_HTTP1_BUFFER: usize = 8 * 1024;
+
 /// Which protocols a port speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -55,11 +84,37 @@ pub enum Protocol {
 /// Serves `service` on `listener` until `stop` resolves, then stops accepting (after taking the
 /// backlog), lets every accepted request finish, and returns when the last connection has
 /// closed. HTTP/1 answers carry `Connection: close` while `readiness` is draining. Dropping the
-/// returned future aborts every connection.
+/// returned future aborts every connection. Connections get the default [`ConnectionLimits`].
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     protocol: Protocol,
+    readiness: Readiness,
+    stop: impl Future<Output = ()>,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(
+        listener,
+        service,
+        protocol,
+        ConnectionLimits::default(),
+        readiness,
+        stop,
+    )
+    .await;
+}
+
+/// [`serve`] with the given connection limits.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    protocol: Protocol,
+    limits: ConnectionLimits,
     readiness: Readiness,
     stop: impl Future<Output = ()>,
 ) where
@@ -74,7 +129,7 @@ pub async fn serve<S, B>(
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     let accept = |stream: TcpStream, connections: &mut JoinSet<()>| {
-        connections.spawn(connection(stream, service.clone(), protocol, drain_rx.clone()));
+        connections.spawn(connection(stream, service.clone(), protocol, limits, drain_rx.clone()));
     };
     loop {
         tokio::select! {
@@ -123,8 +178,13 @@ pub async fn serve<S, B>(
     while connections.join_next().await.is_some() {}
 }
 
-async fn connection<S, B>(stream: TcpStream, service: S, protocol: Protocol, drain: watch::Receiver<bool>)
-where
+async fn connection<S, B>(
+    stream: TcpStream,
+    service: S,
+    protocol: Protocol,
+    limits: ConnectionLimits,
+    drain: watch::Receiver<bool>,
+) where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: hyper::body::Body + Send + 'static,
@@ -132,23 +192,51 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let _ = stream.set_nodelay(true);
+    if !first_byte(&stream, limits.header_read_timeout, drain.clone()).await {
+        return;
+    }
     let io = TokioIo::new(stream);
     let service = TowerToHyperService::new(service);
+    let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
         Protocol::Http => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new());
-            builder.http2().timer(TokioTimer::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUFFER));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(header_list);
             drive(builder.serve_connection(io, service), drain, IDLE_GRACE).await;
         }
         Protocol::Grpc => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
+            builder.timer(TokioTimer::new()).max_header_list_size(header_list);
             // HTTP/2 needs no grace: GOAWAY tells the client which streams were taken, and
             // those are finished.
             drive(builder.serve_connection(io, service), drain, Duration::ZERO).await;
         }
     }
+}
+
+/// Waits for a new connection's first byte: false when it does not come within `timeout`, or
+/// within [`IDLE_GRACE`] once the server is draining, or the client closes first. Until a byte
+/// arrives hyper has no timer running (it is still finding out which protocol to speak).
+async fn first_byte(stream: &TcpStream, timeout: Duration, mut drain: watch::Receiver<bool>) -> bool {
+    let mut byte = [0u8; 1];
+    let arrived = async { matches!(stream.peek(&mut byte).await, Ok(n) if n > 0) };
+    tokio::pin!(arrived);
+    tokio::select! {
+        arrived = &mut arrived => return arrived,
+        () = tokio::time::sleep(timeout) => return false,
+        _ = drain.wait_for(|draining| *draining) => {}
+    }
+    tokio::time::timeout(IDLE_GRACE.min(timeout), arrived)
+        .await
+        .unwrap_or(false)
 }
 
 /// Runs one connection; once draining, gives it `grace` to finish on its own (HTTP/1 answers

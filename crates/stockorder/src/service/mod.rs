@@ -1,12 +1,15 @@
 //! Business rules over the ports: identity and timestamps of new orders, risk rules at
 //! placement, idempotent creates, paging, cancellation as a conditional transition, and the
-//! execution of pending orders. Depends on `domain` and `port` only.
+//! execution of pending orders. Depends on `domain` and `port`, and counts the state changes
+//! it makes in [`crate::metrics`] (the one place that knows every transition).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::domain::{Decision, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StockOrder, Timestamp, decide};
+use crate::metrics::metrics;
 use crate::port::{
     Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, PriceSource,
     StatusChange, Transition,
@@ -115,11 +118,20 @@ impl<R: OrderRepository> OrderDesk<R> {
         done.resting = resting.len();
         for transition in self.repository.settle(changes, resting).await? {
             match transition {
-                Transition::Applied(o) if o.status == OrderStatus::Filled => done.filled += 1,
-                Transition::Applied(_) => done.rejected += 1,
+                Transition::Applied(o) => {
+                    if o.status == OrderStatus::Filled {
+                        done.filled += 1;
+                    } else {
+                        done.rejected += 1;
+                    }
+                    let waited = now.unix_micros().saturating_sub(o.created_at.unix_micros());
+                    metrics().processor_lag(Duration::from_micros(waited.max(0).unsigned_abs()));
+                }
                 Transition::Refused(_) | Transition::NotFound => done.lost_race += 1,
             }
         }
+        metrics().transitions(Some(OrderStatus::Pending), OrderStatus::Filled, done.filled as u64);
+        metrics().transitions(Some(OrderStatus::Pending), OrderStatus::Rejected, done.rejected as u64);
         Ok(done)
     }
 }
@@ -140,6 +152,7 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
         };
         match self.repository.insert(order).await? {
             Inserted::Created(order) => {
+                metrics().transitions(None, order.status, 1);
                 if order.status == OrderStatus::Pending {
                     self.new_orders.notify_one();
                 }
@@ -185,7 +198,10 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
             at: Timestamp::now(),
         };
         match self.repository.change_status(change).await? {
-            Transition::Applied(order) => Ok(order),
+            Transition::Applied(order) => {
+                metrics().transitions(Some(OrderStatus::Pending), order.status, 1);
+                Ok(order)
+            }
             Transition::NotFound => Err(OrderError::NotFound(id)),
             Transition::Refused(order) => Err(OrderError::NotCancellable {
                 id,

@@ -30,6 +30,7 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         shutdown_timeout: Duration::from_secs(10),
         shutdown_drain_delay: Duration::ZERO,
         processor: Default::default(),
+        limits: Default::default(),
         database_url: format!("sqlite://{}", db.display()),
         database_pool_size: 4,
         upgrade_binary: None,

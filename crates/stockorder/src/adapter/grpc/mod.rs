@@ -4,6 +4,7 @@
 
 mod convert;
 mod error;
+mod protocol;
 mod service;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::port::OrderService;
 
+pub use protocol::Grpc;
 pub use service::GrpcOrders;
 
 /// The code generated from `proto/stock_order.proto`, shared by the server, the clients and the

@@ -8,18 +8,24 @@ use axum::response::{IntoResponse, Response};
 
 use super::HttpState;
 use super::dto::{CreateOrderBody, ListParams, MessageBody, OrderBody, StatusBody};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::domain::{OrderId, RawOrder, Symbol, ValidationError, parse_variant};
 use crate::port::{CANCELLED_MESSAGE, ListQuery, OrderService, PageLimit, PageToken};
 
 /// Liveness: answers 200 as long as the process serves HTTP, draining or not, so an
 /// orchestrator never kills an instance that is finishing its requests.
+#[utoipa::path(get, path = "/health", tag = "probes",
+    responses((status = 200, description = "The process serves HTTP", body = StatusBody)))]
 pub async fn health() -> Json<StatusBody> {
     Json(StatusBody { status: "ok" })
 }
 
 /// Readiness: 200 while this instance wants new traffic, 503 once shutdown has begun, so a
 /// load balancer stops routing here before the listener closes.
+#[utoipa::path(get, path = "/ready", tag = "probes", responses(
+    (status = 200, description = "Ready for traffic", body = StatusBody),
+    (status = 503, description = "Shutting down: route new requests elsewhere", body = StatusBody),
+))]
 pub async fn ready<S>(State(state): State<HttpState<S>>) -> Response {
     if state.readiness.is_ready() {
         Json(StatusBody { status: "ready" }).into_response()
@@ -28,6 +34,20 @@ pub async fn ready<S>(State(state): State<HttpState<S>>) -> Response {
     }
 }
 
+/// Places an order. It is durable (committed with `synchronous=FULL`) before the answer.
+#[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = CreateOrderBody, responses(
+    (status = 201, description = "Created", body = OrderBody,
+        headers(("Location" = String, description = "The order's URL"))),
+    (status = 200, description = "Replay: an order with this `client_order_id` and the same fields exists", body = OrderBody,
+        headers(("Location" = String, description = "The order's URL"))),
+    (status = 400, description = "Malformed JSON or an invalid field (named in the message)", body = ErrorBody),
+    (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
+    (status = 409, description = "The `client_order_id` belongs to a different order", body = ErrorBody),
+    (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+    (status = 415, description = "Not sent as `application/json`", body = ErrorBody),
+    (status = 503, description = "Overloaded or shutting down; not processed, retry (`Retry-After`)", body = ErrorBody),
+    (status = 504, description = "Took longer than REQUEST_TIMEOUT; retry with the same `client_order_id`", body = ErrorBody),
+))]
 pub async fn create_order<S: OrderService>(
     State(state): State<HttpState<S>>,
     body: Result<Json<CreateOrderBody>, JsonRejection>,
@@ -50,6 +70,17 @@ pub async fn create_order<S: OrderService>(
         .into_response())
 }
 
+/// One order.
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = uuid::Uuid, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 503, description = "Overloaded; not processed, retry (`Retry-After`)", body = ErrorBody),
+        (status = 504, description = "Took longer than REQUEST_TIMEOUT", body = ErrorBody),
+    ))]
 pub async fn get_order<S: OrderService>(
     State(state): State<HttpState<S>>,
     Path(id): Path<String>,
@@ -58,6 +89,15 @@ pub async fn get_order<S: OrderService>(
     Ok(Json(OrderBody::from(&order)).into_response())
 }
 
+/// Orders, newest first, one page at a time.
+#[utoipa::path(get, path = "/api/orders", tag = "orders", params(ListParams), responses(
+    (status = 200, description = "A page of orders", body = Vec<OrderBody>,
+        headers(("Link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
+    (status = 400, description = "An invalid filter, limit or page token", body = ErrorBody),
+    (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
+    (status = 503, description = "Overloaded; not processed, retry (`Retry-After`)", body = ErrorBody),
+    (status = 504, description = "Took longer than REQUEST_TIMEOUT", body = ErrorBody),
+))]
 pub async fn list_orders<S: OrderService>(
     State(state): State<HttpState<S>>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -76,6 +116,18 @@ pub async fn list_orders<S: OrderService>(
     Ok(response)
 }
 
+/// Cancels a pending order.
+#[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "orders",
+    params(("id" = uuid::Uuid, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = MessageBody),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "The order is no longer pending", body = ErrorBody),
+        (status = 503, description = "Overloaded; not processed, retry (`Retry-After`)", body = ErrorBody),
+        (status = 504, description = "Took longer than REQUEST_TIMEOUT", body = ErrorBody),
+    ))]
 pub async fn cancel_order<S: OrderService>(
     State(state): State<HttpState<S>>,
     Path(id): Path<String>,
@@ -84,6 +136,23 @@ pub async fn cancel_order<S: OrderService>(
     Ok(Json(MessageBody {
         message: CANCELLED_MESSAGE,
     }))
+}
+
+/// Prometheus metrics in the text exposition format (see the README for the series).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Every metric", content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::metrics::metrics().render(),
+    )
+}
+
+/// This API's OpenAPI 3.1 description, generated from the code.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+pub async fn openapi<S>(State(state): State<HttpState<S>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi.clone())
 }
 
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -1,21 +1,31 @@
-//! The REST adapter (axum): routes of DESIGN §3 over any [`OrderService`].
+//! The REST adapter (axum): routes of DESIGN §3 over any [`OrderService`], plus the operator's
+//! endpoints (`/metrics`, `/openapi.json`, optionally `/docs`).
 
 mod dto;
 mod error;
 mod handlers;
+mod openapi;
+mod protocol;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use bytes::Bytes;
 use graceful::Readiness;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower::ServiceBuilder;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::adapter::middleware::admission::{AdmissionLayer, Limits};
+use crate::adapter::middleware::observe::ObserveLayer;
+use crate::adapter::middleware::request_id;
 use crate::port::OrderService;
 
 pub use error::ApiError;
+pub use openapi::openapi_json;
+pub use protocol::Rest;
 
 /// The largest request body accepted. An order is ~200 bytes; anything near this limit is a
 /// mistake or an attack, and is answered 413 before it is buffered.
@@ -25,6 +35,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct HttpState<S> {
     service: Arc<S>,
     readiness: Readiness,
+    openapi: Bytes,
 }
 
 impl<S> Clone for HttpState<S> {
@@ -32,28 +43,64 @@ impl<S> Clone for HttpState<S> {
         Self {
             service: Arc::clone(&self.service),
             readiness: self.readiness.clone(),
+            openapi: self.openapi.clone(),
         }
     }
 }
 
-/// The REST API. `readiness` drives `GET /ready`: 200 until shutdown starts, 503 after.
+/// How the REST API is served beyond its routes.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// API keys, concurrency limit and request timeout.
+    pub limits: Limits,
+    /// Serve an interactive API reference (Scalar) at `/docs`. It loads its script from a CDN
+    /// in the browser, so it is off by default.
+    pub docs_ui: bool,
+}
+
+/// The REST API with default [`Options`]. `readiness` drives `GET /ready`: 200 until shutdown
+/// starts, 503 after.
 pub fn router<S: OrderService>(service: Arc<S>, readiness: Readiness) -> Router {
-    Router::new()
+    router_with(service, readiness, &Options::default())
+}
+
+/// The REST API with the given options.
+pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, options: &Options) -> Router {
+    let mut router = Router::new()
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready::<S>))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(handlers::openapi))
         .route(
             "/api/orders",
             post(handlers::create_order::<S>).get(handlers::list_orders::<S>),
         )
         .route("/api/orders/{id}", get(handlers::get_order::<S>))
-        .route("/api/orders/{id}/cancel", post(handlers::cancel_order::<S>))
+        .route("/api/orders/{id}/cancel", post(handlers::cancel_order::<S>));
+    if options.docs_ui {
+        router = router.merge(openapi::docs_ui());
+    }
+    router
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::wrong_method)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Inner to outer: limits, then metrics (which count the limits' refusals too), then the
+        // log span, then the request id the span and the answer carry.
         .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            ServiceBuilder::new()
+                .layer(request_id::set())
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_id::span)
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(request_id::propagate())
+                .layer(ObserveLayer::<Rest>::new())
+                .layer(AdmissionLayer::<Rest>::new(&options.limits))
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
-        .with_state(HttpState { service, readiness })
+        .with_state(HttpState {
+            service,
+            readiness,
+            openapi: openapi_json(options.limits.keys.is_some()),
+        })
 }

@@ -15,12 +15,13 @@ mod rows;
 mod schema;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use crate::domain::{OrderId, StockOrder};
+use crate::metrics::metrics;
 use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
 
 pub use schema::MigrationError;
@@ -208,7 +209,10 @@ impl OrderRepository for PostgresStore {
         let client = self.client().await?;
         let stmt = client.prepare_cached(rows::INSERT).await.map_err(database)?;
         let params = rows::InsertParams::of(&order);
+        // One statement is one transaction: PostgreSQL commits (and fsyncs) each insert itself.
+        let started = Instant::now();
         let inserted = client.execute(&stmt, &params.as_params()).await.map_err(database)?;
+        metrics().db_commit("postgres", 1, started.elapsed());
         if inserted == 1 {
             return Ok(Inserted::Created(order));
         }
@@ -246,7 +250,9 @@ impl OrderRepository for PostgresStore {
 
     async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
         let client = self.client().await?;
+        let started = Instant::now();
         let mut transitions = Self::apply(&client, std::slice::from_ref(&change)).await?;
+        metrics().db_commit("postgres", 1, started.elapsed());
         Ok(transitions.pop().unwrap_or(Transition::NotFound))
     }
 
@@ -271,6 +277,7 @@ impl OrderRepository for PostgresStore {
         resting: Vec<OrderId>,
     ) -> Result<Vec<Transition>, RepositoryError> {
         let mut client = self.client().await?;
+        let started = Instant::now();
         let tx = client.transaction().await.map_err(database)?;
         let transitions = Self::apply(&tx, &changes).await?;
         if !resting.is_empty() {
@@ -279,6 +286,7 @@ impl OrderRepository for PostgresStore {
             tx.execute(&stmt, &[&ids]).await.map_err(database)?;
         }
         tx.commit().await.map_err(database)?;
+        metrics().db_commit("postgres", changes.len() + resting.len(), started.elapsed());
         Ok(transitions)
     }
 }

@@ -196,6 +196,8 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
     if batch.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
+    let writes = batch.len();
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -208,6 +210,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
     match tx.commit() {
         Ok(()) => {
             after_commit();
+            crate::metrics::metrics().db_commit("sqlite", writes, started.elapsed());
             outcomes.into_iter().for_each(Outcome::send);
         }
         Err(e) => {

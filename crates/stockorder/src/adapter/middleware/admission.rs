@@ -1,0 +1,152 @@
+//! Who gets in, how many at once, and for how long: API keys, load shedding, timeouts.
+//!
+//! Why shed rather than queue: a server that queues every request it cannot serve now answers
+//! all of them late, and clients time out and retry into a longer queue. Refusing the excess at
+//! once (503 + `Retry-After`, or RESOURCE_EXHAUSTED) costs microseconds, tells the client the
+//! request was *not* processed, and keeps the latency of the admitted ones flat.
+//!
+//! Open paths ([`Protocol::is_open`]) skip the key and the limit, never the timeout.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{Request, Response};
+use tokio::sync::Semaphore;
+
+use super::Protocol;
+use super::api_keys::ApiKeys;
+use crate::metrics::{Rejection, metrics};
+
+/// The limits of one port.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Accepted keys; `None` admits everyone.
+    pub keys: Option<Arc<ApiKeys>>,
+    /// Requests handled at once; more are shed.
+    pub max_concurrent: usize,
+    /// Longest a request may take (a client's shorter `grpc-timeout` wins).
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    /// No keys, 1024 requests at once, 10 s per request: the command line's defaults (a test
+    /// checks they agree).
+    fn default() -> Self {
+        Self {
+            keys: None,
+            max_concurrent: 1024,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Adds [`Admission`] around a service. Clones share one concurrency budget.
+#[derive(Clone)]
+pub struct AdmissionLayer<P> {
+    keys: Option<Arc<ApiKeys>>,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    protocol: PhantomData<P>,
+}
+
+impl<P> AdmissionLayer<P> {
+    /// A budget of `limits.max_concurrent` requests for every service this layer wraps.
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            keys: limits.keys.clone(),
+            permits: Arc::new(Semaphore::new(limits.max_concurrent)),
+            timeout: limits.timeout,
+            protocol: PhantomData,
+        }
+    }
+}
+
+impl<S, P> tower::Layer<S> for AdmissionLayer<P> {
+    type Service = Admission<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            keys: self.keys.clone(),
+            permits: Arc::clone(&self.permits),
+            timeout: self.timeout,
+            protocol: PhantomData,
+        }
+    }
+}
+
+/// Applies the limits; see the module documentation.
+pub struct Admission<S, P> {
+    inner: S,
+    keys: Option<Arc<ApiKeys>>,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    protocol: PhantomData<P>,
+}
+
+impl<S: Clone, P> Clone for Admission<S, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            keys: self.keys.clone(),
+            permits: Arc::clone(&self.permits),
+            timeout: self.timeout,
+            protocol: PhantomData,
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, P, B> tower::Service<Request<B>> for Admission<S, P>
+where
+    P: Protocol,
+    S: tower::Service<Request<B>, Response = Response<P::Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<P::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let refuse = |why| -> Self::Future {
+            metrics().rejected(P::API, why);
+            Box::pin(std::future::ready(Ok(P::reject(why))))
+        };
+        let open = P::is_open(request.uri().path());
+        let permit = if open {
+            None
+        } else {
+            if let Some(keys) = &self.keys
+                && !keys.admits(request.headers())
+            {
+                return refuse(Rejection::Unauthenticated);
+            }
+            match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return refuse(Rejection::Overloaded),
+            }
+        };
+        let timeout = P::requested_timeout(request.headers()).map_or(self.timeout, |t| t.min(self.timeout));
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let _permit = permit;
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    metrics().rejected(P::API, Rejection::TimedOut);
+                    Ok(P::reject(Rejection::TimedOut))
+                }
+            }
+        })
+    }
+}
