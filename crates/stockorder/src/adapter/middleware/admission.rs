@@ -137,6 +137,11 @@ where
             }
         };
         let timeout = P::requested_timeout(request.headers()).map_or(self.timeout, |t| t.min(self.timeout));
+        if timeout.is_zero() {
+            // The client's deadline has already passed: running the request could only waste
+            // work nobody will read.
+            return refuse(Rejection::TimedOut);
+        }
         let answer = self.inner.call(request);
         Box::pin(async move {
             let _permit = permit;

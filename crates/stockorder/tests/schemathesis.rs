@@ -1,0 +1,60 @@
+//! Property-based fuzzing of the REST API from its own OpenAPI document: schemathesis (PyPI)
+//! generates valid and invalid requests from `/openapi.json` of the real binary and runs all of
+//! its default checks (no server errors, answers that match the documented schemas, status
+//! codes and headers, invalid input refused, valid input accepted, 405 with `Allow`…). Skipped,
+//! with the reason printed, where schemathesis is not installed (`.ci/run` installs it).
+
+mod common;
+
+use common::ServerProcess;
+
+const KEY: &str = "schemathesis-key-0123456789";
+
+/// Runs schemathesis against `server`; `None` when it is not installed.
+async fn schemathesis(server: &ServerProcess, extra: &[&str]) -> Option<std::process::Output> {
+    let spec = server.url("/openapi.json");
+    let run = tokio::process::Command::new("schemathesis")
+        .args(["run", &spec, "--max-examples", "100", "--no-color"])
+        .args(extra)
+        .output()
+        .await;
+    match run {
+        Ok(output) => Some(output),
+        Err(e) => {
+            eprintln!("SKIPPED: schemathesis cannot be started ({e}); `pip install schemathesis` to run this test");
+            None
+        }
+    }
+}
+
+fn assert_passed(output: &std::process::Output) {
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("No issues found"), "{report}");
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_against_the_live_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
+    let Some(output) = schemathesis(&server, &[]).await else {
+        return;
+    };
+    assert_passed(&output);
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_with_api_keys_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("orders.db"), &[("API_KEYS", KEY)]).await;
+    let auth = format!("Authorization: Bearer {KEY}");
+    // With a key, and with the checks that requests without one are refused (ignored_auth).
+    let Some(output) = schemathesis(&server, &["-H", &auth]).await else {
+        return;
+    };
+    assert_passed(&output);
+}
