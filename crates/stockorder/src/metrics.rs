@@ -101,6 +101,8 @@ pub struct Metrics {
     grpc_requests: Family<GrpcLabels, Counter>,
     grpc_duration: Family<GrpcLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<ProtocolLabels, Gauge>,
+    /// The two series of `in_flight`, looked up once: every request moves one of them.
+    in_flight_by_api: [Gauge; 2],
     rejected: Family<RejectionLabels, Counter>,
     transitions: Family<TransitionLabels, Counter>,
     processor_lag: Histogram,
@@ -128,11 +130,17 @@ pub enum Api {
 }
 
 impl Api {
+    const ALL: [Api; 2] = [Api::Rest, Api::Grpc];
+
     fn label(self) -> &'static str {
         match self {
             Api::Rest => "http",
             Api::Grpc => "grpc",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -169,12 +177,16 @@ impl Drop for InFlight {
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("stockorder");
+        let in_flight: Family<ProtocolLabels, Gauge> = Family::default();
+        let in_flight_by_api =
+            Api::ALL.map(|api| in_flight.get_or_create_owned(&ProtocolLabels { protocol: api.label() }));
         let m = Self {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
             grpc_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(latency_histogram),
-            in_flight: Family::default(),
+            in_flight,
+            in_flight_by_api,
             rejected: Family::default(),
             transitions: Family::default(),
             processor_lag: Histogram::new(LAG_BUCKETS),
@@ -271,9 +283,7 @@ impl Metrics {
 
     /// Marks a request of `api` in flight until the returned guard drops.
     pub fn in_flight(&self, api: Api) -> InFlight {
-        let gauge = self
-            .in_flight
-            .get_or_create_owned(&ProtocolLabels { protocol: api.label() });
+        let gauge = self.in_flight_by_api[api.index()].clone();
         gauge.inc();
         InFlight(gauge)
     }

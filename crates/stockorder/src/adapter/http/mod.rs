@@ -31,8 +31,13 @@ pub use protocol::Rest;
 /// mistake or an attack, and is answered 413 before it is buffered.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// What every handler can reach: the service, and whether this instance is ready for traffic.
-pub struct HttpState<S> {
+/// What every handler can reach: the service, whether this instance is ready for traffic, and
+/// the API description. Behind one `Arc`: axum clones the state for every request, and one
+/// reference count is cheaper than one per field.
+pub struct HttpState<S>(Arc<StateInner<S>>);
+
+/// The fields of [`HttpState`].
+pub struct StateInner<S> {
     service: Arc<S>,
     readiness: Readiness,
     openapi: Bytes,
@@ -40,11 +45,15 @@ pub struct HttpState<S> {
 
 impl<S> Clone for HttpState<S> {
     fn clone(&self) -> Self {
-        Self {
-            service: Arc::clone(&self.service),
-            readiness: self.readiness.clone(),
-            openapi: self.openapi.clone(),
-        }
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<S> std::ops::Deref for HttpState<S> {
+    type Target = StateInner<S>;
+
+    fn deref(&self) -> &StateInner<S> {
+        &self.0
     }
 }
 
@@ -98,9 +107,9 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
                 .layer(AdmissionLayer::<Rest>::new(&options.limits))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
-        .with_state(HttpState {
+        .with_state(HttpState(Arc::new(StateInner {
             service,
             readiness,
             openapi: openapi_json(options.limits.keys.is_some()),
-        })
+        })))
 }

@@ -12,11 +12,11 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::http::{Request, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Protocol;
 use super::api_keys::ApiKeys;
@@ -45,12 +45,18 @@ impl Default for Limits {
     }
 }
 
-/// Adds [`Admission`] around a service. Clones share one concurrency budget.
-#[derive(Clone)]
-pub struct AdmissionLayer<P> {
+/// What every copy of the layer shares. One `Arc`, because the service is cloned for every
+/// request.
+struct Shared {
     keys: Option<Arc<ApiKeys>>,
     permits: Arc<Semaphore>,
     timeout: Duration,
+}
+
+/// Adds [`Admission`] around a service. Clones share one concurrency budget.
+#[derive(Clone)]
+pub struct AdmissionLayer<P> {
+    shared: Arc<Shared>,
     protocol: PhantomData<P>,
 }
 
@@ -58,9 +64,11 @@ impl<P> AdmissionLayer<P> {
     /// A budget of `limits.max_concurrent` requests for every service this layer wraps.
     pub fn new(limits: &Limits) -> Self {
         Self {
-            keys: limits.keys.clone(),
-            permits: Arc::new(Semaphore::new(limits.max_concurrent)),
-            timeout: limits.timeout,
+            shared: Arc::new(Shared {
+                keys: limits.keys.clone(),
+                permits: Arc::new(Semaphore::new(limits.max_concurrent)),
+                timeout: limits.timeout,
+            }),
             protocol: PhantomData,
         }
     }
@@ -72,9 +80,7 @@ impl<S, P> tower::Layer<S> for AdmissionLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         Admission {
             inner,
-            keys: self.keys.clone(),
-            permits: Arc::clone(&self.permits),
-            timeout: self.timeout,
+            shared: Arc::clone(&self.shared),
             protocol: PhantomData,
         }
     }
@@ -83,9 +89,7 @@ impl<S, P> tower::Layer<S> for AdmissionLayer<P> {
 /// Applies the limits; see the module documentation.
 pub struct Admission<S, P> {
     inner: S,
-    keys: Option<Arc<ApiKeys>>,
-    permits: Arc<Semaphore>,
-    timeout: Duration,
+    shared: Arc<Shared>,
     protocol: PhantomData<P>,
 }
 
@@ -93,15 +97,11 @@ impl<S: Clone, P> Clone for Admission<S, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            keys: self.keys.clone(),
-            permits: Arc::clone(&self.permits),
-            timeout: self.timeout,
+            shared: Arc::clone(&self.shared),
             protocol: PhantomData,
         }
     }
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, P, B> tower::Service<Request<B>> for Admission<S, P>
 where
@@ -111,7 +111,7 @@ where
 {
     type Response = Response<P::Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+    type Future = Admitted<S::Future, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -120,38 +120,77 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let refuse = |why| -> Self::Future {
             metrics().rejected(P::API, why);
-            Box::pin(std::future::ready(Ok(P::reject(why))))
+            Admitted::Refused {
+                answer: Some(P::reject(why)),
+            }
         };
+        let shared = &*self.shared;
         let open = P::is_open(request.uri().path());
         let permit = if open {
             None
         } else {
-            if let Some(keys) = &self.keys
+            if let Some(keys) = &shared.keys
                 && !keys.admits(request.headers())
             {
                 return refuse(Rejection::Unauthenticated);
             }
-            match Arc::clone(&self.permits).try_acquire_owned() {
+            match Arc::clone(&shared.permits).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => return refuse(Rejection::Overloaded),
             }
         };
-        let timeout = P::requested_timeout(request.headers()).map_or(self.timeout, |t| t.min(self.timeout));
+        let timeout = P::requested_timeout(request.headers()).map_or(shared.timeout, |t| t.min(shared.timeout));
         if timeout.is_zero() {
             // The client's deadline has already passed: running the request could only waste
             // work nobody will read.
             return refuse(Rejection::TimedOut);
         }
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let _permit = permit;
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(answer) => answer,
-                Err(_) => {
+        Admitted::Running {
+            answer: tokio::time::timeout(timeout, self.inner.call(request)),
+            _permit: permit,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of an admitted request, or the refusal of one that was not. A named future
+    /// rather than a boxed one, as this runs for every request.
+    #[project = AdmittedProj]
+    #[allow(missing_docs)] // fields of a future's states, described on their variants
+    pub enum Admitted<F, P: Protocol> {
+        /// Refused before it ran; the answer is taken when polled.
+        Refused { answer: Option<Response<P::Body>> },
+        /// Running under its timeout, holding its place in the concurrency budget (none for
+        /// open paths) until done.
+        Running {
+            #[pin]
+            answer: tokio::time::Timeout<F>,
+            _permit: Option<OwnedSemaphorePermit>,
+        },
+    }
+}
+
+impl<F, P> Future for Admitted<F, P>
+where
+    P: Protocol,
+    F: Future<Output = Result<Response<P::Body>, Infallible>>,
+{
+    type Output = Result<Response<P::Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AdmittedProj::Refused { answer } => match answer.take() {
+                Some(answer) => Poll::Ready(Ok(answer)),
+                // Polled again after it was ready: a bug in the caller.
+                None => panic!("Admitted polled after completion"),
+            },
+            AdmittedProj::Running { answer, .. } => match ready!(answer.poll(cx)) {
+                Ok(answer) => Poll::Ready(answer),
+                Err(_elapsed) => {
                     metrics().rejected(P::API, Rejection::TimedOut);
-                    Ok(P::reject(Rejection::TimedOut))
+                    Poll::Ready(Ok(P::reject(Rejection::TimedOut)))
                 }
-            }
-        })
+            },
+        }
     }
 }

@@ -5,13 +5,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::http::{Request, Response};
 
 use super::Protocol;
-use crate::metrics::metrics;
+use crate::metrics::{InFlight, metrics};
 
 /// Adds [`Observe`] around a service.
 #[derive(Clone)]
@@ -64,7 +64,7 @@ where
 {
     type Response = Response<P::Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Observed<S::Future, P>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -74,11 +74,38 @@ where
         let started = Instant::now();
         let in_flight = metrics().in_flight(P::API);
         let call = P::call(&request);
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let Ok(response) = answer.await;
-            drop(in_flight);
-            Ok(P::answered(call, response, started))
-        })
+        Observed {
+            answer: self.inner.call(request),
+            pending: Some((call, started, in_flight)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of an observed request: records it when it is ready. A named future rather
+    /// than a boxed one, as this runs for every request.
+    pub struct Observed<F, P: Protocol> {
+        #[pin]
+        answer: F,
+        pending: Option<(P::Call, Instant, InFlight)>,
+    }
+}
+
+impl<F, P> Future for Observed<F, P>
+where
+    P: Protocol,
+    F: Future<Output = Result<Response<P::Body>, Infallible>>,
+{
+    type Output = Result<Response<P::Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.answer.poll(cx));
+        let Some((call, started, in_flight)) = this.pending.take() else {
+            // Polled again after it was ready: a bug in the caller, answered as tower expects.
+            panic!("Observed polled after completion");
+        };
+        drop(in_flight);
+        Poll::Ready(Ok(P::answered(call, response, started)))
     }
 }
