@@ -12,6 +12,23 @@ use super::error::{ApiError, ErrorBody};
 use crate::domain::{OrderId, RawOrder, Symbol, ValidationError, parse_variant};
 use crate::port::{CANCELLED_MESSAGE, ListQuery, OrderService, PageLimit, PageToken};
 
+/// The answers any order endpoint may give whatever the request: refusals by the limits and
+/// the API keys (`adapter::middleware`), documented once for every operation.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes answers built elsewhere; never constructed
+pub enum Refusals<'a> {
+    /// API keys are configured and none (or an unknown one) was sent
+    #[response(status = 401)]
+    Unauthorized(ErrorBody<'a>),
+    /// Overloaded or shutting down: not processed, retry after `Retry-After`
+    #[response(status = 503)]
+    Unavailable(ErrorBody<'a>),
+    /// Took longer than REQUEST_TIMEOUT: it may or may not have taken effect (retry a create with
+    /// the same `client_order_id`)
+    #[response(status = 504)]
+    TimedOut(ErrorBody<'a>),
+}
+
 /// Liveness: answers 200 as long as the process serves HTTP, draining or not, so an
 /// orchestrator never kills an instance that is finishing its requests.
 #[utoipa::path(get, path = "/health", tag = "probes",
@@ -41,12 +58,10 @@ pub async fn ready<S>(State(state): State<HttpState<S>>) -> Response {
     (status = 200, description = "Replay: an order with this `client_order_id` and the same fields exists", body = OrderBody,
         headers(("Location" = String, description = "The order's URL"))),
     (status = 400, description = "Malformed JSON or an invalid field (named in the message)", body = ErrorBody),
-    (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
     (status = 409, description = "The `client_order_id` belongs to a different order", body = ErrorBody),
     (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
     (status = 415, description = "Not sent as `application/json`", body = ErrorBody),
-    (status = 503, description = "Overloaded or shutting down; not processed, retry (`Retry-After`)", body = ErrorBody),
-    (status = 504, description = "Took longer than REQUEST_TIMEOUT; retry with the same `client_order_id`", body = ErrorBody),
+    Refusals,
 ))]
 pub async fn create_order<S: OrderService>(
     State(state): State<HttpState<S>>,
@@ -76,10 +91,8 @@ pub async fn create_order<S: OrderService>(
     responses(
         (status = 200, description = "The order", body = OrderBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
-        (status = 503, description = "Overloaded; not processed, retry (`Retry-After`)", body = ErrorBody),
-        (status = 504, description = "Took longer than REQUEST_TIMEOUT", body = ErrorBody),
+    Refusals,
     ))]
 pub async fn get_order<S: OrderService>(
     State(state): State<HttpState<S>>,
@@ -94,9 +107,7 @@ pub async fn get_order<S: OrderService>(
     (status = 200, description = "A page of orders", body = Vec<OrderBody>,
         headers(("Link" = String, description = "`<…>; rel=\"next\"` when there is a next page"))),
     (status = 400, description = "An invalid filter, limit or page token", body = ErrorBody),
-    (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
-    (status = 503, description = "Overloaded; not processed, retry (`Retry-After`)", body = ErrorBody),
-    (status = 504, description = "Took longer than REQUEST_TIMEOUT", body = ErrorBody),
+    Refusals,
 ))]
 pub async fn list_orders<S: OrderService>(
     State(state): State<HttpState<S>>,
@@ -122,11 +133,9 @@ pub async fn list_orders<S: OrderService>(
     responses(
         (status = 200, description = "Cancelled", body = MessageBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
-        (status = 401, description = "API keys are configured and none was sent", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 409, description = "The order is no longer pending", body = ErrorBody),
-        (status = 503, description = "Overloaded; not processed, retry (`Retry-After`)", body = ErrorBody),
-        (status = 504, description = "Took longer than REQUEST_TIMEOUT", body = ErrorBody),
+    Refusals,
     ))]
 pub async fn cancel_order<S: OrderService>(
     State(state): State<HttpState<S>>,
