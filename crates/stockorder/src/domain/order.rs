@@ -35,9 +35,13 @@ impl FromStr for OrderId {
     type Err = ValidationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::try_parse(s)
-            .map(Self)
-            .map_err(|_| ValidationError::new("order_id", format!("must be a UUID, got {s:?}")))
+        Uuid::try_parse(s).map(Self).map_err(|_| {
+            // Echo enough to recognise the value, not a 16 KiB path back to its sender.
+            const SHOWN: usize = 64;
+            let shown: String = s.chars().take(SHOWN).collect();
+            let more = if s.chars().count() > SHOWN { "…" } else { "" };
+            ValidationError::new("order_id", format!("must be a UUID, got {shown:?}{more}"))
+        })
     }
 }
 
@@ -204,6 +208,8 @@ mod tests {
         assert!(a < b, "UUIDv7 generated later sorts later");
         assert_eq!(a.to_string().parse::<OrderId>().unwrap(), a);
         assert_eq!("not-a-uuid".parse::<OrderId>().unwrap_err().field, "order_id");
+        let long = "x".repeat(10_000).parse::<OrderId>().unwrap_err().to_string();
+        assert!(long.len() < 120 && long.ends_with("\"…"), "{long}");
     }
 
     #[test]
