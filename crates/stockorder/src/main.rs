@@ -46,6 +46,10 @@ async fn run() -> anyhow::Result<ExitCode> {
 /// cleanly in time, 1 when the report names stragglers or failures. (A second signal during the
 /// shutdown exits at once with 130.)
 async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> {
+    match stockorder::server::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit; keeping the current one"),
+    }
     let app = Application::build(&args).await?;
     let shutdown = app.shutdown().catch_signals()?;
     // SIGHUP: in-place upgrade (the new process takes over the listening sockets). The task

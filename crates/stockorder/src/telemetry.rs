@@ -40,6 +40,8 @@ pub fn init(args: &LogArgs, output: LogOutput) {
     // try_init: a second call (tests, embedding) keeps the first subscriber.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),
+        // `spans` carries the fields of the spans an event is in (a request's method, path and
+        // `request_id`), so every line of a request names it.
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     if let Some(e) = bad_filter {

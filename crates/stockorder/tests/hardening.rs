@@ -318,3 +318,39 @@ async fn oversized_heads_and_bodies_are_refused_with_4xx() {
     assert_eq!(app.get("/health").await.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_api_reference_page_is_served_only_when_asked_for() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/docs").await.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+    let app = spawn_app_with(|a| a.limits.docs_ui = true).await;
+    let page = app.get("/docs").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    // The same document as /openapi.json, with the price rule the derive cannot state.
+    assert!(html.contains("\"openapi\":\"3.1.0\"") && html.contains("LIMIT order: a price above 0"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn json_logs_name_the_request_on_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
+    let response = reqwest::Client::new()
+        .get(server.url("/api/orders"))
+        .header("x-request-id", "find-me-in-the-log")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let line = server.wait_for_log("finished processing request").await;
+    assert_eq!(line["spans"][0]["request_id"], "find-me-in-the-log", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+}

@@ -69,6 +69,22 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, and returns the limit now
+/// in force.
+///
+/// Why: every connection is a file descriptor, and the usual soft limit (1024) is less than
+/// what 1000 slow clients plus the real ones need; past it, `accept` fails and new clients wait.
+/// The hard limit is what the administrator allows; Go's runtime raises the soft limit the same
+/// way at start-up. (Nothing here uses `select(2)`, the one API that breaks above 1024.)
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
+}
+
 /// hyper's smallest allowed HTTP/1 read buffer.
 const MIN_HTTP1_BUFFER: usize = 8 * 1024;
 

@@ -87,7 +87,7 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
         .route("/api/orders/{id}", get(handlers::get_order::<S>))
         .route("/api/orders/{id}/cancel", post(handlers::cancel_order::<S>));
     if options.docs_ui {
-        router = router.merge(openapi::docs_ui());
+        router = router.merge(openapi::docs_ui(options.limits.keys.is_some()));
     }
     router
         .fallback(handlers::no_route)

@@ -41,6 +41,11 @@ struct ApiDoc;
 /// Two rules the derive cannot state are added here: a LIMIT order needs a `price` and a
 /// MARKET order must not have one.
 pub fn openapi_json(auth: bool) -> Bytes {
+    Bytes::from(document(auth).to_string())
+}
+
+/// The document as a JSON value, with the rules the derive cannot state; see [`openapi_json`].
+fn document(auth: bool) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     let new_order = &mut doc["components"]["schemas"]["NewOrder"];
     // `null` is accepted as "absent" for the optional fields, and a MARKET price of 0 too (what
@@ -75,10 +80,10 @@ pub fn openapi_json(auth: bool) -> Bytes {
             }
         }
     }
-    Bytes::from(doc.to_string())
+    doc
 }
 
-/// `/docs`: Scalar's API reference over the same document.
-pub fn docs_ui<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::from(Scalar::with_url("/docs", ApiDoc::openapi()))
+/// `/docs`: Scalar's API reference over the same document as `/openapi.json`.
+pub fn docs_ui<S: Clone + Send + Sync + 'static>(auth: bool) -> Router<S> {
+    Router::from(Scalar::with_url("/docs", document(auth)))
 }
