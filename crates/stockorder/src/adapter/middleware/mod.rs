@@ -47,7 +47,7 @@ pub trait Protocol: Clone + Send + Sync + 'static {
     /// Takes the labels of a request (route template, method).
     fn call<B>(request: &Request<B>) -> Self::Call;
 
-    /// Records the answer to `call`, which arrived after `took`. May wrap the body to record
-    /// only when it ends (gRPC puts its status in trailers).
+    /// Records the answer to `call`, for a request that arrived at `started`. May wrap the
+    /// body to record only when it ends (gRPC puts its status in trailers).
     fn answered(call: Self::Call, response: Response<Self::Body>, started: std::time::Instant) -> Response<Self::Body>;
 }
