@@ -17,7 +17,7 @@ mod common;
 use common::{Demo, Timeline};
 use graceful::DrainSwitch;
 use stockorder::adapter::http;
-use stockorder::server::{self, Protocol};
+use stockorder::server::{self, ConnectionLimits, Protocol};
 use tokio::sync::oneshot;
 
 #[tokio::main]
@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         router,
         Protocol::Http,
+        ConnectionLimits::default(), // slow clients are closed after 10 s
         readiness.readiness(),
         async {
             let _ = stopped.await;

@@ -21,7 +21,7 @@ mod common;
 use common::{Demo, Timeline};
 use graceful::DrainSwitch;
 use stockorder::adapter::http;
-use stockorder::server::{self, Protocol};
+use stockorder::server::{self, ConnectionLimits, Protocol};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,11 +30,18 @@ async fn main() -> anyhow::Result<()> {
     let listener = demo.bind_http().await?;
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());
-    let server = server::serve(listener, router, Protocol::Http, readiness.readiness(), async {
-        stockorder::signal::terminate().await;
-        // THE BUG, part 1: the server goes on taking requests for 10 s after the signal.
-        demo.pause(10.0).await;
-    });
+    let server = server::serve(
+        listener,
+        router,
+        Protocol::Http,
+        ConnectionLimits::default(),
+        readiness.readiness(),
+        async {
+            stockorder::signal::terminate().await;
+            // THE BUG, part 1: the server goes on taking requests for 10 s after the signal.
+            demo.pause(10.0).await;
+        },
+    );
 
     let shutdown_processing = async {
         stockorder::signal::terminate().await;

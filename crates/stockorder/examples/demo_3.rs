@@ -25,7 +25,7 @@ use std::sync::Arc;
 use common::Demo;
 use graceful::Shutdown;
 use stockorder::adapter::{grpc, http};
-use stockorder::server::{self, Protocol};
+use stockorder::server::{self, ConnectionLimits, Protocol};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -46,7 +46,15 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let router = http::router(Arc::clone(&service), readiness.clone());
     let (r, d) = (readiness.clone(), Arc::clone(&demo));
     shutdown.spawn(servers, "http server", move |stop| async move {
-        server::serve(http_listener, router, Protocol::Http, r, stop.stopped()).await;
+        server::serve(
+            http_listener,
+            router,
+            Protocol::Http,
+            ConnectionLimits::default(),
+            r,
+            stop.stopped(),
+        )
+        .await;
         d.pause(1.0).await;
     });
     let grpc::GrpcServices { routes, health } = grpc::services(service)?;
@@ -59,7 +67,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             std::future::pending::<()>().await;
         };
         tokio::select! {
-            () = server::serve(grpc_listener, routes.prepare(), Protocol::Grpc, r.clone(), stop.stopped()) => {}
+            () = server::serve(grpc_listener, routes.prepare(), Protocol::Grpc, ConnectionLimits::default(), r.clone(), stop.stopped()) => {}
             () = unready => {}
         }
         d.pause(1.0).await;

@@ -243,7 +243,7 @@ impl Application {
         let http_readiness = readiness.clone();
         let connection_limits = self.connection_limits;
         shutdown.spawn(servers, "http server", move |stop| {
-            server::serve_with(
+            server::serve(
                 self.http_listener,
                 router,
                 Protocol::Http,
@@ -280,7 +280,7 @@ impl Application {
                 std::future::pending::<()>().await;
             };
             tokio::select! {
-                () = server::serve_with(self.grpc_listener, grpc_service, Protocol::Grpc, connection_limits, grpc_readiness.clone(), stop.stopped()) => {}
+                () = server::serve(self.grpc_listener, grpc_service, Protocol::Grpc, connection_limits, grpc_readiness.clone(), stop.stopped()) => {}
                 () = unready => {}
             }
         });

@@ -99,34 +99,10 @@ pub enum Protocol {
 
 /// Serves `service` on `listener` until `stop` resolves, then stops accepting (after taking the
 /// backlog), lets every accepted request finish, and returns when the last connection has
-/// closed. HTTP/1 answers carry `Connection: close` while `readiness` is draining. Dropping the
-/// returned future aborts every connection. Connections get the default [`ConnectionLimits`].
+/// closed. HTTP/1 answers carry `Connection: close` while `readiness` is draining. `limits`
+/// bound what a connection may cost before it sends a request. Dropping the returned future
+/// aborts every connection.
 pub async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
-    protocol: Protocol,
-    readiness: Readiness,
-    stop: impl Future<Output = ()>,
-) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_with(
-        listener,
-        service,
-        protocol,
-        ConnectionLimits::default(),
-        readiness,
-        stop,
-    )
-    .await;
-}
-
-/// [`serve`] with the given connection limits.
-pub async fn serve_with<S, B>(
     listener: TcpListener,
     service: S,
     protocol: Protocol,
