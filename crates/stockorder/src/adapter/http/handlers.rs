@@ -92,7 +92,7 @@ pub async fn create_order<S: OrderService>(
         (status = 200, description = "The order", body = OrderBody),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
-    Refusals,
+        Refusals,
     ))]
 pub async fn get_order<S: OrderService>(
     State(state): State<HttpState<S>>,
@@ -135,7 +135,7 @@ pub async fn list_orders<S: OrderService>(
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 409, description = "The order is no longer pending", body = ErrorBody),
-    Refusals,
+        Refusals,
     ))]
 pub async fn cancel_order<S: OrderService>(
     State(state): State<HttpState<S>>,
