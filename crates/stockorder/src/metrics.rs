@@ -176,11 +176,10 @@ impl Drop for InFlight {
 
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("stockorder");
         let in_flight: Family<ProtocolLabels, Gauge> = Family::default();
         let in_flight_by_api =
             Api::ALL.map(|api| in_flight.get_or_create_owned(&ProtocolLabels { protocol: api.label() }));
-        let m = Self {
+        let mut m = Self {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
             grpc_requests: Family::default(),
@@ -195,80 +194,80 @@ impl Metrics {
             draining: Gauge::default(),
             phase_budget: Family::default(),
             component_took: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("stockorder"),
         };
-        registry.register(
+        m.registry.register(
             "http_requests",
             "HTTP requests answered, by method, route template and status code",
             m.http_requests.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "http_request_duration",
             "HTTP request latency, from the request's arrival to the end of its answer",
             Unit::Seconds,
             m.http_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "grpc_requests",
             "gRPC calls answered, by method and status code",
             m.grpc_requests.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "grpc_request_duration",
             "gRPC call latency, from the call's arrival to the end of its answer",
             Unit::Seconds,
             m.grpc_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "requests_in_flight",
             "Requests being handled now, by protocol",
             m.in_flight.clone(),
         );
-        registry.register(
+        m.registry.register(
             "requests_rejected",
             "Requests refused or cut short by a limit: overloaded (concurrency limit), timed_out, unauthenticated",
             m.rejected.clone(),
         );
-        registry.register(
+        m.registry.register(
             "order_transitions",
             "Order status changes written to the database; `from` is NEW for a created order",
             m.transitions.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "processor_lag",
             "Time from an order's creation to the processor's decision on it",
             Unit::Seconds,
             m.processor_lag.clone(),
         );
-        registry.register(
+        m.registry.register(
             "db_batch_size",
             "Writes committed per database transaction (group commit)",
             m.db_batch.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "db_commit_duration",
             "Time to apply and commit one write transaction, fsync included",
             Unit::Seconds,
             m.db_commit.clone(),
         );
-        registry.register(
+        m.registry.register(
             "shutdown_draining",
             "1 once shutdown has started (readiness off), 0 before",
             m.draining.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "shutdown_phase_budget",
             "Longest each shutdown phase may take, as configured",
             Unit::Seconds,
             m.phase_budget.clone(),
         );
-        registry.register_with_unit(
+        m.registry.register_with_unit(
             "shutdown_component_duration",
             "How long each component took to stop, by phase and outcome; set as each stops",
             Unit::Seconds,
             m.component_took.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     /// The Prometheus text exposition of every metric.
