@@ -24,7 +24,6 @@ use crate::adapter::middleware::request_id;
 use crate::port::OrderService;
 
 pub use error::ApiError;
-pub use openapi::openapi_json;
 pub use protocol::Rest;
 
 /// The largest request body accepted. An order is ~200 bytes; anything near this limit is a
@@ -86,8 +85,9 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
         )
         .route("/api/orders/{id}", get(handlers::get_order::<S>))
         .route("/api/orders/{id}/cancel", post(handlers::cancel_order::<S>));
+    let doc = openapi::document(options.limits.keys.is_some());
     if options.docs_ui {
-        router = router.merge(openapi::docs_ui(options.limits.keys.is_some()));
+        router = router.merge(openapi::docs_ui(doc.clone()));
     }
     router
         .fallback(handlers::no_route)
@@ -110,6 +110,6 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
         .with_state(HttpState(Arc::new(StateInner {
             service,
             readiness,
-            openapi: openapi_json(options.limits.keys.is_some()),
+            openapi: Bytes::from(doc.to_string()),
         })))
 }

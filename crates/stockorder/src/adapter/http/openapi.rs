@@ -2,7 +2,6 @@
 //! annotations (utoipa), so it cannot drift from the code without a test noticing.
 
 use axum::Router;
-use bytes::Bytes;
 use serde_json::json;
 use utoipa::OpenApi;
 use utoipa_scalar::{Scalar, Servable};
@@ -36,16 +35,11 @@ use super::handlers;
 )]
 struct ApiDoc;
 
-/// The document as JSON. With `auth`, the order operations require a bearer API key.
+/// The document as a JSON value. With `auth`, the order operations require a bearer API key.
 ///
 /// Two rules the derive cannot state are added here: a LIMIT order needs a `price` and a
 /// MARKET order must not have one.
-pub fn openapi_json(auth: bool) -> Bytes {
-    Bytes::from(document(auth).to_string())
-}
-
-/// The document as a JSON value, with the rules the derive cannot state; see [`openapi_json`].
-fn document(auth: bool) -> serde_json::Value {
+pub fn document(auth: bool) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     let new_order = &mut doc["components"]["schemas"]["NewOrder"];
     // `null` is accepted as "absent" for the optional fields, and a MARKET price of 0 too (what
@@ -83,7 +77,7 @@ fn document(auth: bool) -> serde_json::Value {
     doc
 }
 
-/// `/docs`: Scalar's API reference over the same document as `/openapi.json`.
-pub fn docs_ui<S: Clone + Send + Sync + 'static>(auth: bool) -> Router<S> {
-    Router::from(Scalar::with_url("/docs", document(auth)))
+/// `/docs`: Scalar's API reference over `doc`, the document `/openapi.json` serves.
+pub fn docs_ui<S: Clone + Send + Sync + 'static>(doc: serde_json::Value) -> Router<S> {
+    Router::from(Scalar::with_url("/docs", doc))
 }
