@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::ServerProcess;
 
 const KEY: &str = "schemathesis-key-0123456789";
@@ -16,10 +18,13 @@ const VIA_PYTHON: &str =
     "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; schemathesis()";
 
 /// Runs schemathesis against `server`; `None` when it is not installed.
-async fn schemathesis(server: &ServerProcess, extra: &[&str]) -> Option<std::process::Output> {
+/// Runs in `workdir`, where schemathesis keeps its cache (`.schemathesis/`), so a test run
+/// writes nothing into the source tree.
+async fn schemathesis(server: &ServerProcess, workdir: &Path, extra: &[&str]) -> Option<std::process::Output> {
     let spec = server.url("/openapi.json");
     let args = ["run", &spec, "--max-examples", "100", "--no-color"];
     let script = tokio::process::Command::new("schemathesis")
+        .current_dir(workdir)
         .args(args)
         .args(extra)
         .output()
@@ -28,6 +33,7 @@ async fn schemathesis(server: &ServerProcess, extra: &[&str]) -> Option<std::pro
         return Some(output);
     }
     let module = tokio::process::Command::new("python3")
+        .current_dir(workdir)
         .args(["-c", VIA_PYTHON])
         .args(args)
         .args(extra)
@@ -58,7 +64,7 @@ fn assert_passed(output: &std::process::Output) {
 async fn schemathesis_finds_nothing_against_the_live_api() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
-    let Some(output) = schemathesis(&server, &[]).await else {
+    let Some(output) = schemathesis(&server, dir.path(), &[]).await else {
         return;
     };
     assert_passed(&output);
@@ -70,7 +76,7 @@ async fn schemathesis_finds_nothing_with_api_keys_on() {
     let server = ServerProcess::start(&dir.path().join("orders.db"), &[("API_KEYS", KEY)]).await;
     let auth = format!("Authorization: Bearer {KEY}");
     // With a key, and with the checks that requests without one are refused (ignored_auth).
-    let Some(output) = schemathesis(&server, &["-H", &auth]).await else {
+    let Some(output) = schemathesis(&server, dir.path(), &["-H", &auth]).await else {
         return;
     };
     assert_passed(&output);
