@@ -9,7 +9,7 @@
 
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows;
@@ -191,6 +191,14 @@ fn take(cmd: Command, batch: &mut Vec<Write>, closing: &mut Option<oneshot::Send
     }
 }
 
+/// Runs one of the fixed transaction-control statements from the statement cache.
+///
+/// Why not rusqlite's `Transaction`: it prepares `BEGIN IMMEDIATE` and `COMMIT` from their text
+/// on every batch, and this thread is the one serial section of every write.
+fn control(conn: &Connection, sql: &'static str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Runs the batch in one transaction and answers every caller after the commit.
 fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()) {
     if batch.is_empty() {
@@ -198,23 +206,40 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
     }
     let started = std::time::Instant::now();
     let writes = batch.len();
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let message = e.to_string();
-            batch.drain(..).map(Outcome::not_applied).for_each(|o| o.fail(&message));
-            return;
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        let message = e.to_string();
+        batch.drain(..).map(Outcome::not_applied).for_each(|o| o.fail(&message));
+        return;
+    }
+    let mut outcomes = Vec::with_capacity(writes);
+    let mut pending = batch.drain(..);
+    for write in pending.by_ref() {
+        outcomes.push(apply(conn, write));
+        // Some errors (disk full, I/O error) make SQLite roll the whole transaction back. The
+        // writes applied so far are gone, and the rest must not run outside a transaction.
+        if conn.is_autocommit() {
+            break;
         }
-    };
-    let outcomes: Vec<Outcome> = batch.drain(..).map(|cmd| apply(&tx, cmd)).collect();
-    match tx.commit() {
+    }
+    if conn.is_autocommit() {
+        let message = "SQLite rolled the transaction back";
+        tracing::error!(writes, "{message}");
+        outcomes.into_iter().for_each(|o| o.fail(message));
+        pending.map(Outcome::not_applied).for_each(|o| o.fail(message));
+        return;
+    }
+    match control(conn, "COMMIT") {
         Ok(()) => {
             after_commit();
             crate::metrics::metrics().db_commit("sqlite", writes, started.elapsed());
             outcomes.into_iter().for_each(Outcome::send);
         }
         Err(e) => {
-            tracing::error!(error = %e, writes = outcomes.len(), "sqlite commit failed");
+            tracing::error!(error = %e, writes, "sqlite commit failed");
+            // Nothing of this batch may stay half-applied for the next one to commit.
+            if !conn.is_autocommit() {
+                let _ = control(conn, "ROLLBACK");
+            }
             let message = e.to_string();
             outcomes.into_iter().for_each(|o| o.fail(&message));
         }
@@ -272,4 +297,55 @@ fn shut(conn: Connection) -> Result<(), RepositoryError> {
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(database)?;
     conn.close().map_err(|(_, e)| database(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::repository_suite::order;
+    use crate::adapter::sqlite::schema;
+    use crate::domain::OrderSide;
+
+    /// A disk that fills up halfway through a batch: whichever way SQLite recovers (undoing the
+    /// one statement, or the whole transaction), every caller is told exactly what the file
+    /// holds afterwards, and the connection is left outside any transaction.
+    #[test]
+    fn a_full_disk_mid_batch_answers_each_caller_with_what_was_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("full.db")).unwrap();
+        schema::configure_writer(&conn).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        // Room for a few more pages: the batch's first orders fit, then inserts fail with
+        // SQLITE_FULL.
+        let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 4).unwrap();
+
+        let orders: Vec<StockOrder> = (0..300).map(|_| order("FULL", OrderSide::Buy, None)).collect();
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        for o in &orders {
+            let (reply, answer) = oneshot::channel();
+            batch.push(Write::Insert(o.clone(), reply));
+            answers.push(answer);
+        }
+        commit(&mut conn, &mut batch, &|| {});
+
+        assert!(conn.is_autocommit(), "a transaction was left open");
+        let (mut kept, mut refused) = (0, 0);
+        for (o, mut answer) in orders.iter().zip(answers) {
+            let stored = rows::by_id(&conn, o.id).unwrap().is_some();
+            match answer.try_recv().expect("every caller is answered") {
+                Ok(Inserted::Created(_)) => {
+                    assert!(stored, "acknowledged but not stored");
+                    kept += 1;
+                }
+                Ok(Inserted::Existing(_)) => panic!("no order had a client_order_id"),
+                Err(_) => {
+                    assert!(!stored, "refused but stored");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "the page limit was never reached ({kept} kept)");
+    }
 }
