@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use graceful::Readiness;
 use hyper::header::{CONNECTION, HeaderValue};
@@ -28,11 +28,10 @@ impl<S> CloseWhenDraining<S> {
 impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for CloseWhenDraining<S>
 where
     S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, S::Error>> + Send>>;
+    type Future = Closing<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -40,17 +39,39 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         // HTTP/2 has no Connection header (GOAWAY does this job there).
-        let http1 = request.version() <= Version::HTTP_11;
-        let readiness = self.readiness.clone();
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            if http1 && readiness.is_draining() {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(response)
-        })
+        let readiness = (request.version() <= Version::HTTP_11).then(|| self.readiness.clone());
+        Closing {
+            answer: self.inner.call(request),
+            readiness,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a request, marked `Connection: close` if the instance is draining when it
+    /// is ready. A named future rather than a boxed one: this wraps every request.
+    pub struct Closing<F> {
+        #[pin]
+        answer: F,
+        // Only for HTTP/1 requests.
+        readiness: Option<Readiness>,
+    }
+}
+
+impl<F, ResB, E> Future for Closing<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<ResB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.answer.poll(cx))?;
+        if this.readiness.as_ref().is_some_and(Readiness::is_draining) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
     }
 }
