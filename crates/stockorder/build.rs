@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec, but a request that does not decode is INVALID_ARGUMENT (see the module).
+        .codec_path("crate::adapter::grpc::StrictCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -249,6 +249,28 @@ impl Shutdown {
         });
     }
 
+    /// Runs `work` (start-up: opening a database, binding ports) unless a signal or a
+    /// [`ShutdownHandle`] asks for a stop first; then `work` is dropped and the reason is
+    /// returned, so a process told to stop while it starts exits promptly instead of finishing
+    /// a start-up nobody wants (or dying by the signal's default action). With
+    /// [`Shutdown::catch_signals`] called first, a signal that came before this call counts.
+    pub async fn unless_triggered<F: Future>(&mut self, work: F) -> Result<F::Output, Reason> {
+        let token = self.handle.token.clone();
+        tokio::select! {
+            out = work => Ok(out),
+            () = token.cancelled() => {
+                let why = self.handle.reason.lock().ok().and_then(|r| r.clone());
+                Err(Reason::Requested(why.unwrap_or_default()))
+            }
+            signal = async {
+                match &mut self.signals {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            } => Err(Reason::Signal(signal)),
+        }
+    }
+
     /// Waits for a trigger, then shuts down as described on [`Shutdown`], and reports.
     pub async fn run(mut self) -> Report {
         let (reason, ended_early) = self.wait_for_trigger().await;

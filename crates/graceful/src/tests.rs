@@ -233,3 +233,23 @@ async fn the_observer_sees_each_entry_when_its_component_stops_not_at_the_end() 
         "each entry is observed when it is known"
     );
 }
+
+/// Start-up work is abandoned when a stop is asked for first, and finishes otherwise.
+#[tokio::test(start_paused = true)]
+async fn unless_triggered_abandons_startup_on_a_trigger() {
+    let mut shutdown = Shutdown::new();
+    let done = shutdown.unless_triggered(async { 7 }).await;
+    assert_eq!(done.ok(), Some(7));
+
+    let handle = shutdown.handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handle.shutdown("stop during start-up");
+    });
+    let started = tokio::time::Instant::now();
+    let abandoned = shutdown
+        .unless_triggered(tokio::time::sleep(Duration::from_secs(60)))
+        .await;
+    assert_eq!(abandoned.err(), Some(Reason::Requested("stop during start-up".into())));
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+}

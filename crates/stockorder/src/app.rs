@@ -21,9 +21,10 @@ use crate::adapter::simulated_price::SimulatedPrices;
 use crate::adapter::store::{OpenError, Store};
 use crate::config::{DatabaseUrl, ServeArgs};
 use crate::metrics::metrics;
+use crate::port::OrderService as _;
 use crate::processor::{self, ProcessorConfig};
 use crate::server::{self, ConnectionLimits, Protocol};
-use crate::service::OrderDesk;
+use crate::service::{OrderDesk, StorageState};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,14 @@ pub enum StartupError {
     /// The database could not be opened.
     #[error(transparent)]
     Database(#[from] OpenError),
+    /// Opening the database took longer than `STARTUP_TIMEOUT`.
+    #[error("the database {database} did not open within STARTUP_TIMEOUT ({timeout:?})")]
+    DatabaseTimeout {
+        /// What was being opened, without credentials.
+        database: String,
+        /// The limit.
+        timeout: Duration,
+    },
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -72,13 +81,29 @@ pub struct Application {
     connection_limits: ConnectionLimits,
 }
 
+/// The kernel's cap on a listen backlog (`net.core.somaxconn`), so a burst of connections
+/// waits in the accept queue instead of being dropped (and retried by the client a second
+/// later). 4096 on current Linux; tokio's own default is 1024.
+fn listen_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartupError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| StartupError::Bind { addr, source })?;
+    let failed = |source| StartupError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    // As std and tokio do for a listener: a restart can bind while old connections linger.
+    socket.set_reuseaddr(true).map_err(failed)?;
+    socket.bind(addr).map_err(failed)?;
+    let listener = socket.listen(listen_backlog()).map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
     Ok((listener, bound))
 }
 
@@ -97,6 +122,20 @@ fn adopt(listener: std::net::TcpListener) -> Result<(TcpListener, SocketAddr), S
 /// writes and checkpoints the WAL. Each needs a moment, not more.
 fn reserve(timeout: Duration) -> Duration {
     (timeout / 4).min(Duration::from_secs(1))
+}
+
+/// The shutdown coordinator for `args`, before the application exists: the binary creates it
+/// first, so that signals are handled while the database opens. Same as
+/// [`Application::shutdown`].
+pub fn shutdown_for(args: &ServeArgs) -> Shutdown {
+    plan(args.shutdown_timeout, args.shutdown_drain_delay)
+}
+
+fn plan(deadline: Duration, drain_delay: Duration) -> Shutdown {
+    Shutdown::new()
+        .deadline(deadline)
+        .drain_delay(drain_delay)
+        .on_entry(|entry| metrics().shutdown_entry(entry))
 }
 
 impl Application {
@@ -128,7 +167,22 @@ impl Application {
             ..ConnectionLimits::default()
         };
         let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
-        let store = Store::open(&url, args.database_pool_size as usize).await?;
+        let timeouts = crate::adapter::postgres::Timeouts {
+            connect: args.limits.request_timeout.min(Duration::from_secs(5)),
+            statement: args.limits.request_timeout,
+            startup: args.startup_timeout,
+        };
+        tracing::info!(database = %url.describe(), timeout_s = args.startup_timeout.as_secs_f64(), "opening the database");
+        let store = tokio::time::timeout(
+            // A little beyond PostgreSQL's own patience, which then reports the cause itself.
+            args.startup_timeout + timeouts.connect,
+            Store::open(&url, args.database_pool_size as usize, timeouts),
+        )
+        .await
+        .map_err(|_| StartupError::DatabaseTimeout {
+            database: url.describe(),
+            timeout: args.startup_timeout,
+        })??;
         tracing::info!(database = %store.describe(), "database ready");
         let ((http_listener, http_addr), (grpc_listener, grpc_addr)) = match crate::activation::inherited_listeners()? {
             // Socket activation: the service manager owns the sockets; HOST and the ports are
@@ -201,10 +255,7 @@ impl Application {
     /// A shutdown coordinator with this configuration's deadline and drain delay. The binary
     /// adds signal handling; tests trigger it through its handle.
     pub fn shutdown(&self) -> Shutdown {
-        Shutdown::new()
-            .deadline(self.shutdown_timeout)
-            .drain_delay(self.drain_delay)
-            .on_entry(|entry| metrics().shutdown_entry(entry))
+        plan(self.shutdown_timeout, self.drain_delay)
     }
 
     /// Serves HTTP and gRPC until `shutdown` is triggered, then follows DESIGN §6:
@@ -270,12 +321,22 @@ impl Application {
             .layer(ObserveLayer::<grpc::Grpc>::new())
             .layer(AdmissionLayer::<grpc::Grpc>::new(&self.http_options.limits))
             .service(routes.prepare());
-        health.set(true).await;
+        health.set(self.desk.can_write()).await;
         tracing::info!(addr = %self.grpc_addr, "gRPC server listening");
         let grpc_readiness = readiness.clone();
+        let mut storage = self.desk.storage().subscribe();
         shutdown.spawn(servers, "grpc server", move |stop| async move {
+            // NOT_SERVING while storage fails, and for good once draining: the same rule as
+            // `/ready`.
             let unready = async {
-                grpc_readiness.draining().await;
+                loop {
+                    let writing = *storage.borrow_and_update() == StorageState::Writing;
+                    health.set(writing).await;
+                    tokio::select! {
+                        () = grpc_readiness.draining() => break,
+                        changed = storage.changed() => if changed.is_err() { break },
+                    }
+                }
                 health.set(false).await;
                 std::future::pending::<()>().await;
             };
@@ -288,6 +349,12 @@ impl Application {
         let (desk, config) = (Arc::clone(&self.desk), self.processor);
         shutdown.spawn(workers, "order processor", move |stop| {
             processor::run(desk, config, stop.into_future())
+        });
+        // While storage fails it probes it, so readiness returns without client traffic; it
+        // ends the service (with the cause) only if the database is corrupt.
+        let desk = Arc::clone(&self.desk);
+        shutdown.spawn(workers, "storage monitor", move |stop| async move {
+            desk.watch_storage(stop.into_future()).await
         });
 
         let store = self.store;

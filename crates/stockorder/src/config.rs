@@ -88,6 +88,11 @@ pub struct ServeArgs {
     #[arg(long, env = "UPGRADE_BINARY")]
     pub upgrade_binary: Option<PathBuf>,
 
+    /// Longest start-up may wait for the database (a PostgreSQL server that is not up yet is
+    /// tried again until then, with a log line saying so); then the service exits with the cause.
+    #[arg(long, env = "STARTUP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub startup_timeout: Duration,
+
     /// PostgreSQL connections per process (SQLite uses one writer and its own readers).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
@@ -253,6 +258,17 @@ impl DatabaseUrl {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Ok(Self::Postgres(raw.to_owned()));
         }
+        // `mysql:orders.db` must not quietly become a SQLite file of that name.
+        if let Some((scheme, _)) = raw.split_once(':')
+            && !scheme.is_empty()
+            && scheme != "sqlite"
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        {
+            return Err(format!(
+                "unknown database URL scheme {scheme:?}: use sqlite://PATH, postgres://… or a file path (sqlite:PATH for a file name with a colon)"
+            ));
+        }
         let path = raw
             .strip_prefix("sqlite://")
             .or_else(|| raw.strip_prefix("sqlite:"))
@@ -264,6 +280,21 @@ impl DatabaseUrl {
             return Err("an in-memory SQLite database would lose every order; name a file".into());
         }
         Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl DatabaseUrl {
+    /// Where the orders are, for logs: the file, or `postgres://host/db` without credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => path.display().to_string(),
+            DatabaseUrl::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let rest = rest.split_once('?').map_or(rest, |(path, _)| path);
+                format!("{scheme}://{rest}")
+            }
+        }
     }
 }
 
@@ -324,6 +355,20 @@ mod tests {
         ));
         assert!(DatabaseUrl::parse("sqlite://").is_err());
         assert!(DatabaseUrl::parse("sqlite::memory:").is_err());
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:secret@db:5432/orders?sslmode=disable")
+                .unwrap()
+                .describe(),
+            "postgres://db:5432/orders"
+        );
+        for unknown in ["mysql:orders.db", "mysql://db/orders", "file:orders.db", "redis://x"] {
+            let err = DatabaseUrl::parse(unknown).unwrap_err();
+            assert!(err.contains("unknown database URL scheme"), "{unknown}: {err}");
+        }
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:odd:name.db"),
+            Ok(DatabaseUrl::Sqlite("odd:name.db".into()))
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use stockorder::telemetry::LogOutput;
 /// and exit code 1, without the backtrace `anyhow` would add under `RUST_BACKTRACE`, since every
 /// error that reaches this point is an expected one with a message for the user.
 fn main() -> ExitCode {
+    // Before any thread exists, so every thread inherits it.
+    stockorder::signal::hold_termination();
     // SAFETY: first thing in main, before the runtime or any other thread exists.
     unsafe { stockorder::upgrade::adopt_upgrade_env() };
     match run() {
@@ -32,6 +34,10 @@ async fn run() -> anyhow::Result<ExitCode> {
         }
     };
     stockorder::telemetry::init(&cli.log, output);
+    if !matches!(cli.command, None | Some(Command::Serve(_))) {
+        // The tools install their own handlers (or none) and want the default actions.
+        stockorder::signal::release_termination();
+    }
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
@@ -50,8 +56,16 @@ async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> 
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit; keeping the current one"),
     }
-    let app = Application::build(&args).await?;
-    let shutdown = app.shutdown().catch_signals()?;
+    // Signals count from here: one sent while the database opens ends start-up at once.
+    let mut shutdown = stockorder::app::shutdown_for(&args).catch_signals()?;
+    stockorder::signal::release_termination();
+    let app = match shutdown.unless_triggered(Application::build(&args)).await {
+        Ok(app) => app?,
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "stopped during start-up, before serving anything");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     // SIGHUP: in-place upgrade (the new process takes over the listening sockets). The task
     // ends when the shutdown begins, whatever triggered it.
     // The handler is installed before the servers announce themselves, so a SIGHUP sent as

@@ -178,10 +178,20 @@ async fn an_idle_server_exits_at_once_with_the_report() {
         .filter(|l| l["message"] == "shutdown report")
         .map(|l| l["component"].as_str().unwrap())
         .collect();
-    // The two servers stop concurrently and are listed as they finish; then the processor, and
-    // the database last.
+    // The two servers stop concurrently and are listed as they finish; then the workers (the
+    // processor and the storage monitor, also concurrently), and the database last.
     reported[..2].sort_unstable();
-    assert_eq!(reported, ["grpc server", "http server", "order processor", "database"]);
+    reported[2..4].sort_unstable();
+    assert_eq!(
+        reported,
+        [
+            "grpc server",
+            "http server",
+            "order processor",
+            "storage monitor",
+            "database"
+        ]
+    );
     assert!(
         log.iter()
             .any(|l| l["message"] == "shutdown complete" && l["clean"] == true)

@@ -54,7 +54,7 @@ impl Demo {
     /// processor: their lesson is the servers and the database; orders stay PENDING.)
     pub async fn open_store(&self) -> anyhow::Result<(Store, Arc<OrderDesk<Store>>)> {
         let url = DatabaseUrl::parse(&self.args.database_url).map_err(anyhow::Error::msg)?;
-        let store = Store::open(&url, self.args.database_pool_size as usize).await?;
+        let store = Store::open(&url, self.args.database_pool_size as usize, Default::default()).await?;
         tracing::info!(database = %store.describe(), "database ready");
         let rules = self.args.processor.risk_rules().map_err(anyhow::Error::msg)?;
         let desk = OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules);

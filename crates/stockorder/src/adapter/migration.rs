@@ -11,6 +11,15 @@ pub enum MigrationError {
         /// Newest version this binary knows.
         supported: usize,
     },
+    /// The database holds another application's tables and no stockorder schema: migrating it
+    /// would mix orders into someone else's data. Nothing was changed.
+    #[error(
+        "the database belongs to another application (it has tables {tables} and no stockorder schema); point DATABASE_URL at a new file"
+    )]
+    Foreign {
+        /// The tables found, comma-separated.
+        tables: String,
+    },
     /// The database refused a migration.
     #[error("migration {version} failed: {source}")]
     Failed {

@@ -31,11 +31,20 @@ pub enum Store {
 
 impl Store {
     /// Opens (creating and migrating as needed) the store `url` names; `pool_size` is the
-    /// number of PostgreSQL connections (SQLite has its own fixed pool).
-    pub async fn open(url: &DatabaseUrl, pool_size: usize) -> Result<Self, OpenError> {
+    /// number of PostgreSQL connections (SQLite has its own fixed pool), `timeouts` bound how
+    /// long PostgreSQL may take.
+    pub async fn open(url: &DatabaseUrl, pool_size: usize, timeouts: postgres::Timeouts) -> Result<Self, OpenError> {
         Ok(match url {
-            DatabaseUrl::Sqlite(path) => Store::Sqlite(SqliteStore::open(path)?),
-            DatabaseUrl::Postgres(url) => Store::Postgres(PostgresStore::open(url, pool_size).await?),
+            // Opening may wait on another process's lock (busy timeout): off the runtime's
+            // threads, so a signal during start-up is still handled at once.
+            DatabaseUrl::Sqlite(path) => {
+                let path = path.clone();
+                let opened = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+                    .await
+                    .map_err(|e| sqlite::OpenError::Thread(std::io::Error::other(e)))?;
+                Store::Sqlite(opened?)
+            }
+            DatabaseUrl::Postgres(url) => Store::Postgres(PostgresStore::open(url, pool_size, timeouts).await?),
         })
     }
 
@@ -98,6 +107,13 @@ impl OrderRepository for Store {
         match self {
             Store::Sqlite(s) => s.unprocessed(limit).await,
             Store::Postgres(p) => p.unprocessed(limit).await,
+        }
+    }
+
+    async fn probe(&self) -> Result<(), RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.probe().await,
+            Store::Postgres(p) => p.probe().await,
         }
     }
 

@@ -9,5 +9,5 @@ mod service;
 
 pub use listing::{ListQuery, Page, PageLimit, PageToken};
 pub use price::PriceSource;
-pub use repository::{Inserted, OrderRepository, RepositoryError, StatusChange, Transition};
+pub use repository::{Fault, Inserted, OrderRepository, RepositoryError, StatusChange, Transition};
 pub use service::{CANCELLED_MESSAGE, Created, OrderError, OrderService};

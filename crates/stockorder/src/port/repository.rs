@@ -45,20 +45,95 @@ pub enum Transition {
     Refused(StockOrder),
 }
 
+/// A storage fault that can clear by itself: the disk fills up and is freed, another process
+/// holds a lock and lets go, the database server restarts. Nothing was written; the same call may
+/// succeed later, so the service stays up, answers 503 with `Retry-After`, and turns unready
+/// until a write succeeds again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// No space left for the database (or its write-ahead log).
+    Full,
+    /// Another process (or a long transaction) holds the lock writes need.
+    Locked,
+    /// The database server cannot be reached, or is restarting.
+    Unreachable,
+    /// The database accepts reads only (a read-only mount, a standby server).
+    ReadOnly,
+    /// The database did not answer within the statement timeout.
+    Timeout,
+    /// The operating system reported an I/O error.
+    Io,
+}
+
+impl Fault {
+    /// A stable lower-case name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Full => "full",
+            Fault::Locked => "locked",
+            Fault::Unreachable => "unreachable",
+            Fault::ReadOnly => "read_only",
+            Fault::Timeout => "timeout",
+            Fault::Io => "io_error",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    /// What a client is told: the cause in words, without paths or server names.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::Full => "storage is full",
+            Fault::Locked => "the database is locked by another process",
+            Fault::Unreachable => "the database is unreachable",
+            Fault::ReadOnly => "the database is read-only",
+            Fault::Timeout => "the database did not answer in time",
+            Fault::Io => "the database had an I/O error",
+        })
+    }
+}
+
 /// Why storage could not answer. None of these is a client mistake.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
     /// The store was closed (the service is shutting down).
     #[error("the order store is closed")]
     Closed,
-    /// The database reported an error.
+    /// A fault that can clear by itself; nothing was written.
+    #[error("{fault}: {source}")]
+    Unavailable {
+        /// What kind of fault.
+        fault: Fault,
+        /// What the database said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The connection broke after a write was sent and before its commit was confirmed: it may
+    /// or may not have been applied. A client retries with the same `client_order_id`.
+    #[error("commit outcome unknown: {0}")]
+    OutcomeUnknown(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database reported another error.
     /// (The driver error is shown in the message rather than chained as a source, because
     /// this error is logged on its own where it happens.)
     #[error("database error: {0}")]
     Database(Box<dyn std::error::Error + Send + Sync>),
-    /// A stored row could not be read back as an order.
+    /// A stored row cannot be read back as an order (edited by hand, say). That request fails;
+    /// the rest of the database serves on.
     #[error("stored order is unreadable: {0}")]
+    Unreadable(String),
+    /// The database itself is damaged (a malformed page, not a database file). This cannot
+    /// clear by itself, so the service stops rather than serve from it.
+    #[error("the database is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl RepositoryError {
+    /// The transient fault behind this error, if it is one.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            RepositoryError::Unavailable { fault, .. } => Some(*fault),
+            _ => None,
+        }
+    }
 }
 
 /// Durable storage of orders.
@@ -89,6 +164,11 @@ pub trait OrderRepository: Send + Sync + 'static {
     /// batches, and offers an order again only once the lease runs out unsettled; a store with
     /// one process (SQLite) leaves that to the processor's own bookkeeping.
     fn unprocessed(&self, limit: u32) -> impl Future<Output = Result<Vec<StockOrder>, RepositoryError>> + Send;
+
+    /// Commits a small write that changes no order, to learn whether writes work again after a
+    /// [`Fault`] (a read can succeed while the disk is still full). Called only while storage is
+    /// failing.
+    fn probe(&self) -> impl Future<Output = Result<(), RepositoryError>> + Send;
 
     /// Applies a processor batch in one transaction: each change conditionally (its
     /// [`Transition`] is returned in the same order), and marks `resting` orders as decided

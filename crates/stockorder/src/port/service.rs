@@ -5,7 +5,7 @@ use std::future::Future;
 
 use crate::domain::{NewOrder, OrderId, OrderStatus, StockOrder};
 
-use super::{ListQuery, Page, RepositoryError};
+use super::{Fault, ListQuery, Page, RepositoryError};
 
 /// The confirmation both APIs send for a successful cancel: the original service's wording, which
 /// its clients print.
@@ -41,6 +41,16 @@ pub enum OrderError {
     /// The service is shutting down and takes no new work.
     #[error("the service is shutting down; retry on another instance")]
     Unavailable,
+    /// Storage cannot write (or read) right now, for a reason that can clear by itself; nothing
+    /// was changed. The client retries later, or on another instance.
+    #[error("{0}: nothing was changed; retry shortly")]
+    StorageUnavailable(Fault),
+    /// A write was sent but its commit was never confirmed: it may have been applied. Retrying a
+    /// create with the same `client_order_id` is safe and tells which.
+    #[error(
+        "the database connection was lost during the commit: the outcome is unknown; retry with the same client_order_id"
+    )]
+    OutcomeUnknown,
     /// Storage failed; the client did nothing wrong.
     #[error("internal error")]
     Internal(#[source] RepositoryError),
@@ -50,6 +60,8 @@ impl From<RepositoryError> for OrderError {
     fn from(e: RepositoryError) -> Self {
         match e {
             RepositoryError::Closed => OrderError::Unavailable,
+            RepositoryError::Unavailable { fault, .. } => OrderError::StorageUnavailable(fault),
+            RepositoryError::OutcomeUnknown(_) => OrderError::OutcomeUnknown,
             other => OrderError::Internal(other),
         }
     }
@@ -68,4 +80,11 @@ pub trait OrderService: Send + Sync + 'static {
 
     /// Cancels a pending order.
     fn cancel(&self, id: OrderId) -> impl Future<Output = Result<StockOrder, OrderError>> + Send;
+
+    /// False while storage cannot commit writes for a reason that can clear by itself (a full
+    /// disk, a database that is down): readiness probes then answer "not ready", so a load
+    /// balancer sends new traffic to another instance until writes work again.
+    fn can_write(&self) -> bool {
+        true
+    }
 }

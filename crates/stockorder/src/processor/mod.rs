@@ -7,6 +7,11 @@
 //! kept under one lock, so two workers never decide the same order. Every write is conditional
 //! on the order still being pending, so a cancel racing a fill has exactly one winner.
 //!
+//! A storage fault does not stop the processor: a worker that cannot claim or settle waits with
+//! capped, jittered exponential backoff and tries again, logging once when it starts waiting
+//! and once when it resumes. Nothing claimed is lost meanwhile: an unsettled order is still
+//! pending in the database. Only a corrupt database ends it (and so the service).
+//!
 //! On stop, a worker finishes the batch in hand (its decisions are written) and returns.
 
 use std::collections::HashSet;
@@ -18,8 +23,8 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
 use crate::domain::OrderId;
-use crate::port::{OrderError, OrderRepository};
-use crate::service::{Executed, OrderDesk};
+use crate::port::{OrderError, OrderRepository, RepositoryError};
+use crate::service::{Backoff, Executed, OrderDesk};
 
 /// How the processor runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +37,32 @@ pub struct ProcessorConfig {
     pub poll_interval: Duration,
 }
 
-/// Why the processor stopped on its own.
+/// Why the processor stopped on its own: storage that cannot recover by itself.
 #[derive(Debug, thiserror::Error)]
-#[error("order processor failed")]
+#[error("order processor stopped: {0}")]
 pub struct ProcessorError(#[source] OrderError);
+
+/// The first and the longest pause of a worker waiting for storage to recover.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// What a worker does with a failed storage call.
+enum Failure {
+    /// The store is closing: shutdown is under way.
+    Closing,
+    /// Cannot clear by itself.
+    Fatal(ProcessorError),
+    /// Try again after a pause.
+    Retry(OrderError),
+}
+
+fn classify(e: OrderError) -> Failure {
+    match e {
+        OrderError::Unavailable => Failure::Closing,
+        OrderError::Internal(RepositoryError::Corrupt(_)) => Failure::Fatal(ProcessorError(e)),
+        other => Failure::Retry(other),
+    }
+}
 
 struct Shared<R> {
     desk: Arc<OrderDesk<R>>,
@@ -45,7 +72,7 @@ struct Shared<R> {
 }
 
 /// Runs `config.workers` workers until `stop` resolves; each finishes its batch in hand, and
-/// this returns when all have. Returns early with an error if storage fails for good.
+/// this returns when all have. Returns early with an error only if the database is corrupt.
 pub async fn run<R: OrderRepository>(
     desk: Arc<OrderDesk<R>>,
     config: ProcessorConfig,
@@ -93,22 +120,47 @@ async fn worker<R: OrderRepository>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ProcessorError> {
     let mut totals = Executed::default();
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
+    let mut waiting = false;
     while !*stop.borrow() {
-        let claimed = match claim(&shared).await {
-            Ok(batch) => batch,
-            Err(OrderError::Unavailable) => break, // the store is closing: shutdown is under way
-            Err(e) => return Err(ProcessorError(e)),
-        };
-        let full = claimed.len() >= shared.config.batch as usize;
-        if !claimed.is_empty() {
-            let ids: Vec<OrderId> = claimed.iter().map(|o| o.id).collect();
-            let executed = shared.desk.execute(claimed).await;
-            shared.in_flight.lock().await.retain(|id| !ids.contains(id));
-            match executed {
-                Ok(done) => add(&mut totals, done),
-                Err(OrderError::Unavailable) => break,
-                Err(e) => return Err(ProcessorError(e)),
+        let (full, outcome) = match claim(&shared).await {
+            Ok(claimed) => {
+                let full = claimed.len() >= shared.config.batch as usize;
+                if claimed.is_empty() {
+                    (full, Ok(Executed::default()))
+                } else {
+                    let ids: Vec<OrderId> = claimed.iter().map(|o| o.id).collect();
+                    let executed = shared.desk.execute(claimed).await;
+                    shared.in_flight.lock().await.retain(|id| !ids.contains(id));
+                    (full, executed)
+                }
             }
+            Err(e) => (false, Err(e)),
+        };
+        match outcome {
+            Ok(done) => {
+                add(&mut totals, done);
+                if waiting {
+                    tracing::info!("order processor resumed");
+                    waiting = false;
+                    backoff.reset();
+                }
+            }
+            Err(e) => match classify(e) {
+                Failure::Closing => break,
+                Failure::Fatal(e) => return Err(e),
+                Failure::Retry(e) => {
+                    if !waiting {
+                        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "order processor waiting for storage; pending orders stay pending");
+                        waiting = true;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = stop.wait_for(|stopped| *stopped) => {}
+                    }
+                    continue;
+                }
+            },
         }
         if full {
             // More is waiting: let another worker share it, and go on without sleeping.

@@ -33,6 +33,7 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         limits: Default::default(),
         database_url: format!("sqlite://{}", db.display()),
         database_pool_size: 4,
+        startup_timeout: Duration::from_secs(10),
         upgrade_binary: None,
     }
 }

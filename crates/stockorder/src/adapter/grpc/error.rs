@@ -19,7 +19,9 @@ impl From<OrderError> for Status {
             OrderError::NotFound(_) => Status::not_found(e.to_string()),
             OrderError::NotCancellable { .. } => Status::failed_precondition(e.to_string()),
             OrderError::ClientOrderIdReused(_) => Status::already_exists(e.to_string()),
-            OrderError::Unavailable => Status::unavailable(e.to_string()),
+            OrderError::Unavailable | OrderError::StorageUnavailable(_) => Status::unavailable(e.to_string()),
+            // "may have completed": what DEADLINE_EXCEEDED means for a call that changes state.
+            OrderError::OutcomeUnknown => Status::deadline_exceeded(e.to_string()),
             OrderError::Internal(source) => {
                 tracing::error!(error = %source, "order operation failed");
                 // The cause stays in the log: storage details are not the client's business.
@@ -53,7 +55,18 @@ mod tests {
             (OrderError::Unavailable, Code::Unavailable),
             (OrderError::from(RepositoryError::Closed), Code::Unavailable),
             (
-                OrderError::Internal(RepositoryError::Corrupt("bad row".into())),
+                OrderError::from(RepositoryError::Unavailable {
+                    fault: crate::port::Fault::Full,
+                    source: "disk full".into(),
+                }),
+                Code::Unavailable,
+            ),
+            (
+                OrderError::from(RepositoryError::OutcomeUnknown("connection reset".into())),
+                Code::DeadlineExceeded,
+            ),
+            (
+                OrderError::Internal(RepositoryError::Unreadable("bad row".into())),
                 Code::Internal,
             ),
         ];

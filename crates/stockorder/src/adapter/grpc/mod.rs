@@ -2,8 +2,10 @@
 //! [`OrderService`], plus the standard health and reflection services, so stock tools (grpcurl,
 //! grpc_health_probe, Kubernetes gRPC probes) work with no `.proto` on their side.
 
+mod codec;
 mod convert;
 mod error;
+mod framing;
 mod protocol;
 mod service;
 
@@ -15,6 +17,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::port::OrderService;
 
+pub use codec::StrictCodec;
+pub use framing::{MAX_MESSAGE_BYTES, UnaryFraming};
 pub use protocol::Grpc;
 pub use service::GrpcOrders;
 
@@ -59,7 +63,7 @@ pub fn services<S: OrderService>(service: Arc<S>) -> Result<GrpcServices, Descri
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let routes = Routes::new(GrpcOrders::new(service).into_server())
+    let routes = Routes::new(UnaryFraming::new(GrpcOrders::new(service).into_server()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -25,7 +25,9 @@ impl<S: OrderService> GrpcOrders<S> {
 
     /// The tonic server for this service, to add to a router.
     pub fn into_server(self) -> StockOrderServiceServer<Self> {
-        StockOrderServiceServer::new(self)
+        // The limit the framing check enforces first (with RESOURCE_EXHAUSTED), stated here too
+        // so the two cannot drift apart.
+        StockOrderServiceServer::new(self).max_decoding_message_size(super::MAX_MESSAGE_BYTES)
     }
 }
 

@@ -60,7 +60,10 @@ impl From<OrderError> for ApiError {
         let status = match &e {
             OrderError::NotFound(_) => StatusCode::NOT_FOUND,
             OrderError::NotCancellable { .. } | OrderError::ClientOrderIdReused(_) => StatusCode::CONFLICT,
-            OrderError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // Storage faults are logged once per change of state (`service::StorageHealth`),
+            // not once per request: a full disk would otherwise write a line per refusal.
+            OrderError::Unavailable | OrderError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OrderError::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
             OrderError::Internal(source) => {
                 tracing::error!(error = %source, "order operation failed");
                 StatusCode::INTERNAL_SERVER_ERROR

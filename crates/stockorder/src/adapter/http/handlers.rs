@@ -37,17 +37,21 @@ pub async fn health() -> Json<StatusBody> {
     Json(StatusBody { status: "ok" })
 }
 
-/// Readiness: 200 while this instance wants new traffic, 503 once shutdown has begun, so a
-/// load balancer stops routing here before the listener closes.
+/// Readiness: 200 while this instance wants new traffic; 503 once shutdown has begun (so a load
+/// balancer stops routing here before the listener closes) and while storage cannot write (so
+/// it routes to a healthy replica until writes work again).
 #[utoipa::path(get, path = "/ready", tag = "probes", responses(
     (status = 200, description = "Ready for traffic", body = StatusBody),
-    (status = 503, description = "Shutting down: route new requests elsewhere", body = StatusBody),
+    (status = 503, description = "Shutting down (`draining`) or storage cannot write (`storage failing`): route new requests elsewhere", body = StatusBody),
 ))]
-pub async fn ready<S>(State(state): State<HttpState<S>>) -> Response {
-    if state.readiness.is_ready() {
-        Json(StatusBody { status: "ready" }).into_response()
+pub async fn ready<S: OrderService>(State(state): State<HttpState<S>>) -> Response {
+    let unready = |status| (StatusCode::SERVICE_UNAVAILABLE, Json(StatusBody { status })).into_response();
+    if !state.readiness.is_ready() {
+        unready("draining")
+    } else if !state.service.can_write() {
+        unready("storage failing")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(StatusBody { status: "draining" })).into_response()
+        Json(StatusBody { status: "ready" }).into_response()
     }
 }
 

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use graceful::Readiness;
 use tower::ServiceBuilder;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::adapter::middleware::admission::{AdmissionLayer, Limits};
@@ -100,7 +100,11 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_id::span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                        .on_response(DefaultOnResponse::new().level(Level::INFO))
+                        // A 503 while draining or while storage fails is planned, and a real
+                        // storage error is logged at error where it happens: tower-http's
+                        // default (ERROR for every 5xx) would flood the log with the former.
+                        .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
                 )
                 .layer(request_id::propagate())
                 .layer(ObserveLayer::<Rest>::new())

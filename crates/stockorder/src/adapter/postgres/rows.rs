@@ -25,12 +25,12 @@ macro_rules! prefixed_columns {
 /// A row that does not decode is reported, not unwrapped: a database edited by hand must not
 /// crash the server.
 fn corrupt(what: &str, value: impl std::fmt::Debug) -> RepositoryError {
-    RepositoryError::Corrupt(format!("stored {what} {value:?} is not valid"))
+    RepositoryError::Unreadable(format!("stored {what} {value:?} is not valid"))
 }
 
 fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, RepositoryError> {
     row.try_get(index)
-        .map_err(|e| RepositoryError::Corrupt(format!("column {index}: {e}")))
+        .map_err(|e| RepositoryError::Unreadable(format!("column {index}: {e}")))
 }
 
 /// The domain's timestamp of a `timestamptz` (both are microseconds).
@@ -240,3 +240,7 @@ pub(super) fn list_sql(query: &ListQuery, limit: u32) -> (String, Vec<Param>) {
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
     (sql, args)
 }
+
+/// The storage probe's write (see `OrderRepository::probe`): one fixed row, rewritten.
+pub(super) const PROBE: &str =
+    "INSERT INTO storage_probe (id, at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET at = excluded.at";

@@ -37,6 +37,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX orders_by_symbol ON orders (symbol, id);
     CREATE INDEX orders_by_side ON orders (order_side, id);
     CREATE INDEX orders_unprocessed ON orders (id) WHERE status = 'PENDING' AND NOT rests;",
+    // 2: the storage probe: while writes fail, replicas commit this one row now and then to
+    // learn when they work again, without touching an order.
+    "CREATE TABLE storage_probe (id integer PRIMARY KEY CHECK (id = 1), at timestamptz NOT NULL);",
 ];
 
 /// The schema version this binary writes.

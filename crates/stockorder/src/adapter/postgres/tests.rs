@@ -85,7 +85,9 @@ impl Drop for TestSchema {
 /// A store in a fresh schema.
 async fn open() -> Option<(TestSchema, PostgresStore)> {
     let (schema, config) = TestSchema::create().await?;
-    let store = PostgresStore::open_config(config, 8).await.unwrap();
+    let store = PostgresStore::open_config(config, 8, super::Timeouts::default())
+        .await
+        .unwrap();
     Some((schema, store))
 }
 
@@ -100,7 +102,11 @@ async fn claims_from_several_replicas_are_disjoint() {
     };
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(PostgresStore::open_config(config.clone(), 4).await.unwrap());
+        replicas.push(
+            PostgresStore::open_config(config.clone(), 4, super::Timeouts::default())
+                .await
+                .unwrap(),
+        );
     }
     for _ in 0..90 {
         replicas[0].insert(order("AAPL", OrderSide::Buy, None)).await.unwrap();
@@ -146,7 +152,9 @@ async fn several_replicas_fill_each_order_exactly_once() {
     };
     let mut desks = Vec::new();
     for _ in 0..3 {
-        let store = PostgresStore::open_config(config.clone(), 4).await.unwrap();
+        let store = PostgresStore::open_config(config.clone(), 4, super::Timeouts::default())
+            .await
+            .unwrap();
         desks.push(Arc::new(OrderDesk::new(
             store,
             Arc::new(SimulatedPrices),
@@ -207,7 +215,9 @@ async fn a_newer_schema_is_refused() {
     let Some((schema, config)) = TestSchema::create().await else {
         return;
     };
-    PostgresStore::open_config(config.clone(), 1).await.unwrap();
+    PostgresStore::open_config(config.clone(), 1, super::Timeouts::default())
+        .await
+        .unwrap();
     let (client, connection) = tokio_postgres::connect(&schema.url, NoTls).await.unwrap();
     tokio::spawn(connection);
     client
@@ -217,7 +227,9 @@ async fn a_newer_schema_is_refused() {
         ))
         .await
         .unwrap();
-    let err = PostgresStore::open_config(config, 1).await.unwrap_err();
+    let err = PostgresStore::open_config(config, 1, super::Timeouts::default())
+        .await
+        .unwrap_err();
     let cause = std::error::Error::source(&err).unwrap().to_string();
     assert!(cause.contains("newer than this binary"), "{err}: {cause}");
 }
@@ -227,7 +239,9 @@ async fn close_refuses_later_calls_and_keeps_what_was_acknowledged() {
     let Some((_schema, config)) = TestSchema::create().await else {
         return;
     };
-    let store = PostgresStore::open_config(config.clone(), 4).await.unwrap();
+    let store = PostgresStore::open_config(config.clone(), 4, super::Timeouts::default())
+        .await
+        .unwrap();
     let o = order("AAPL", OrderSide::Buy, None);
     store.insert(o.clone()).await.unwrap();
     store.close().await.unwrap();
@@ -236,7 +250,9 @@ async fn close_refuses_later_calls_and_keeps_what_was_acknowledged() {
         store.insert(order("AAPL", OrderSide::Buy, None)).await,
         Err(RepositoryError::Closed)
     ));
-    let reopened = PostgresStore::open_config(config, 1).await.unwrap();
+    let reopened = PostgresStore::open_config(config, 1, super::Timeouts::default())
+        .await
+        .unwrap();
     assert_eq!(reopened.get(o.id).await.unwrap(), Some(o));
 }
 
@@ -245,7 +261,9 @@ async fn every_list_query_uses_an_index() {
     let Some((_schema, config)) = TestSchema::create().await else {
         return;
     };
-    let store = PostgresStore::open_config(config, 1).await.unwrap();
+    let store = PostgresStore::open_config(config, 1, super::Timeouts::default())
+        .await
+        .unwrap();
     let client = store.client().await.unwrap();
     // Enough rows, and fresh statistics, that the planner prefers the indexes it would use
     // on a real table.

@@ -1,6 +1,7 @@
 //! SQLite storage (bundled SQLite, no system library): one group-committing writer thread and a
 //! pool of readers over one WAL-mode database file.
 
+mod errors;
 mod readers;
 mod rows;
 mod schema;
@@ -9,7 +10,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, MAIN_DB};
 
 use crate::domain::{OrderId, StockOrder};
 use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
@@ -26,6 +27,33 @@ pub enum OpenError {
         path: PathBuf,
         /// What SQLite said.
         source: rusqlite::Error,
+    },
+    /// The directory the file should be in does not exist.
+    #[error("cannot create the SQLite database {path}: the directory {} does not exist; create it or choose another path in DATABASE_URL", dir.display())]
+    NoDirectory {
+        /// The file.
+        path: PathBuf,
+        /// Its missing directory.
+        dir: PathBuf,
+    },
+    /// The file system holding the database has no room left.
+    #[error(
+        "cannot open SQLite database {path}: the disk is full ({free} bytes free); free some space and start again"
+    )]
+    Full {
+        /// The file.
+        path: PathBuf,
+        /// Bytes free for the database.
+        free: u64,
+    },
+    /// The file can be read but not written (a read-only mount, an immutable file): every order
+    /// would fail, so the service does not start on it.
+    #[error(
+        "SQLite database {path} is read-only; the service must write to it (check the mount and the file's permissions and attributes)"
+    )]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
     },
     /// The schema could not be brought up to date.
     #[error("cannot migrate SQLite database {path}")]
@@ -57,16 +85,35 @@ impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`, and starts its writer.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| OpenError::Open {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            return Err(OpenError::NoDirectory {
+                dir: dir.to_path_buf(),
+                path,
+            });
+        }
+        let open_err = |source: rusqlite::Error| match errors::full_disk(&source, &path) {
+            Some(free) => OpenError::Full {
+                path: path.clone(),
+                free,
+            },
+            None => OpenError::Open {
+                path: path.clone(),
+                source,
+            },
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        // SQLite opens a file it may not write read-only, silently; say so now rather than
+        // fail every order later.
+        if conn.is_readonly(MAIN_DB).map_err(open_err)? {
+            return Err(OpenError::ReadOnly { path });
+        }
+        let migrate_err = |source| OpenError::Migrate {
             path: path.clone(),
             source,
         };
-        let mut conn = Connection::open(&path).map_err(open_err)?;
+        schema::check_owner(&conn).map_err(migrate_err)?;
         schema::configure_writer(&conn).map_err(open_err)?;
-        schema::migrate(&mut conn).map_err(|source| OpenError::Migrate {
-            path: path.clone(),
-            source,
-        })?;
+        schema::migrate(&mut conn).map_err(migrate_err)?;
         let commits = readers::Commits::default();
         let readers = Arc::new(readers::ReadPool::new(path.clone(), commits.clone()));
         let pool = Arc::clone(&readers);
@@ -127,6 +174,10 @@ impl OrderRepository for SqliteStore {
         tokio::task::spawn_blocking(move || inner.readers.with(|conn| rows::unprocessed(conn, limit)))
             .await
             .map_err(|e| RepositoryError::Database(Box::new(e)))?
+    }
+
+    async fn probe(&self) -> Result<(), RepositoryError> {
+        self.inner.writer.probe().await
     }
 
     async fn settle(

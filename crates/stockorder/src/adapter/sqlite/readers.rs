@@ -111,7 +111,7 @@ impl ReadPool {
     /// a point read from the page cache takes microseconds, less than a hand-off to another
     /// thread costs, while a page of up to 1000 rows belongs on the blocking pool.
     pub(super) fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, RepositoryError> {
-        let db = |e| RepositoryError::Database(Box::new(e));
+        let db = |e| super::errors::classify(e, Some(&self.path));
         if self.closed.load(Ordering::Acquire) {
             return Err(RepositoryError::Closed);
         }

@@ -188,3 +188,13 @@ pub(super) fn list(conn: &Connection, query: &ListQuery, limit: u32) -> rusqlite
     let rows = stmt.query_map(rusqlite::params_from_iter(args), order_from_row)?;
     rows.collect()
 }
+
+/// The storage probe's write: one fixed row, rewritten with the time, so a commit touches the
+/// disk (WAL frames and an fsync) like an order's would, and no order changes.
+pub(super) fn probe(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO storage_probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+    )?
+    .execute([Timestamp::now().unix_micros()])
+    .map(drop)
+}

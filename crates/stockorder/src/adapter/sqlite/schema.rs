@@ -38,6 +38,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE orders ADD COLUMN cancelled_at INTEGER;
     ALTER TABLE orders ADD COLUMN rests INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX orders_unprocessed ON orders (id) WHERE status = 'PENDING' AND rests = 0;",
+    // 3: the storage probe: while writes fail, the service commits this one row now and then to
+    // learn when they work again, without touching an order.
+    "CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
 ];
 
 /// The schema version this binary writes.
@@ -60,6 +63,37 @@ pub(super) fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "query_only", true)?;
     conn.pragma_update(None, "busy_timeout", 5_000)?;
     conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Refuses a file this binary must not write to, before anything changes it (even the switch to
+/// WAL mode, which rewrites the header): one migrated by a newer binary, or another
+/// application's database.
+pub(super) fn check_owner(conn: &Connection) -> Result<(), MigrationError> {
+    let failed = MigrationError::failed;
+    let found = conn
+        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map_err(failed(0))? as usize;
+    if found > SCHEMA_VERSION {
+        return Err(MigrationError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .map_err(failed(0))?;
+    let tables: Vec<String> = stmt
+        .query_map([], |row| row.get(0))
+        .and_then(Iterator::collect)
+        .map_err(failed(0))?;
+    // Ours: empty (new), or migrated (a version set and the orders table there).
+    let ours = tables.is_empty() || (found > 0 && tables.iter().any(|t| t == "orders"));
+    if !ours {
+        return Err(MigrationError::Foreign {
+            tables: tables.join(", "),
+        });
+    }
     Ok(())
 }
 

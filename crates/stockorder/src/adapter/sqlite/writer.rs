@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::errors::{self, again};
 use super::rows;
 use crate::domain::{OrderId, StockOrder};
 use crate::port::{Inserted, RepositoryError, StatusChange, Transition};
@@ -37,6 +38,8 @@ enum Write {
     Insert(StockOrder, Reply<Inserted>),
     ChangeStatus(StatusChange, Reply<Transition>),
     Settle(Vec<StatusChange>, Vec<OrderId>, Reply<Vec<Transition>>),
+    /// A write that changes no order: does committing work?
+    Probe(Reply<()>),
 }
 
 /// A result computed inside the open transaction, sent once the transaction's fate is known.
@@ -44,6 +47,7 @@ enum Outcome {
     Insert(Reply<Inserted>, Result<Inserted, RepositoryError>),
     ChangeStatus(Reply<Transition>, Result<Transition, RepositoryError>),
     Settle(Reply<Vec<Transition>>, Result<Vec<Transition>, RepositoryError>),
+    Probe(Reply<()>, Result<(), RepositoryError>),
 }
 
 impl Outcome {
@@ -53,6 +57,18 @@ impl Outcome {
             Write::Insert(_, reply) => Outcome::Insert(reply, Err(RepositoryError::Closed)),
             Write::ChangeStatus(_, reply) => Outcome::ChangeStatus(reply, Err(RepositoryError::Closed)),
             Write::Settle(_, _, reply) => Outcome::Settle(reply, Err(RepositoryError::Closed)),
+            Write::Probe(reply) => Outcome::Probe(reply, Err(RepositoryError::Closed)),
+        }
+    }
+
+    /// The error this write's statement failed with, if it did.
+    fn error(&self) -> Option<&RepositoryError> {
+        match self {
+            Outcome::Insert(_, Err(e))
+            | Outcome::ChangeStatus(_, Err(e))
+            | Outcome::Settle(_, Err(e))
+            | Outcome::Probe(_, Err(e)) => Some(e),
+            _ => None,
         }
     }
 
@@ -62,22 +78,20 @@ impl Outcome {
             Outcome::Insert(reply, result) => drop(reply.send(result)),
             Outcome::ChangeStatus(reply, result) => drop(reply.send(result)),
             Outcome::Settle(reply, result) => drop(reply.send(result)),
+            Outcome::Probe(reply, result) => drop(reply.send(result)),
         }
     }
 
-    /// The commit failed: nothing of this batch was written, whatever the statement said.
-    fn fail(self, message: &str) {
-        let err = || RepositoryError::Database(format!("commit failed: {message}").into());
+    /// The transaction failed: nothing of this batch was written, whatever the statement said.
+    /// Every caller gets `cause` (with its fault, so a full disk is a 503 for all of them).
+    fn fail(self, cause: &RepositoryError) {
         match self {
-            Outcome::Insert(reply, _) => drop(reply.send(Err(err()))),
-            Outcome::ChangeStatus(reply, _) => drop(reply.send(Err(err()))),
-            Outcome::Settle(reply, _) => drop(reply.send(Err(err()))),
+            Outcome::Insert(reply, _) => drop(reply.send(Err(again(cause)))),
+            Outcome::ChangeStatus(reply, _) => drop(reply.send(Err(again(cause)))),
+            Outcome::Settle(reply, _) => drop(reply.send(Err(again(cause)))),
+            Outcome::Probe(reply, _) => drop(reply.send(Err(again(cause)))),
         }
     }
-}
-
-fn database(e: rusqlite::Error) -> RepositoryError {
-    RepositoryError::Database(Box::new(e))
 }
 
 /// The handle async code uses to reach the writer thread.
@@ -127,6 +141,10 @@ impl Writer {
     ) -> Result<Vec<Transition>, RepositoryError> {
         self.call(|reply| Command::Write(Write::Settle(changes, resting, reply)))
             .await
+    }
+
+    pub(super) async fn probe(&self) -> Result<(), RepositoryError> {
+        self.call(|reply| Command::Write(Write::Probe(reply))).await
     }
 
     /// Commits everything queued, checkpoints and closes the connection, and joins the thread.
@@ -207,8 +225,8 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
     let started = std::time::Instant::now();
     let writes = batch.len();
     if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
-        let message = e.to_string();
-        batch.drain(..).map(Outcome::not_applied).for_each(|o| o.fail(&message));
+        let cause = errors::on(conn)(e);
+        batch.drain(..).map(Outcome::not_applied).for_each(|o| o.fail(&cause));
         return;
     }
     let mut outcomes = Vec::with_capacity(writes);
@@ -222,10 +240,16 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
         }
     }
     if conn.is_autocommit() {
-        let message = "SQLite rolled the transaction back";
-        tracing::error!(writes, "{message}");
-        outcomes.into_iter().for_each(|o| o.fail(message));
-        pending.map(Outcome::not_applied).for_each(|o| o.fail(message));
+        // The statement that failed last says why (a full disk, say).
+        let cause = outcomes
+            .iter()
+            .rev()
+            .find_map(Outcome::error)
+            .map(again)
+            .unwrap_or_else(|| RepositoryError::Database("SQLite rolled the transaction back".into()));
+        tracing::debug!(writes, error = %cause, "SQLite rolled the transaction back");
+        outcomes.into_iter().for_each(|o| o.fail(&cause));
+        pending.map(Outcome::not_applied).for_each(|o| o.fail(&cause));
         return;
     }
     match control(conn, "COMMIT") {
@@ -235,13 +259,13 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
             outcomes.into_iter().for_each(Outcome::send);
         }
         Err(e) => {
-            tracing::error!(error = %e, writes, "sqlite commit failed");
+            let cause = errors::on(conn)(e);
+            tracing::debug!(error = %cause, writes, "sqlite commit failed");
             // Nothing of this batch may stay half-applied for the next one to commit.
             if !conn.is_autocommit() {
                 let _ = control(conn, "ROLLBACK");
             }
-            let message = e.to_string();
-            outcomes.into_iter().for_each(|o| o.fail(&message));
+            outcomes.into_iter().for_each(|o| o.fail(&cause));
         }
     }
 }
@@ -251,6 +275,7 @@ fn apply(conn: &Connection, write: Write) -> Outcome {
         Write::Insert(order, reply) => Outcome::Insert(reply, insert(conn, order)),
         Write::ChangeStatus(change, reply) => Outcome::ChangeStatus(reply, change_status(conn, &change)),
         Write::Settle(changes, resting, reply) => Outcome::Settle(reply, settle(conn, &changes, &resting)),
+        Write::Probe(reply) => Outcome::Probe(reply, rows::probe(conn).map_err(errors::on(conn))),
     }
 }
 
@@ -260,7 +285,7 @@ fn settle(
     resting: &[OrderId],
 ) -> Result<Vec<Transition>, RepositoryError> {
     for &id in resting {
-        rows::mark_resting(conn, id).map_err(database)?;
+        rows::mark_resting(conn, id).map_err(errors::on(conn))?;
     }
     changes.iter().map(|change| change_status(conn, change)).collect()
 }
@@ -269,19 +294,19 @@ fn insert(conn: &Connection, order: StockOrder) -> Result<Inserted, RepositoryEr
     // The writer is the only writer, so check-then-insert cannot race; the UNIQUE constraint
     // stays as the last line of defence.
     if let Some(key) = &order.client_order_id
-        && let Some(existing) = rows::by_client_order_id(conn, key).map_err(database)?
+        && let Some(existing) = rows::by_client_order_id(conn, key).map_err(errors::on(conn))?
     {
         return Ok(Inserted::Existing(existing));
     }
-    rows::insert(conn, &order).map_err(database)?;
+    rows::insert(conn, &order).map_err(errors::on(conn))?;
     Ok(Inserted::Created(order))
 }
 
 fn change_status(conn: &Connection, change: &StatusChange) -> Result<Transition, RepositoryError> {
-    if let Some(order) = rows::change_status(conn, change).map_err(database)? {
+    if let Some(order) = rows::change_status(conn, change).map_err(errors::on(conn))? {
         return Ok(Transition::Applied(order));
     }
-    Ok(match rows::by_id(conn, change.id).map_err(database)? {
+    Ok(match rows::by_id(conn, change.id).map_err(errors::on(conn))? {
         Some(current) => Transition::Refused(current),
         None => Transition::NotFound,
     })
@@ -293,10 +318,10 @@ fn shut(conn: Connection) -> Result<(), RepositoryError> {
     // Another process reading the file (the new one of an in-place upgrade) keeps the WAL from
     // being truncated; wait for that only briefly: the WAL is complete either way.
     conn.busy_timeout(std::time::Duration::from_millis(200))
-        .map_err(database)?;
+        .map_err(errors::on(&conn))?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .map_err(database)?;
-    conn.close().map_err(|(_, e)| database(e))
+        .map_err(errors::on(&conn))?;
+    conn.close().map_err(|(conn, e)| errors::on(&conn)(e))
 }
 
 #[cfg(test)]

@@ -1,0 +1,242 @@
+//! The order desk: identity and timestamps of new orders, risk rules at placement, idempotent
+//! creates, paging, cancellation as a conditional transition, and the execution of pending
+//! orders. Depends on `domain` and `port`, counts the state changes it makes in
+//! [`crate::metrics`] (the one place that knows every transition), and reports what every
+//! storage call saw to its [`StorageHealth`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::StorageHealth;
+use crate::domain::{Decision, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StockOrder, Timestamp, decide};
+use crate::metrics::metrics;
+use crate::port::{
+    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, PriceSource,
+    StatusChange, Transition,
+};
+
+/// The order desk: takes orders, answers for them, cancels them, and executes them. Generic over
+/// the repository so the same rules run on SQLite, PostgreSQL or a test double.
+pub struct OrderDesk<R> {
+    repository: R,
+    rules: RiskRules,
+    prices: Arc<dyn PriceSource>,
+    new_orders: Notify,
+    storage: StorageHealth,
+}
+
+impl<R> std::fmt::Debug for OrderDesk<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderDesk")
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one execution batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Executed {
+    /// Orders looked at.
+    pub decided: usize,
+    /// Filled.
+    pub filled: usize,
+    /// Rejected by a risk rule.
+    pub rejected: usize,
+    /// Limit orders left resting.
+    pub resting: usize,
+    /// Orders that stopped being pending before their execution was written (a cancel won the
+    /// race): nothing was done to them.
+    pub lost_race: usize,
+}
+
+impl<R: OrderRepository> OrderDesk<R> {
+    /// A desk storing orders in `repository`, executing at `prices` under `rules`.
+    pub fn new(repository: R, prices: Arc<dyn PriceSource>, rules: RiskRules) -> Self {
+        Self {
+            repository,
+            rules,
+            prices,
+            new_orders: Notify::new(),
+            storage: StorageHealth::default(),
+        }
+    }
+
+    /// The repository, for wiring code that needs to close it at shutdown.
+    pub fn repository(&self) -> &R {
+        &self.repository
+    }
+
+    /// Whether storage can write right now, as this desk's calls last saw it.
+    pub fn storage(&self) -> &StorageHealth {
+        &self.storage
+    }
+
+    /// Probes storage while it fails, until `stop`; see [`StorageHealth::watch`].
+    pub async fn watch_storage(&self, stop: impl std::future::Future<Output = ()>) -> Result<(), super::StorageBroken> {
+        self.storage.watch(&self.repository, stop).await
+    }
+
+    /// Notified after every new pending order is stored, so the processor runs at once instead
+    /// of at its next poll. (A `Notify` keeps one permit: a wake-up sent while no worker waits is
+    /// not lost.)
+    pub fn new_orders(&self) -> &Notify {
+        &self.new_orders
+    }
+
+    /// Up to `limit` orders from the processor's queue, oldest first.
+    pub async fn pending_batch(&self, limit: u32) -> Result<Vec<StockOrder>, OrderError> {
+        let batch = self.repository.unprocessed(limit).await;
+        self.storage.after_read(&batch);
+        Ok(batch?)
+    }
+
+    /// Decides each order at the current price under the rules, and writes every decision in
+    /// one transaction. Each write is conditional on the order still being pending, so a cancel
+    /// that got there first wins and the fill is simply not applied.
+    pub async fn execute(&self, orders: Vec<StockOrder>) -> Result<Executed, OrderError> {
+        let now = Timestamp::now();
+        let mut changes = Vec::with_capacity(orders.len());
+        let mut resting = Vec::new();
+        let mut done = Executed {
+            decided: orders.len(),
+            ..Executed::default()
+        };
+        for order in &orders {
+            let market = self.prices.price(&order.symbol);
+            let decision = decide(
+                order.order_type,
+                order.order_side,
+                &order.symbol,
+                order.quantity,
+                order.price,
+                market,
+                &self.rules,
+            );
+            let (to, fill_price, description) = match decision {
+                Decision::Fill(price) => (OrderStatus::Filled, Some(price), None),
+                Decision::Reject(reason) => (OrderStatus::Rejected, None, Some(reason.0)),
+                Decision::Rest => {
+                    resting.push(order.id);
+                    continue;
+                }
+            };
+            changes.push(StatusChange {
+                id: order.id,
+                from: OrderStatus::Pending,
+                to,
+                description,
+                fill_price,
+                at: now,
+            });
+        }
+        done.resting = resting.len();
+        let settled = self.repository.settle(changes, resting).await;
+        self.storage.after_write(&settled);
+        for transition in settled? {
+            match transition {
+                Transition::Applied(o) => {
+                    if o.status == OrderStatus::Filled {
+                        done.filled += 1;
+                    } else {
+                        done.rejected += 1;
+                    }
+                    let waited = now.unix_micros().saturating_sub(o.created_at.unix_micros());
+                    metrics().processor_lag(Duration::from_micros(waited.max(0).unsigned_abs()));
+                }
+                Transition::Refused(_) | Transition::NotFound => done.lost_race += 1,
+            }
+        }
+        metrics().transitions(Some(OrderStatus::Pending), OrderStatus::Filled, done.filled as u64);
+        metrics().transitions(Some(OrderStatus::Pending), OrderStatus::Rejected, done.rejected as u64);
+        Ok(done)
+    }
+}
+
+impl<R: OrderRepository> OrderService for OrderDesk<R> {
+    fn can_write(&self) -> bool {
+        self.storage.is_writing()
+    }
+
+    async fn create(&self, new: NewOrder) -> Result<Created, OrderError> {
+        let (id, now) = (OrderId::generate(), Timestamp::now());
+        // The rules that can be checked now are: a market order at today's price, a limit order
+        // at its limit. Breaking one is not a client mistake but a business refusal, so the
+        // order is stored REJECTED with the reason.
+        let price = match new.order_type {
+            OrderType::Market => Some(self.prices.price(&new.symbol).get()),
+            OrderType::Limit => new.price.map(|p| p.get()),
+        };
+        let order = match self.rules.check(&new.symbol, new.quantity, price) {
+            Ok(()) => StockOrder::pending(new.clone(), id, now),
+            Err(reason) => StockOrder::rejected(new.clone(), id, now, reason.0),
+        };
+        let inserted = self.repository.insert(order).await;
+        self.storage.after_write(&inserted);
+        match inserted? {
+            Inserted::Created(order) => {
+                metrics().transitions(None, order.status, 1);
+                if order.status == OrderStatus::Pending {
+                    self.new_orders.notify_one();
+                }
+                Ok(Created { order, replayed: false })
+            }
+            Inserted::Existing(existing) if new.matches(&existing) => Ok(Created {
+                order: existing,
+                replayed: true,
+            }),
+            Inserted::Existing(existing) => Err(OrderError::ClientOrderIdReused(
+                existing
+                    .client_order_id
+                    .map(|k| k.as_str().to_owned())
+                    .unwrap_or_default(),
+            )),
+        }
+    }
+
+    async fn get(&self, id: OrderId) -> Result<StockOrder, OrderError> {
+        let found = self.repository.get(id).await;
+        self.storage.after_read(&found);
+        found?.ok_or(OrderError::NotFound(id))
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Page, OrderError> {
+        let limit = query.limit.get();
+        // One row more than the page tells whether a next page exists without a COUNT.
+        let listed = self.repository.list(query, limit + 1).await;
+        self.storage.after_read(&listed);
+        let mut orders = listed?;
+        let next = if orders.len() > limit as usize {
+            orders.truncate(limit as usize);
+            orders.last().map(|o| PageToken::after(o.id))
+        } else {
+            None
+        };
+        Ok(Page { orders, next })
+    }
+
+    async fn cancel(&self, id: OrderId) -> Result<StockOrder, OrderError> {
+        let change = StatusChange {
+            id,
+            from: OrderStatus::Pending,
+            to: OrderStatus::Cancelled,
+            description: None,
+            fill_price: None,
+            at: Timestamp::now(),
+        };
+        let changed = self.repository.change_status(change).await;
+        self.storage.after_write(&changed);
+        match changed? {
+            Transition::Applied(order) => {
+                metrics().transitions(Some(OrderStatus::Pending), order.status, 1);
+                Ok(order)
+            }
+            Transition::NotFound => Err(OrderError::NotFound(id)),
+            Transition::Refused(order) => Err(OrderError::NotCancellable {
+                id,
+                status: order.status,
+            }),
+        }
+    }
+}
