@@ -40,7 +40,7 @@ pub struct ProcessorConfig {
 /// Why the processor stopped on its own: storage that cannot recover by itself.
 #[derive(Debug, thiserror::Error)]
 #[error("order processor stopped: {0}")]
-pub struct ProcessorError(#[source] OrderError);
+pub struct ProcessorError(#[source] RepositoryError);
 
 /// The first and the longest pause of a worker waiting for storage to recover.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -59,7 +59,7 @@ enum Failure {
 fn classify(e: OrderError) -> Failure {
     match e {
         OrderError::Unavailable => Failure::Closing,
-        OrderError::Internal(RepositoryError::Corrupt(_)) => Failure::Fatal(ProcessorError(e)),
+        OrderError::Internal(corrupt @ RepositoryError::Corrupt(_)) => Failure::Fatal(ProcessorError(corrupt)),
         other => Failure::Retry(other),
     }
 }
@@ -151,7 +151,7 @@ async fn worker<R: OrderRepository>(
                 Failure::Fatal(e) => return Err(e),
                 Failure::Retry(e) => {
                     if !waiting {
-                        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "order processor waiting for storage; pending orders stay pending");
+                        tracing::warn!(error = %e, "order processor waiting for storage; pending orders stay pending");
                         waiting = true;
                     }
                     tokio::select! {

@@ -363,3 +363,136 @@ impl OrderClients {
         seen
     }
 }
+
+/// Clients placing orders back to back over REST, each create with its own `client_order_id`,
+/// recording every answer: the accounting of the fault tests.
+pub struct Creators {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: tokio::task::JoinSet<Vec<Answer>>,
+    pub started: std::time::Instant,
+}
+
+/// One create's answer, as a client saw it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// When, since [`Creators::start`].
+    pub at: Duration,
+    /// The HTTP status, or `None` when no answer came (a refused or broken connection).
+    pub status: Option<u16>,
+    pub retry_after: bool,
+    /// The order's id, for 200/201.
+    pub id: Option<String>,
+    pub error: String,
+}
+
+impl Creators {
+    /// `n` clients spread over `bases` (`http://host:port`).
+    pub fn start(n: usize, bases: &[String]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let base = bases[i % bases.len()].clone();
+            let stop = std::sync::Arc::clone(&stop);
+            tasks.spawn(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .unwrap();
+                let mut answers = Vec::new();
+                let mut seq = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seq += 1;
+                    let body = serde_json::json!({"symbol": "AAPL", "order_type": "MARKET", "order_side": "BUY",
+                        "quantity": 1, "client_order_id": format!("c{i}-{seq}")});
+                    let sent = client.post(format!("{base}/api/orders")).json(&body).send().await;
+                    let at = started.elapsed();
+                    let answer = match sent {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let retry_after = resp.headers().contains_key("retry-after");
+                            let v: Value = resp.json().await.unwrap_or(Value::Null);
+                            Answer {
+                                at,
+                                status: Some(status),
+                                retry_after,
+                                id: v["id"].as_str().map(str::to_owned),
+                                error: v["error"].as_str().unwrap_or_default().to_owned(),
+                            }
+                        }
+                        Err(e) => Answer {
+                            at,
+                            status: None,
+                            retry_after: false,
+                            id: None,
+                            error: e.to_string(),
+                        },
+                    };
+                    let failed = !matches!(answer.status, Some(200 | 201));
+                    answers.push(answer);
+                    if failed {
+                        // As a client honouring Retry-After would, but quicker, to see recovery.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                answers
+            });
+        }
+        Self { stop, tasks, started }
+    }
+
+    pub async fn finish(mut self) -> Vec<Answer> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        while let Some(answers) = self.tasks.join_next().await {
+            all.extend(answers.unwrap());
+        }
+        all.sort_by_key(|a| a.at);
+        all
+    }
+}
+
+/// What the clients saw, by status, for the test's output and docs/faults.md.
+pub fn status_mix(answers: &[Answer]) -> std::collections::BTreeMap<String, usize> {
+    let mut mix = std::collections::BTreeMap::new();
+    for a in answers {
+        let key = a.status.map_or_else(|| "no answer".to_owned(), |s| s.to_string());
+        *mix.entry(key).or_insert(0) += 1;
+    }
+    mix
+}
+
+/// The fault promise: clients see only 200/201, 503 with Retry-After, or 504; never a 500 or a
+/// broken connection.
+pub fn assert_only_allowed(answers: &[Answer]) {
+    for a in answers {
+        match a.status {
+            Some(200 | 201 | 504) => {}
+            Some(503) => assert!(a.retry_after, "503 without Retry-After: {a:?}"),
+            _ => panic!("a client saw {a:?}; mix {:?}", status_mix(answers)),
+        }
+    }
+}
+
+/// The first acknowledged create at or after `from`, as time after `from`.
+pub fn recovered_after(answers: &[Answer], from: Duration) -> Option<Duration> {
+    answers
+        .iter()
+        .find(|a| a.at >= from && matches!(a.status, Some(200 | 201)))
+        .map(|a| a.at - from)
+}
+
+/// Polls `/ready` until it answers `status`, for at most `within`; false if it never did.
+pub async fn ready_becomes(base: &str, status: u16, within: Duration) -> bool {
+    let client = reqwest::Client::new();
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if let Ok(resp) = client.get(format!("{base}/ready")).send().await
+            && resp.status().as_u16() == status
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

@@ -91,6 +91,17 @@ impl SqliteStore {
                 path,
             });
         }
+        // SQLite needs to write the file and, beside it, the WAL and its index. Asked of the
+        // kernel, not of the permission bits: a read-only mount or an immutable file refuses
+        // root too.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let writable = |p: &Path| !p.exists() || nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+        if !writable(&path) || !writable(dir) {
+            return Err(OpenError::ReadOnly { path: path.clone() });
+        }
         let open_err = |source: rusqlite::Error| match errors::full_disk(&source, &path) {
             Some(free) => OpenError::Full {
                 path: path.clone(),
@@ -102,6 +113,9 @@ impl SqliteStore {
             },
         };
         let mut conn = Connection::open(&path).map_err(open_err)?;
+        // The first read maps the file and its WAL index: where a full disk shows first.
+        conn.pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+            .map_err(open_err)?;
         // SQLite opens a file it may not write read-only, silently; say so now rather than
         // fail every order later.
         if conn.is_readonly(MAIN_DB).map_err(open_err)? {
