@@ -17,6 +17,15 @@ use std::time::{Duration, Instant};
 use common::{Answer, Creators, ServerProcess, assert_only_allowed, ready_becomes, recovered_after, status_mix};
 use nix::sys::signal::Signal;
 
+/// The tests that put load on the machine and time recovery run one at a time: two of them at
+/// once on two cores would measure each other.
+/// (An async mutex: each test has a runtime of its own, and the guard lives across awaits.)
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -148,6 +157,7 @@ impl Run {
 
 #[tokio::test]
 async fn a_full_disk_is_survived_and_nothing_acknowledged_is_lost() {
+    let _alone = heavy().await;
     // Room for the WAL to reach its checkpoint size (4 MiB) once space is back.
     let Some(fs) = Tmpfs::mount("16m") else { return };
     let mut server = ServerProcess::start(&fs.path().join("orders.db"), &[]).await;
@@ -191,6 +201,7 @@ async fn a_full_disk_is_survived_and_nothing_acknowledged_is_lost() {
 /// Slow: another process holds the database's write lock for 15 s.
 #[tokio::test]
 async fn an_external_lock_for_15_s_is_survived() {
+    let _alone = heavy().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orders.db");
     let mut server = ServerProcess::start(&db, &[]).await;
@@ -429,10 +440,11 @@ async fn sigterm_right_after_exec_is_handled_not_fatal() {
             .spawn()
             .unwrap();
         let pid = child.id().unwrap();
-        // The program's first line holds the signals; wait until the kernel shows it has run
-        // (the loader before it is not the program's to cover), then signal after `delay_ms`.
+        // The program's first line holds the signal, and start-up later catches it; wait until
+        // the kernel shows either (the loader before main is not the program's to cover), then
+        // signal after `delay_ms`.
         let until = Instant::now() + Duration::from_secs(5);
-        while !holds_sigterm(pid) {
+        while !main_has_run(pid) {
             assert!(Instant::now() < until, "SIGTERM never held");
             tokio::task::yield_now().await;
         }
@@ -450,14 +462,18 @@ async fn sigterm_right_after_exec_is_handled_not_fatal() {
     }
 }
 
-/// Whether the process's main thread holds SIGTERM (bit 15 of `SigBlk`).
-fn holds_sigterm(pid: u32) -> bool {
+/// Whether the process's main thread holds SIGTERM (`SigBlk`) or has a handler for it
+/// (`SigCgt`): signal 15 is bit 14 of either mask.
+fn main_has_run(pid: u32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigBlk:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+    let has_sigterm = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+    };
+    has_sigterm("SigBlk:") || has_sigterm("SigCgt:")
 }
 
 #[tokio::test]
@@ -758,6 +774,44 @@ mod postgres {
         }
     }
 
+    /// Makes the database read-only (or writable again) for new sessions, and ends the
+    /// current ones so the replicas' pools reconnect under the new default.
+    async fn read_only(url: &str, on: bool) {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let value = if on { "on" } else { "off" };
+        // One statement per call: a multi-statement query is one transaction, begun read-only.
+        for sql in [
+            "SET default_transaction_read_only = off".to_owned(),
+            format!("ALTER DATABASE postgres SET default_transaction_read_only = {value}"),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = 'postgres'"
+                .to_owned(),
+        ] {
+            client.batch_execute(&sql).await.unwrap();
+        }
+    }
+
+    /// Creates an order at `base` until the status satisfies `wanted` (at most 5 s); the body.
+    async fn poll_create(base: &str, wanted: impl Fn(u16) -> bool) -> String {
+        let client = reqwest::Client::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let resp = client
+                .post(format!("{base}/api/orders"))
+                .json(&common::market_order())
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            if wanted(status) {
+                return body;
+            }
+            assert!(Instant::now() < until, "still {status}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     impl Drop for Cluster {
         fn drop(&mut self) {
             self.stop();
@@ -769,6 +823,7 @@ mod postgres {
     // Several threads: the cluster's start and stop block, and the clients must go on meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_ride_out_a_postgres_restart_and_a_10_s_stop() {
+        let _alone = heavy().await;
         let Some(mut pg) = Cluster::create() else { return };
         let url = pg.url();
         let env = [("DATABASE_URL", url.as_str()), ("REQUEST_TIMEOUT", "3s")];
@@ -828,12 +883,151 @@ mod postgres {
         still_running(&mut a);
         still_running(&mut b);
         assert_none_lost(&answers, &bases[0]).await;
+        // A failover to a standby, or an operator's read-only switch: writes fail with the
+        // server's own words in the log, and come back when it is undone.
+        read_only(&pg.url(), true).await;
+        let resp = poll_create(&bases[0], |s| s == 503).await;
+        assert!(resp.contains("read-only"), "{resp}");
+        assert!(ready_becomes(&bases[0], 503, Duration::from_secs(5)).await);
+        read_only(&pg.url(), false).await;
+        poll_create(&bases[0], |s| s == 201).await;
         a.signal(Signal::SIGTERM);
         let log = a.rest_of_log().await;
         assert_eq!(a.wait().await, Some(0));
-        let sqlstate = log.iter().any(|l| l.to_string().contains("SQLSTATE 57P01"));
+        let sqlstate = log.iter().any(|l| l.to_string().contains("SQLSTATE 25006"));
         assert!(sqlstate, "the server's own message (SQLSTATE) is not in the log");
         b.signal(Signal::SIGTERM);
         assert_eq!(b.wait().await, Some(0));
+    }
+}
+
+mod burst {
+    //! More connections than the server admits requests: excess is shed, probes still answer.
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    /// One HTTP/1.1 exchange on a kept-alive connection: the status, and whether Retry-After
+    /// came. `None` when the connection broke.
+    async fn exchange(stream: &mut BufReader<tokio::net::TcpStream>, request: &[u8]) -> Option<(u16, bool, bool)> {
+        stream.get_mut().write_all(request).await.ok()?;
+        let mut line = String::new();
+        stream.read_line(&mut line).await.ok()?;
+        let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        let (mut length, mut retry_after, mut close) = (0usize, false, false);
+        loop {
+            line.clear();
+            stream.read_line(&mut line).await.ok()?;
+            let header = line.trim_end().to_ascii_lowercase();
+            if header.is_empty() {
+                break;
+            }
+            if let Some(v) = header.strip_prefix("content-length:") {
+                length = v.trim().parse().ok()?;
+            }
+            retry_after |= header.starts_with("retry-after:");
+            close |= header == "connection: close";
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.ok()?;
+        Some((status, retry_after, close))
+    }
+
+    /// Slow (≈ 25 s): 2000 connections posting orders back to back for 20 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_connections_are_shed_not_dropped_and_health_answers() {
+        let _alone = heavy().await;
+        const CONNECTIONS: usize = 2000;
+        const FOR: Duration = Duration::from_secs(20);
+        // Client and server each hold 2000 sockets.
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        if hard < 4 * CONNECTIONS as u64 {
+            eprintln!("skipped: the open-file limit ({hard}) is below what 2000 connections need");
+            return;
+        }
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut server =
+            ServerProcess::start(&dir.path().join("orders.db"), &[("RUST_LOG", "info,tower_http=warn")]).await;
+        let addr = server.addr;
+        let body = br#"{"symbol":"AAPL","order_type":"LIMIT","order_side":"BUY","quantity":1,"price":1.0}"#;
+        let request = [
+            format!(
+                "POST /api/orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes(),
+            body.to_vec(),
+        ]
+        .concat();
+        let request = std::sync::Arc::new(request);
+        let until = Instant::now() + FOR;
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTIONS {
+            let request = std::sync::Arc::clone(&request);
+            clients.spawn(async move {
+                let mut tally = std::collections::BTreeMap::<String, usize>::new();
+                let mut stream = match tokio::net::TcpStream::connect(addr).await {
+                    Ok(s) => BufReader::new(s),
+                    Err(e) => {
+                        *tally.entry(format!("connect: {e}")).or_default() += 1;
+                        return tally;
+                    }
+                };
+                while Instant::now() < until {
+                    let key = match exchange(&mut stream, &request).await {
+                        Some((503, true, close)) => {
+                            if close {
+                                match tokio::net::TcpStream::connect(addr).await {
+                                    Ok(s) => stream = BufReader::new(s),
+                                    Err(_) => return tally,
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            "503".to_owned()
+                        }
+                        Some((status, _, _)) => status.to_string(),
+                        None => "broken".to_owned(),
+                    };
+                    let broken = key == "broken";
+                    *tally.entry(key).or_default() += 1;
+                    if broken {
+                        match tokio::net::TcpStream::connect(addr).await {
+                            Ok(s) => stream = BufReader::new(s),
+                            Err(_) => return tally,
+                        }
+                    }
+                }
+                tally
+            });
+        }
+        // A probe on a fresh connection every 200 ms, as a load balancer's health check.
+        let mut slowest_probe = Duration::ZERO;
+        let mut probes = 0;
+        while Instant::now() < until {
+            let asked = Instant::now();
+            let mut stream = BufReader::new(tokio::net::TcpStream::connect(addr).await.expect("probe connect"));
+            let answer = exchange(&mut stream, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+            assert_eq!(answer.map(|a| a.0), Some(200), "/health under load");
+            slowest_probe = slowest_probe.max(asked.elapsed());
+            probes += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut tally = std::collections::BTreeMap::<String, usize>::new();
+        while let Some(t) = clients.join_next().await {
+            for (k, n) in t.unwrap() {
+                *tally.entry(k).or_default() += n;
+            }
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id().unwrap())).unwrap();
+        let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?");
+        eprintln!(
+            "{CONNECTIONS} connections for {FOR:?}: {tally:?}; {probes} /health probes, slowest {slowest_probe:?}; server RSS peak {peak}"
+        );
+        let unexpected: Vec<_> = tally.keys().filter(|k| !["201", "503"].contains(&k.as_str())).collect();
+        assert!(unexpected.is_empty(), "{tally:?}");
+        assert!(tally.get("201").copied().unwrap_or(0) > 0, "{tally:?}");
+        stop_cleanly(&mut server).await;
     }
 }
