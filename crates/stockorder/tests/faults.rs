@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -649,130 +649,8 @@ mod postgres {
     //! A private PostgreSQL cluster, so a test can restart and stop it without disturbing any
     //! other test's database.
 
-    use std::os::unix::process::CommandExt;
-
     use super::*;
-
-    /// `initdb` + `postgres` under the `postgres` user, on a free port of 127.0.0.1.
-    pub struct Cluster {
-        dir: tempfile::TempDir,
-        bin: PathBuf,
-        /// The `postgres` user's uid and gid: the server refuses to run as root.
-        user: (u32, u32),
-        pub port: u16,
-        server: Option<std::process::Child>,
-    }
-
-    impl Cluster {
-        /// `None`, with the reason printed, without root or the server binaries.
-        pub fn create() -> Option<Self> {
-            if !is_root() {
-                eprintln!("skipped: a private PostgreSQL cluster needs root (to run it as `postgres`)");
-                return None;
-            }
-            let bin = std::fs::read_dir("/usr/lib/postgresql")
-                .ok()?
-                .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                .find(|b| b.join("initdb").exists());
-            let Some(bin) = bin else {
-                eprintln!("skipped: no PostgreSQL server binaries under /usr/lib/postgresql/*/bin");
-                return None;
-            };
-            let id = |flag: &str| {
-                std::process::Command::new("id")
-                    .args([flag, "postgres"])
-                    .output()
-                    .ok()
-                    .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-            };
-            let (Some(uid), Some(gid)) = (id("-u"), id("-g")) else {
-                eprintln!("skipped: no `postgres` user to run a cluster as");
-                return None;
-            };
-            let dir = tempfile::tempdir().unwrap();
-            let owner = std::process::Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(dir.path())
-                .status();
-            if !owner.is_ok_and(|s| s.success()) {
-                eprintln!("skipped: no `postgres` user to run a cluster as");
-                return None;
-            }
-            let ok = std::process::Command::new(bin.join("initdb"))
-                .uid(uid)
-                .gid(gid)
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-                .arg(dir.path().join("data"))
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!("skipped: initdb failed");
-                return None;
-            }
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut cluster = Self {
-                dir,
-                bin,
-                user: (uid, gid),
-                port,
-                server: None,
-            };
-            cluster.start();
-            Some(cluster)
-        }
-
-        pub fn url(&self) -> String {
-            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-        }
-
-        pub fn start(&mut self) {
-            let child = std::process::Command::new(self.bin.join("postgres"))
-                .uid(self.user.0)
-                .gid(self.user.1)
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                ])
-                .arg("-k")
-                .arg(self.dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            self.server = Some(child);
-            let until = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < until {
-                let ready = std::process::Command::new(self.bin.join("pg_isready"))
-                    .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ready {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            panic!("the private PostgreSQL did not start");
-        }
-
-        /// A fast shutdown: sessions are terminated (57P01), as `pg_ctl restart` does.
-        pub fn stop(&mut self) {
-            if let Some(mut child) = self.server.take() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGINT);
-                let _ = child.wait();
-            }
-        }
-    }
+    use common::cluster::Cluster;
 
     /// Makes the database read-only (or writable again) for new sessions, and ends the
     /// current ones so the replicas' pools reconnect under the new default.
@@ -809,12 +687,6 @@ mod postgres {
             }
             assert!(Instant::now() < until, "still {status}: {body}");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    impl Drop for Cluster {
-        fn drop(&mut self) {
-            self.stop();
         }
     }
 

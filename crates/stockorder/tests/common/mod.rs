@@ -1,6 +1,8 @@
 //! Test harness: the real service on port 0 with a temp database, reached over real sockets.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -122,6 +124,11 @@ impl ServerProcess {
         let mut serve = Command::new(env!("CARGO_BIN_EXE_stockorder"));
         serve.arg("serve");
         Self::spawn(serve, db, env, true).await
+    }
+
+    /// Starts `command` (the binary wrapped, e.g. in `ip netns exec`) like [`ServerProcess::start`].
+    pub async fn start_command(command: Command, db: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn(command, db, env, true).await
     }
 
     /// Starts one of the examples (`demo_1`…), built by `cargo test` beside the test binaries.
