@@ -12,16 +12,18 @@
 //! 4. returns a [`Report`]: one [`Entry`] per component with its phase, timing and [`Outcome`],
 //!    and an exit code.
 //!
-//! A second signal during shutdown exits the process at once with status 130
-//! ([`SecondSignal`]). Every task the coordinator starts is joined before [`Shutdown::run`]
-//! returns. The crate knows nothing of HTTP, gRPC or databases: a component is a name, a phase,
-//! and an async function.
+//! A second signal during a signal-started shutdown stops it at once, with exit code 128 + its
+//! number ([`SecondSignal`]). Every task the coordinator starts is joined before
+//! [`Shutdown::run`] returns (one that blocks its thread past the deadline is named and left
+//! behind), and a watchdog on its own OS thread ends the process if the deadline passes
+//! anyway, so even a wedged runtime cannot hold the shutdown up. The crate knows nothing of
+//! HTTP, gRPC or databases: a component is a name, a phase, and an async function.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //!
 //! #[tokio::main]
-//! async fn main() -> std::io::Result<()> {
+//! async fn main() -> std::io::Result<std::process::ExitCode> {
 //!     let mut shutdown = graceful::Shutdown::new()
 //!         .deadline(Duration::from_secs(30))
 //!         .drain_delay(Duration::from_secs(5))
@@ -42,7 +44,8 @@
 //!
 //!     let report = shutdown.run().await;
 //!     report.log();
-//!     std::process::exit(report.exit_code().into());
+//!     // Returned rather than `process::exit`: destructors run and logs are flushed.
+//!     Ok(std::process::ExitCode::from(report.exit_code()))
 //! }
 //! ```
 
@@ -53,11 +56,14 @@ mod report;
 mod shutdown;
 mod signal;
 mod stop;
+mod watchdog;
 
 pub use readiness::{DrainSwitch, Readiness};
-pub use report::{Entry, Outcome, Reason, Report};
+pub use report::{Entry, Failure, Outcome, Reason, Report};
 pub use shutdown::{Phase, SecondSignal, Shutdown, ShutdownHandle};
+pub use signal::Signal;
 pub use stop::{StopResult, StopSignal};
+pub use watchdog::DUPLICATE_WINDOW;
 
 #[cfg(test)]
 mod tests;

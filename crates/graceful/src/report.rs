@@ -1,12 +1,16 @@
 //! What a shutdown did: one entry per component, in the order they finished.
 
+use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::Signal;
 
 /// Why shutdown started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
-    /// A process signal (`SIGINT`, `SIGTERM`).
+    /// A process signal (`SIGINT`, `SIGTERM`), by name.
     Signal(&'static str),
     /// [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown) was called.
     Requested(String),
@@ -25,27 +29,114 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Why a component failed: the error's message and those of its sources (so an `anyhow` or
+/// `eyre` chain survives into the report and the log), and the error itself, for a caller that
+/// wants it typed ([`Failure::downcast_ref`]). Compared by its messages.
+#[derive(Clone)]
+pub struct Failure {
+    chain: Vec<String>,
+    error: Option<Arc<dyn Error + Send + Sync + 'static>>,
+}
+
+impl Failure {
+    /// A failure from an error, keeping its chain of sources.
+    pub fn from_error(error: Box<dyn Error + Send + Sync + 'static>) -> Self {
+        let mut chain = vec![error.to_string()];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            chain.push(cause.to_string());
+            source = cause.source();
+        }
+        Self {
+            chain,
+            error: Some(Arc::from(error)),
+        }
+    }
+
+    /// The error's own message, without its causes.
+    pub fn message(&self) -> &str {
+        &self.chain[0]
+    }
+
+    /// The messages of its sources, outermost first.
+    pub fn causes(&self) -> &[String] {
+        &self.chain[1..]
+    }
+
+    /// The error, when it was one (not a plain message).
+    pub fn error(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
+        self.error.as_deref()
+    }
+
+    /// The error as `E`, when it is one.
+    pub fn downcast_ref<E: Error + 'static>(&self) -> Option<&E> {
+        self.error()?.downcast_ref::<E>()
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            chain: vec![message],
+            error: None,
+        }
+    }
+}
+
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain
+    }
+}
+
+impl Eq for Failure {}
+
+impl fmt::Display for Failure {
+    /// `message: cause: cause`, as `anyhow` prints with `{:#}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.chain.join(": "))
+    }
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Failure").field(&self.chain).finish()
+    }
+}
+
 /// How one component's stop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Stopped cleanly within its deadline.
     Stopped,
     /// Its stop function or task returned an error.
-    Failed(String),
+    Failed(Failure),
     /// It panicked.
     Panicked(String),
-    /// Still running at its deadline: aborted. The one that held the shutdown up.
+    /// Still running at its deadline: aborted (or, when blocking its thread so that an abort
+    /// cannot reach it, left behind). The one that held the shutdown up.
     TimedOut,
-    /// Never started: the global deadline had passed before its phase came.
+    /// Never asked to stop: the global deadline had passed before its phase came (a task is
+    /// aborted unasked). Not a straggler: the time went to earlier phases.
     Skipped,
-    /// A long-running component that ended before shutdown (with its error, if any).
-    EndedEarly(Option<String>),
+    /// A long-running component that ended on its own before its stop (with its error, if any):
+    /// never clean, since a server or worker that stops serving by itself is a fault.
+    EndedEarly(Option<Failure>),
+    /// A one-shot task ([`Shutdown::spawn_oneshot`](crate::Shutdown::spawn_oneshot)) that had
+    /// finished its work, successfully, before its phase.
+    Finished,
 }
 
 impl Outcome {
     /// Whether this outcome leaves the shutdown clean (exit code 0).
     pub fn is_clean(&self) -> bool {
-        matches!(self, Outcome::Stopped | Outcome::EndedEarly(None))
+        matches!(self, Outcome::Stopped | Outcome::Finished)
     }
 }
 
@@ -57,8 +148,9 @@ impl fmt::Display for Outcome {
             Outcome::Panicked(e) => write!(f, "panicked: {e}"),
             Outcome::TimedOut => f.write_str("timed out: aborted at the deadline"),
             Outcome::Skipped => f.write_str("skipped: the deadline had passed"),
-            Outcome::EndedEarly(None) => f.write_str("had already ended"),
+            Outcome::EndedEarly(None) => f.write_str("had already ended on its own"),
             Outcome::EndedEarly(Some(e)) => write!(f, "had already ended: {e}"),
+            Outcome::Finished => f.write_str("finished its work earlier"),
         }
     }
 }
@@ -90,12 +182,16 @@ pub struct Report {
     pub total: Duration,
     /// The global deadline it ran under.
     pub deadline: Duration,
+    /// The second signal that cut the shutdown short, if one did: what was still stopping was
+    /// aborted, and the exit code is 128 + its number.
+    pub interrupted: Option<Signal>,
 }
 
 impl Report {
-    /// True when every component stopped cleanly within its deadline.
+    /// True when every component stopped cleanly, the whole shutdown within its deadline, and
+    /// no second signal cut it short.
     pub fn is_clean(&self) -> bool {
-        self.entries.iter().all(|e| e.outcome.is_clean())
+        self.interrupted.is_none() && self.total <= self.deadline && self.entries.iter().all(|e| e.outcome.is_clean())
     }
 
     /// The components aborted at a deadline: what held the shutdown up.
@@ -106,9 +202,15 @@ impl Report {
             .map(|e| e.component.as_str())
     }
 
-    /// 0 for a clean shutdown, 1 otherwise, for `std::process::ExitCode::from`.
+    /// For `std::process::ExitCode::from`: 0 for a clean shutdown, 128 + the signal's number
+    /// when a second signal cut it short (130 for SIGINT, 143 for SIGTERM: what a shell reports
+    /// for a program the signal ended), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
-        if self.is_clean() { 0 } else { 1 }
+        match self.interrupted {
+            Some(signal) => signal.exit_code(),
+            None if self.is_clean() => 0,
+            None => 1,
+        }
     }
 
     /// Logs the report through `tracing`: one event per component (fields `component`,
@@ -127,6 +229,8 @@ impl Report {
         let total_ms = ms(self.total);
         if self.is_clean() {
             tracing::info!(reason = %self.reason, total_ms, clean = true, "shutdown complete");
+        } else if let Some(signal) = self.interrupted {
+            tracing::error!(reason = %self.reason, total_ms, clean = false, interrupted_by = signal.name, stragglers = ?stragglers, "shutdown cut short by a second signal");
         } else {
             tracing::error!(reason = %self.reason, total_ms, clean = false, stragglers = ?stragglers, "shutdown complete with failures");
         }

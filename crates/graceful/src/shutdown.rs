@@ -3,29 +3,46 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{Entry, Outcome, Reason, Report};
+use crate::report::{Entry, Failure, Outcome, Reason, Report};
 use crate::signal::Signals;
+use crate::watchdog::{self, Watchdog};
 use crate::{DrainSwitch, Readiness, StopResult, StopSignal};
 
-/// A step of the shutdown. Phases run in the order they were created; the components of one
-/// phase stop concurrently. Returned by [`Shutdown::phase`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Phase(usize);
+/// How long an aborted straggler may take to be joined. A task that is blocking its thread
+/// cannot be aborted (an abort takes effect at its next `.await`); it is left behind, named in
+/// the report, rather than holding the shutdown up without bound.
+const ABORT_JOIN: Duration = Duration::from_millis(100);
 
-/// What a second signal during shutdown does.
+/// Tells coordinators apart, so a [`Phase`] cannot be used with the wrong one.
+static NEXT_COORDINATOR: AtomicU64 = AtomicU64::new(0);
+
+/// A step of the shutdown. Phases run in the order they were created; the components of one
+/// phase stop concurrently. Returned by [`Shutdown::phase`], and usable only with the
+/// coordinator that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phase {
+    owner: u64,
+    index: usize,
+}
+
+/// What a second signal during a signal-started shutdown does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecondSignal {
-    /// Exit the process at once with this code (130 by default: 128 + SIGINT, what shells
-    /// report for an interrupted program). The operator asked twice; waiting longer is wrong.
-    Exit(i32),
+    /// Stop at once (the default): [`Shutdown::run`] returns the report so far, with what was
+    /// still stopping aborted, and [`Report::exit_code`] is 128 + the signal's number (130 for
+    /// SIGINT, 143 for SIGTERM). If the process has not exited a second later (a wedged
+    /// runtime), the watchdog exits it with that code. The operator asked twice; waiting
+    /// longer is wrong.
+    Exit,
     /// Ignore it and let the shutdown finish.
     Ignore,
 }
@@ -47,9 +64,14 @@ impl ShutdownHandle {
         }
         self.token.cancel();
     }
+
+    fn reason(&self) -> Reason {
+        let why = self.reason.lock().ok().and_then(|r| r.clone());
+        Reason::Requested(why.unwrap_or_default())
+    }
 }
 
-type BoxedStop = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
+type BoxedStop = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>> + Send>;
 
 struct PhaseSpec {
     name: String,
@@ -65,8 +87,10 @@ struct Hook {
 struct Task {
     name: String,
     phase: usize,
-    stop: CancellationToken,
-    handle: JoinHandle<Result<(), String>>,
+    stop: StopSignal,
+    handle: JoinHandle<Result<(), Failure>>,
+    /// May finish its work before shutdown without that being a fault ([`Shutdown::spawn_oneshot`]).
+    oneshot: bool,
 }
 
 /// Sends its id when dropped: when the future holding it completes, panics or is aborted. This
@@ -91,13 +115,21 @@ impl Drop for EndGuard {
 ///    budget and all of it by the global deadline; whatever is still running at a deadline is
 ///    aborted and named,
 ///
-/// and returns a [`Report`]. Every task it starts is joined before `run` returns.
+/// and returns a [`Report`]. Every task it starts is joined before `run` returns, except one
+/// that blocks its thread past the deadline (an abort cannot reach it): that one is named in
+/// the report and left behind. A watchdog thread makes the deadline hold even when the runtime
+/// itself is wedged (see [`Shutdown::watchdog_grace`]).
+///
+/// Dropping a coordinator without running it (set-up failed half-way) stops what it started:
+/// readiness turns to draining and its tasks are aborted.
 pub struct Shutdown {
+    id: u64,
     phases: Vec<PhaseSpec>,
     hooks: Vec<Hook>,
     tasks: Vec<Task>,
     deadline: Duration,
     drain_delay: Duration,
+    watchdog_grace: Option<Duration>,
     signals: Option<Signals>,
     second_signal: SecondSignal,
     draining: DrainSwitch,
@@ -105,6 +137,7 @@ pub struct Shutdown {
     ended_tx: mpsc::UnboundedSender<usize>,
     ended_rx: mpsc::UnboundedReceiver<usize>,
     observer: Option<Observer>,
+    ran: bool,
 }
 
 /// Called with each report entry the moment it is known.
@@ -116,22 +149,42 @@ impl Default for Shutdown {
     }
 }
 
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        if self.ran {
+            return;
+        }
+        // Never run: nothing will stop these tasks or report on them, and a readiness that says
+        // "ready" while nothing serves would send traffic into the void.
+        self.draining.start_draining();
+        for task in &self.tasks {
+            task.stop.cancel();
+            task.handle.abort();
+        }
+    }
+}
+
 impl Shutdown {
     /// The default global deadline: what Kubernetes allows before SIGKILL.
     pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
-    /// A coordinator with no phases, a 30 s deadline, no drain delay, and no signal handling
-    /// (see [`Shutdown::catch_signals`]).
+    /// The default time the watchdog allows past the global deadline before it ends the process.
+    pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_millis(500);
+
+    /// A coordinator with no phases, a 30 s deadline, no drain delay, the watchdog on, and no
+    /// signal handling (see [`Shutdown::catch_signals`]).
     pub fn new() -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Self {
+            id: NEXT_COORDINATOR.fetch_add(1, Ordering::Relaxed),
             phases: Vec::new(),
             hooks: Vec::new(),
             tasks: Vec::new(),
             deadline: Self::DEFAULT_DEADLINE,
             drain_delay: Duration::ZERO,
+            watchdog_grace: Some(Self::DEFAULT_WATCHDOG_GRACE),
             signals: None,
-            second_signal: SecondSignal::Exit(130),
+            second_signal: SecondSignal::Exit,
             draining: DrainSwitch::new(),
             handle: ShutdownHandle {
                 token: CancellationToken::new(),
@@ -140,6 +193,7 @@ impl Shutdown {
             ended_tx,
             ended_rx,
             observer: None,
+            ran: false,
         }
     }
 
@@ -155,6 +209,16 @@ impl Shutdown {
         self
     }
 
+    /// How long past the global deadline the watchdog waits before it writes what is still
+    /// stopping to stderr and exits the process with status 1 (500 ms by default). The
+    /// watchdog runs on an OS thread of its own, so this holds when the runtime is wedged.
+    /// `None` turns it off: for a program embedding the coordinator that must never have its
+    /// process exited by a library.
+    pub fn watchdog_grace(mut self, grace: Option<Duration>) -> Self {
+        self.watchdog_grace = grace;
+        self
+    }
+
     /// Listens for SIGINT and SIGTERM from now on (handlers are installed here, so a signal
     /// that arrives before [`Shutdown::run`] is not lost). Must be called inside a runtime.
     pub fn catch_signals(mut self) -> std::io::Result<Self> {
@@ -162,7 +226,14 @@ impl Shutdown {
         Ok(self)
     }
 
-    /// What a second signal during shutdown does ([`SecondSignal::Exit`]`(130)` by default).
+    /// What a second signal during a signal-started shutdown does ([`SecondSignal::Exit`] by
+    /// default). Which signals count as second:
+    ///
+    /// - Signals within [`DUPLICATE_WINDOW`](crate::DUPLICATE_WINDOW) (200 ms) of the one that
+    ///   started the shutdown are the same request: a supervisor forwarding both SIGINT and
+    ///   SIGTERM, or a Ctrl+C that reached a process group twice.
+    /// - A shutdown started another way (a [`ShutdownHandle`], such as an in-place upgrade, or
+    ///   a component ending) takes the first signal as the first request, not as a second.
     pub fn on_second_signal(mut self, action: SecondSignal) -> Self {
         self.second_signal = action;
         self
@@ -179,21 +250,31 @@ impl Shutdown {
 
     /// Adds a phase after the existing ones, bounded only by the global deadline.
     pub fn phase(&mut self, name: impl Into<String>) -> Phase {
-        self.phases.push(PhaseSpec {
-            name: name.into(),
-            budget: None,
-        });
-        Phase(self.phases.len() - 1)
+        self.add_phase(name.into(), None)
     }
 
     /// Adds a phase with its own time budget (still within the global deadline), so one slow
     /// phase cannot eat the time a later one needs, such as closing the database.
     pub fn phase_with_budget(&mut self, name: impl Into<String>, budget: Duration) -> Phase {
-        self.phases.push(PhaseSpec {
-            name: name.into(),
-            budget: Some(budget),
-        });
-        Phase(self.phases.len() - 1)
+        self.add_phase(name.into(), Some(budget))
+    }
+
+    fn add_phase(&mut self, name: String, budget: Option<Duration>) -> Phase {
+        self.phases.push(PhaseSpec { name, budget });
+        Phase {
+            owner: self.id,
+            index: self.phases.len() - 1,
+        }
+    }
+
+    /// The phase's index, refusing one made by another coordinator: its components would
+    /// never be stopped, joined or reported.
+    fn own(&self, phase: Phase) -> usize {
+        assert!(
+            phase.owner == self.id,
+            "graceful: a Phase of another Shutdown was passed; use the phases of the coordinator you register with"
+        );
+        phase.index
     }
 
     /// The readiness switch adapters watch.
@@ -207,15 +288,19 @@ impl Shutdown {
     }
 
     /// Registers a stop function, called when `phase` comes: close a pool, flush a buffer.
+    ///
+    /// # Panics
+    /// If `phase` belongs to another coordinator.
     pub fn on_stop<F, Fut>(&mut self, phase: Phase, name: impl Into<String>, stop: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future + Send + 'static,
         Fut::Output: StopResult,
     {
+        let phase = self.own(phase);
         self.hooks.push(Hook {
             name: name.into(),
-            phase: phase.0,
+            phase,
             stop: Box::new(move || Box::pin(async move { stop().await.into_stop_result() })),
         });
     }
@@ -223,29 +308,60 @@ impl Shutdown {
     /// Starts a long-running component now (a server, a worker) as a task this coordinator
     /// owns. It gets a [`StopSignal`] that fires when `phase` comes, and should then finish its
     /// work and return; its stop is done when it has returned. If it ends on its own before
-    /// that, the whole shutdown starts ([`Reason::ComponentEnded`]). Must be called inside a
-    /// runtime.
+    /// that, successfully or not, the whole shutdown starts ([`Reason::ComponentEnded`]) and
+    /// the report is not clean: a server that stops serving by itself is a fault, and a
+    /// supervisor's `Restart=on-failure` must see it. Must be called inside a runtime.
+    ///
+    /// # Panics
+    /// If `phase` belongs to another coordinator.
     pub fn spawn<F, Fut>(&mut self, phase: Phase, name: impl Into<String>, run: F)
     where
         F: FnOnce(StopSignal) -> Fut,
         Fut: Future + Send + 'static,
         Fut::Output: StopResult,
     {
-        let stop = CancellationToken::new();
+        self.start_task(phase, name.into(), run, false);
+    }
+
+    /// Like [`Shutdown::spawn`], for work that may finish by itself (a migration, a cache
+    /// warm-up): finishing does not start the shutdown. When `phase` comes it is told to stop
+    /// if it still runs; a success before that is reported [`Outcome::Finished`], an error
+    /// [`Outcome::Failed`].
+    ///
+    /// # Panics
+    /// If `phase` belongs to another coordinator.
+    pub fn spawn_oneshot<F, Fut>(&mut self, phase: Phase, name: impl Into<String>, run: F)
+    where
+        F: FnOnce(StopSignal) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: StopResult,
+    {
+        self.start_task(phase, name.into(), run, true);
+    }
+
+    fn start_task<F, Fut>(&mut self, phase: Phase, name: String, run: F, oneshot: bool)
+    where
+        F: FnOnce(StopSignal) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: StopResult,
+    {
+        let phase = self.own(phase);
+        let stop = StopSignal::new();
         let guard = EndGuard {
             id: self.tasks.len(),
             ended: self.ended_tx.clone(),
         };
-        let future = run(StopSignal(stop.clone()));
+        let future = run(stop.clone());
         let handle = tokio::spawn(async move {
             let _guard = guard;
             future.await.into_stop_result()
         });
         self.tasks.push(Task {
-            name: name.into(),
-            phase: phase.0,
+            name,
+            phase,
             stop,
             handle,
+            oneshot,
         });
     }
 
@@ -258,104 +374,116 @@ impl Shutdown {
         let token = self.handle.token.clone();
         tokio::select! {
             out = work => Ok(out),
-            () = token.cancelled() => {
-                let why = self.handle.reason.lock().ok().and_then(|r| r.clone());
-                Err(Reason::Requested(why.unwrap_or_default()))
-            }
-            signal = async {
-                match &mut self.signals {
-                    Some(s) => s.next().await,
-                    None => std::future::pending().await,
-                }
-            } => Err(Reason::Signal(signal)),
+            () = token.cancelled() => Err(self.handle.reason()),
+            signal = next_signal(&mut self.signals) => Err(Reason::Signal(signal.name)),
         }
     }
 
     /// Waits for a trigger, then shuts down as described on [`Shutdown`], and reports.
     pub async fn run(mut self) -> Report {
-        let (reason, ended_early) = self.wait_for_trigger().await;
+        let (reason, mut ended_early) = self.wait_for_trigger().await;
         let started = Instant::now();
         tracing::info!(reason = %reason, "shutdown started: readiness off");
         self.draining.start_draining();
+        self.ran = true;
 
-        let Shutdown {
-            phases,
-            hooks,
-            tasks,
-            deadline,
-            drain_delay,
-            mut signals,
-            second_signal,
-            ended_tx,
-            mut ended_rx,
-            observer,
-            ..
-        } = self;
-        let plan = Plan {
-            phases,
-            hooks,
-            tasks,
-            ended_early,
-            started,
-            deadline_at: started + deadline,
-            drain_delay,
-            ended_tx,
-            entries: Entries {
-                list: Vec::new(),
-                observer,
-            },
-        };
-        let entries = tokio::select! {
-            entries = plan.execute(&mut ended_rx) => entries,
-            signal = second(&mut signals, second_signal) => {
-                tracing::error!(signal, code = ?second_signal, "second signal during shutdown: exiting now");
-                if let SecondSignal::Exit(code) = second_signal {
-                    std::process::exit(code);
-                }
-                unreachable!("second() never resolves when second signals are ignored")
+        let first_signal = matches!(reason, Reason::Signal(_)).then(std::time::Instant::now);
+        let watch_signals = self.signals.is_some() && self.second_signal == SecondSignal::Exit;
+        let watchdog = Watchdog::start(watchdog::Plan {
+            hard_deadline: self
+                .watchdog_grace
+                .map(|grace| std::time::Instant::now() + self.deadline + grace),
+            signals: watch_signals,
+            first_signal,
+        });
+        let watchdog = match watchdog {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the shutdown watchdog: the deadline holds only while the runtime runs");
+                None
             }
         };
+        // Components that ended while the trigger was being noticed.
+        while let Ok(id) = self.ended_rx.try_recv() {
+            ended_early.insert(id);
+        }
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let aborts = Arc::new(Mutex::new(
+            self.tasks.iter().map(|t| t.handle.abort_handle()).collect::<Vec<_>>(),
+        ));
+        let plan = Plan {
+            phases: std::mem::take(&mut self.phases),
+            hooks: std::mem::take(&mut self.hooks),
+            tasks: std::mem::take(&mut self.tasks),
+            ended_early,
+            started,
+            deadline_at: started + self.deadline,
+            drain_delay: self.drain_delay,
+            ended_tx: self.ended_tx.clone(),
+            entries: Entries {
+                list: Arc::clone(&entries),
+                observer: self.observer.take(),
+            },
+            aborts: Arc::clone(&aborts),
+            stopping: watchdog.as_ref().map(|w| Arc::clone(&w.shared)),
+        };
+        let interrupt = watchdog.as_ref().map(|w| w.interrupt.clone());
+        let interrupted = tokio::select! {
+            () = plan.execute(&mut self.ended_rx) => None,
+            () = async {
+                match &interrupt {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Whatever was still stopping is abandoned: abort it rather than leave it running.
+                if let Ok(aborts) = aborts.lock() {
+                    aborts.iter().for_each(AbortHandle::abort);
+                }
+                watchdog.as_ref().and_then(|w| w.shared.interrupted.lock().ok().and_then(|s| *s))
+            }
+        };
+        if let Some(w) = &watchdog {
+            w.finished();
+        }
+        let entries = entries.lock().map(|e| e.clone()).unwrap_or_default();
         Report {
             reason,
             entries,
             total: started.elapsed(),
-            deadline,
+            deadline: self.deadline,
+            interrupted,
         }
     }
 
     async fn wait_for_trigger(&mut self) -> (Reason, HashSet<usize>) {
         let mut ended_early = HashSet::new();
         let token = self.handle.token.clone();
-        let reason = tokio::select! {
-            () = token.cancelled() => {
-                let why = self.handle.reason.lock().ok().and_then(|r| r.clone());
-                Reason::Requested(why.unwrap_or_default())
-            }
-            signal = async {
-                match &mut self.signals {
-                    Some(s) => s.next().await,
-                    None => std::future::pending().await,
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return (self.handle.reason(), ended_early),
+                signal = next_signal(&mut self.signals) => {
+                    tracing::info!(signal = signal.name, "signal received");
+                    return (Reason::Signal(signal.name), ended_early);
                 }
-            } => Reason::Signal(signal),
-            Some(id) = self.ended_rx.recv() => {
-                ended_early.insert(id);
-                let name = self.tasks.get(id).map(|t| t.name.clone()).unwrap_or_default();
-                tracing::error!(component = %name, "a component ended on its own");
-                Reason::ComponentEnded(name)
+                Some(id) = self.ended_rx.recv() => {
+                    ended_early.insert(id);
+                    let Some(task) = self.tasks.get(id) else { continue }; // a hook: cannot be before run
+                    if task.oneshot {
+                        continue; // finishing is what it was for
+                    }
+                    tracing::error!(component = %task.name, "a component ended on its own");
+                    return (Reason::ComponentEnded(task.name.clone()), ended_early);
+                }
             }
-        };
-        while let Ok(id) = self.ended_rx.try_recv() {
-            ended_early.insert(id);
         }
-        (reason, ended_early)
     }
 }
 
-/// Resolves on a second signal when that should end the process; never otherwise.
-async fn second(signals: &mut Option<Signals>, action: SecondSignal) -> &'static str {
-    match (signals, action) {
-        (Some(s), SecondSignal::Exit(_)) => s.next().await,
-        _ => std::future::pending().await,
+async fn next_signal(signals: &mut Option<Signals>) -> crate::Signal {
+    match signals {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -364,17 +492,24 @@ struct Plan {
     phases: Vec<PhaseSpec>,
     hooks: Vec<Hook>,
     tasks: Vec<Task>,
+    /// Every component known to have ended, whenever it was learnt: its end message has been
+    /// consumed, so its phase must not wait for one.
     ended_early: HashSet<usize>,
     started: Instant,
     deadline_at: Instant,
     drain_delay: Duration,
     ended_tx: mpsc::UnboundedSender<usize>,
     entries: Entries,
+    /// Every task's abort handle, for a second signal to abandon what is still stopping.
+    aborts: Arc<Mutex<Vec<AbortHandle>>>,
+    /// What the watchdog reports as still stopping, if there is a watchdog.
+    stopping: Option<Arc<watchdog::Shared>>,
 }
 
-/// The report's entries as they come, each shown to the observer when added.
+/// The report's entries as they come, each shown to the observer when added. Shared, so a
+/// shutdown cut short still reports what had finished.
 struct Entries {
-    list: Vec<Entry>,
+    list: Arc<Mutex<Vec<Entry>>>,
     observer: Option<Observer>,
 }
 
@@ -383,7 +518,9 @@ impl Entries {
         if let Some(observe) = &self.observer {
             observe(&entry);
         }
-        self.list.push(entry);
+        if let Ok(mut list) = self.list.lock() {
+            list.push(entry);
+        }
     }
 }
 
@@ -392,12 +529,14 @@ struct Stopping {
     id: usize,
     name: String,
     started: Instant,
-    handle: JoinHandle<Result<(), String>>,
+    handle: JoinHandle<Result<(), Failure>>,
+    /// Ended before its phase (learnt any time before).
     early: bool,
+    oneshot: bool,
 }
 
 impl Plan {
-    async fn execute(self, ended: &mut mpsc::UnboundedReceiver<usize>) -> Vec<Entry> {
+    async fn execute(self, ended: &mut mpsc::UnboundedReceiver<usize>) {
         let Plan {
             phases,
             hooks,
@@ -408,13 +547,24 @@ impl Plan {
             drain_delay,
             ended_tx,
             mut entries,
+            aborts,
+            stopping: watched,
         } = self;
         if !drain_delay.is_zero() {
             tracing::info!(
                 delay_ms = drain_delay.as_millis() as u64,
                 "drain delay: still serving, unready"
             );
-            tokio::time::sleep_until((started + drain_delay).min(deadline_at)).await;
+            // A component that ends meanwhile is noted, so its phase reports it as ended early
+            // (with its error) instead of waiting for an end that was already announced.
+            let until = tokio::time::sleep_until((started + drain_delay).min(deadline_at));
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    () = &mut until => break,
+                    Some(id) = ended.recv() => { ended_early.insert(id); }
+                }
+            }
             entries.push(Entry {
                 component: "drain delay".into(),
                 phase: "drain".into(),
@@ -432,19 +582,28 @@ impl Plan {
         for (index, phase) in phases.iter().enumerate() {
             let phase_start = Instant::now();
             let phase_deadline = phase.budget.map_or(deadline_at, |b| (phase_start + b).min(deadline_at));
+            let out_of_time = phase_start >= deadline_at;
             let mut stopping = Vec::new();
             let mut skipped = Vec::new();
             for (id, slot) in tasks.iter_mut().enumerate() {
                 if slot.as_ref().is_some_and(|t| t.phase == index)
                     && let Some(task) = slot.take()
                 {
-                    task.stop.cancel();
+                    let early = ended_early.contains(&id);
+                    if out_of_time && !early {
+                        // Its phase never got time: aborted unasked, and not its fault.
+                        task.handle.abort();
+                        skipped.push(task.name);
+                        continue;
+                    }
+                    task.stop.stop_by(phase_deadline);
                     stopping.push(Stopping {
                         id,
                         name: task.name,
                         started: phase_start,
                         handle: task.handle,
-                        early: ended_early.contains(&id),
+                        early,
+                        oneshot: task.oneshot,
                     });
                 }
             }
@@ -452,7 +611,7 @@ impl Plan {
                 if slot.as_ref().is_some_and(|h| h.phase == index)
                     && let Some(hook) = slot.take()
                 {
-                    if Instant::now() >= deadline_at {
+                    if out_of_time {
                         skipped.push(hook.name);
                         continue;
                     }
@@ -465,12 +624,16 @@ impl Plan {
                         let _guard = guard;
                         stop.await
                     });
+                    if let Ok(mut aborts) = aborts.lock() {
+                        aborts.push(handle.abort_handle());
+                    }
                     stopping.push(Stopping {
                         id: hook_base + offset,
                         name: hook.name,
                         started: phase_start,
                         handle,
                         early: false,
+                        oneshot: false,
                     });
                 }
             }
@@ -487,6 +650,19 @@ impl Plan {
                     outcome: Outcome::Skipped,
                 });
             }
+            if let Some(w) = &watched
+                && let Ok(mut names) = w.stopping.lock()
+            {
+                *names = stopping
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, phase.name))
+                    .collect();
+            }
+            // Those that ended before their phase need no message: it was consumed already.
+            let (done, mut stopping): (Vec<_>, Vec<_>) = stopping.into_iter().partition(|s| s.early);
+            for s in done {
+                entries.push(finish(s, &phase.name, started, false).await);
+            }
             let timer = tokio::time::sleep_until(phase_deadline);
             tokio::pin!(timer);
             while !stopping.is_empty() {
@@ -494,7 +670,7 @@ impl Plan {
                     Some(id) = ended.recv() => {
                         if let Some(pos) = stopping.iter().position(|s| s.id == id) {
                             let s = stopping.swap_remove(pos);
-                            entries.push(finish(s, &phase.name, started).await);
+                            entries.push(finish(s, &phase.name, started, false).await);
                         } else {
                             // A component of a later phase ended before its turn.
                             ended_early.insert(id);
@@ -503,26 +679,41 @@ impl Plan {
                     () = &mut timer => {
                         for s in stopping.drain(..) {
                             s.handle.abort();
-                            entries.push(finish(s, &phase.name, started).await);
+                            entries.push(finish(s, &phase.name, started, true).await);
                         }
                     }
                 }
             }
+            if let Some(w) = &watched
+                && let Ok(mut names) = w.stopping.lock()
+            {
+                names.clear();
+            }
         }
-        entries.list
     }
 }
 
-/// Joins a component's task and turns how it ended into a report entry.
-async fn finish(s: Stopping, phase: &str, trigger: Instant) -> Entry {
-    let joined = s.handle.await;
+/// Joins a component's task (at most [`ABORT_JOIN`] after an abort) and turns how it ended
+/// into a report entry.
+async fn finish(s: Stopping, phase: &str, trigger: Instant, aborted: bool) -> Entry {
+    let joined = if aborted {
+        tokio::time::timeout(ABORT_JOIN, s.handle).await.ok()
+    } else {
+        Some(s.handle.await)
+    };
     let outcome = match joined {
-        Err(e) if e.is_cancelled() => Outcome::TimedOut,
-        Err(e) => Outcome::Panicked(panic_message(e)),
+        // Blocking its thread: the abort cannot reach it. Left behind, named.
+        None => Outcome::TimedOut,
+        Some(Err(e)) if e.is_cancelled() => Outcome::TimedOut,
+        Some(Err(e)) => Outcome::Panicked(panic_message(e)),
+        Some(Ok(result)) if s.oneshot && s.early => match result {
+            Ok(()) => Outcome::Finished,
+            Err(e) => Outcome::Failed(e),
+        },
+        Some(Ok(result)) if s.early => Outcome::EndedEarly(result.err()),
         // Finished in the instant between the deadline and the abort: it made it.
-        Ok(result) if s.early => Outcome::EndedEarly(result.err()),
-        Ok(Ok(())) => Outcome::Stopped,
-        Ok(Err(e)) => Outcome::Failed(e),
+        Some(Ok(Ok(()))) => Outcome::Stopped,
+        Some(Ok(Err(e))) => Outcome::Failed(e),
     };
     let entry = Entry {
         component: s.name,

@@ -1,5 +1,32 @@
-//! Process signals: SIGINT and SIGTERM, installed once and listened to twice (the first starts
-//! the shutdown, a second one cuts it short).
+//! Process signals: SIGINT and SIGTERM, installed once. The first starts the shutdown; what a
+//! later one does is the watchdog's business (`watchdog.rs`).
+
+/// A termination signal, by name and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    /// `SIGINT` or `SIGTERM`.
+    pub name: &'static str,
+    /// Its number (2 or 15 on every Unix tokio supports).
+    pub number: u8,
+}
+
+impl Signal {
+    /// Ctrl+C.
+    pub const INTERRUPT: Signal = Signal {
+        name: "SIGINT",
+        number: 2,
+    };
+    /// What `kill`, systemd and Kubernetes send.
+    pub const TERMINATE: Signal = Signal {
+        name: "SIGTERM",
+        number: 15,
+    };
+
+    /// 128 + the number: the status a shell reports for a program this signal ended.
+    pub fn exit_code(self) -> u8 {
+        128 + self.number
+    }
+}
 
 /// The process's termination signals, registered when this is created, so a signal that arrives
 /// before anyone awaits it is still seen (and does not kill the process by default action).
@@ -11,7 +38,7 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    /// Installs the handlers. Must be called inside a tokio runtime.
+    /// Installs the handlers, on the runtime this is called in.
     pub(crate) fn install() -> std::io::Result<Self> {
         #[cfg(unix)]
         {
@@ -28,18 +55,18 @@ impl Signals {
     }
 
     /// Resolves on the next SIGINT or SIGTERM and says which.
-    pub(crate) async fn next(&mut self) -> &'static str {
+    pub(crate) async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = self.interrupt.recv() => "SIGINT",
-                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.interrupt.recv() => Signal::INTERRUPT,
+                _ = self.terminate.recv() => Signal::TERMINATE,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
-            "Ctrl+C"
+            Signal::INTERRUPT
         }
     }
 }

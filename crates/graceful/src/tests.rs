@@ -253,3 +253,250 @@ async fn unless_triggered_abandons_startup_on_a_trigger() {
     assert_eq!(abandoned.err(), Some(Reason::Requested("stop during start-up".into())));
     assert_eq!(started.elapsed(), Duration::from_millis(100));
 }
+
+/// Item 1: a component that ended before its phase is finished at once, not waited for until
+/// the phase deadline (its end message was consumed by the trigger wait).
+#[tokio::test(start_paused = true)]
+async fn a_component_that_ended_first_does_not_stall_its_phase() {
+    let mut shutdown = Shutdown::new().deadline(ms(30_000));
+    let servers = shutdown.phase_with_budget("servers", ms(20_000));
+    shutdown.spawn(servers, "accept loop", |_stop| async move {
+        tokio::time::sleep(ms(10)).await;
+    });
+    let report = shutdown.run().await;
+    assert_eq!(report.reason, Reason::ComponentEnded("accept loop".into()));
+    assert_eq!(report.entries[0].outcome, Outcome::EndedEarly(None));
+    assert_eq!(report.total, Duration::ZERO, "{report}");
+}
+
+/// Item 1: a worker of a later phase that exits while an earlier phase runs is reported when
+/// its phase comes, at once.
+#[tokio::test(start_paused = true)]
+async fn a_later_worker_that_exits_during_an_earlier_phase_does_not_stall() {
+    let mut shutdown = Shutdown::new().deadline(ms(30_000));
+    let servers = shutdown.phase("servers");
+    let workers = shutdown.phase_with_budget("workers", ms(20_000));
+    shutdown.spawn(servers, "http", |stop| async move {
+        stop.stopped().await;
+        tokio::time::sleep(ms(100)).await;
+    });
+    let handle = shutdown.handle();
+    shutdown.spawn(workers, "processor", move |_stop| async move {
+        handle.shutdown("test");
+        tokio::time::sleep(ms(50)).await; // ends during "servers", before its own phase
+    });
+    let report = shutdown.run().await;
+    let processor = report.entries.iter().find(|e| e.component == "processor").unwrap();
+    assert_eq!(processor.outcome, Outcome::EndedEarly(None));
+    assert_eq!(report.total, ms(100), "{report}");
+}
+
+/// Item 4: a task whose phase begins after the global deadline was never asked to stop: it is
+/// skipped, not a straggler; the one that used the time up is.
+#[tokio::test(start_paused = true)]
+async fn a_task_whose_phase_comes_after_the_deadline_is_skipped_not_blamed() {
+    let mut shutdown = Shutdown::new().deadline(ms(1000));
+    let servers = shutdown.phase("servers");
+    let workers = shutdown.phase("workers");
+    shutdown.on_stop(servers, "slow", std::future::pending::<()>);
+    shutdown.spawn(workers, "processor", |stop| async move { stop.stopped().await });
+    shutdown.handle().shutdown("test");
+    let report = shutdown.run().await;
+    let outcome = |name: &str| {
+        report
+            .entries
+            .iter()
+            .find(|e| e.component == name)
+            .unwrap()
+            .outcome
+            .clone()
+    };
+    assert_eq!(outcome("processor"), Outcome::Skipped);
+    assert_eq!(report.stragglers().collect::<Vec<_>>(), ["slow"]);
+    assert_eq!(report.total, ms(1000));
+}
+
+/// Item 5.
+#[tokio::test]
+#[should_panic(expected = "a Phase of another Shutdown")]
+async fn a_phase_of_another_coordinator_is_refused() {
+    let mut one = Shutdown::new();
+    let mut other = Shutdown::new();
+    let foreign = other.phase("servers");
+    one.spawn(foreign, "http", |stop| async move { stop.stopped().await });
+}
+
+/// Item 6: set-up failed half-way and the coordinator is dropped unrun: its tasks stop and
+/// readiness agrees with itself.
+#[tokio::test(start_paused = true)]
+async fn dropping_an_unrun_coordinator_stops_its_tasks_and_turns_unready() {
+    let mut shutdown = Shutdown::new();
+    let readiness = shutdown.readiness();
+    let servers = shutdown.phase("servers");
+    let running = Arc::new(AtomicBool::new(true));
+    struct ClearOnDrop(Arc<AtomicBool>);
+    impl Drop for ClearOnDrop {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    let flag = ClearOnDrop(Arc::clone(&running));
+    shutdown.spawn(servers, "http", move |_stop| async move {
+        let _flag = flag;
+        std::future::pending::<()>().await;
+    });
+    drop(shutdown);
+    tokio::task::yield_now().await;
+    assert!(!running.load(Ordering::SeqCst), "the task still runs");
+    assert!(readiness.is_draining() && !readiness.is_ready());
+    readiness.draining().await;
+}
+
+/// Item 7: a component that fails during the drain delay ended early, with its error.
+#[tokio::test(start_paused = true)]
+async fn a_failure_during_the_drain_delay_is_an_early_end_with_its_error() {
+    let mut shutdown = Shutdown::new().drain_delay(ms(500));
+    let workers = shutdown.phase("workers");
+    shutdown.spawn(workers, "processor", |_stop| async move {
+        tokio::time::sleep(ms(100)).await;
+        Err::<(), _>("lost the database")
+    });
+    shutdown.handle().shutdown("test");
+    let report = shutdown.run().await;
+    let processor = report.entries.iter().find(|e| e.component == "processor").unwrap();
+    assert_eq!(processor.outcome, Outcome::EndedEarly(Some("lost the database".into())));
+    assert_eq!(report.total, ms(500));
+    assert!(!report.is_clean());
+}
+
+/// Item 8: a component that ends by itself, even without an error, is a fault (exit 1), unless
+/// it was started as one-shot work.
+#[tokio::test(start_paused = true)]
+async fn ending_early_is_unclean_unless_the_task_was_one_shot() {
+    let mut shutdown = Shutdown::new();
+    let servers = shutdown.phase("servers");
+    shutdown.spawn(servers, "accept loop", |_stop| async {});
+    let report = shutdown.run().await;
+    assert!(!report.is_clean());
+    assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.total, Duration::ZERO);
+
+    let mut shutdown = Shutdown::new();
+    let workers = shutdown.phase("workers");
+    shutdown.spawn_oneshot(workers, "warm cache", |_stop| async {
+        tokio::time::sleep(ms(10)).await;
+    });
+    shutdown.spawn(workers, "processor", |stop| async move { stop.stopped().await });
+    let handle = shutdown.handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(ms(50)).await;
+        handle.shutdown("test");
+    });
+    let report = shutdown.run().await;
+    assert_eq!(
+        report.reason,
+        Reason::Requested("test".into()),
+        "finishing did not trigger it"
+    );
+    let warm = report.entries.iter().find(|e| e.component == "warm cache").unwrap();
+    assert_eq!(warm.outcome, Outcome::Finished);
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.total, Duration::ZERO);
+}
+
+/// Item 3: an overrun is never clean, whatever the entries say.
+#[test]
+fn an_overrun_is_not_clean() {
+    let report = crate::Report {
+        reason: Reason::Requested("test".into()),
+        entries: vec![crate::Entry {
+            component: "blocking".into(),
+            phase: "servers".into(),
+            started: Duration::ZERO,
+            took: ms(6000),
+            outcome: Outcome::Stopped,
+        }],
+        total: ms(6000),
+        deadline: ms(2000),
+        interrupted: None,
+    };
+    assert!(!report.is_clean());
+    assert_eq!(report.exit_code(), 1);
+}
+
+/// Item 3: a component blocking its thread cannot be aborted; it is named and left behind, and
+/// the shutdown returns at the deadline instead of waiting for it. (Real time, several
+/// threads: a blocked thread is what is tested.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_straggler_is_named_and_left_behind_at_the_deadline() {
+    let mut shutdown = Shutdown::new().deadline(ms(300)).watchdog_grace(None);
+    let servers = shutdown.phase("servers");
+    shutdown.spawn(servers, "blocking", |_stop| async {
+        std::thread::sleep(ms(3000));
+    });
+    shutdown.handle().shutdown("test");
+    let started = std::time::Instant::now();
+    let report = shutdown.run().await;
+    assert!(
+        started.elapsed() < ms(1500),
+        "waited {:?} for a blocked task",
+        started.elapsed()
+    );
+    assert_eq!(report.stragglers().collect::<Vec<_>>(), ["blocking"]);
+    assert!(!report.is_clean());
+    assert!(report.total >= ms(300) && report.total < ms(1500), "{report}");
+}
+
+/// Item 10: the error's chain of sources is kept, and the error itself for a typed look.
+#[tokio::test(start_paused = true)]
+async fn failures_keep_their_chain_of_sources() {
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("cannot flush the cache")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let mut shutdown = Shutdown::new();
+    let resources = shutdown.phase("resources");
+    shutdown.on_stop(resources, "cache", || async {
+        Err::<(), _>(Outer(std::io::Error::other("disk full")))
+    });
+    shutdown.handle().shutdown("test");
+    let report = shutdown.run().await;
+    let Outcome::Failed(failure) = &report.entries[0].outcome else {
+        panic!("{report}");
+    };
+    assert_eq!(failure.message(), "cannot flush the cache");
+    assert_eq!(failure.causes(), ["disk full"]);
+    assert_eq!(failure.to_string(), "cannot flush the cache: disk full");
+    assert!(failure.downcast_ref::<Outer>().is_some());
+    assert!(report.to_string().contains("cannot flush the cache: disk full"));
+    assert_eq!(report.total, Duration::ZERO);
+}
+
+/// Each component sees its own deadline once told to stop.
+#[tokio::test(start_paused = true)]
+async fn a_component_sees_its_deadline() {
+    let mut shutdown = Shutdown::new().deadline(ms(10_000));
+    let servers = shutdown.phase_with_budget("servers", ms(2000));
+    let seen = Arc::new(Mutex::new(None));
+    let s = Arc::clone(&seen);
+    shutdown.spawn(servers, "http", move |stop| {
+        assert_eq!(stop.remaining(), None, "no deadline before the stop");
+        async move {
+            stop.stopped().await;
+            *s.lock().unwrap() = stop.remaining();
+        }
+    });
+    shutdown.handle().shutdown("test");
+    let report = shutdown.run().await;
+    assert_eq!(*seen.lock().unwrap(), Some(ms(2000)));
+    assert!(report.is_clean());
+    assert_eq!(report.total, Duration::ZERO);
+}

@@ -11,7 +11,7 @@
 //! 3. phase "close dependencies": the cache, the message broker and the database, together
 //!    (1 s each), only after both servers are done;
 //! 4. prints a report and exits 0, or 1 naming whatever `SHUTDOWN_TIMEOUT` cut short. A second
-//!    Ctrl+C exits at once with 130.
+//!    Ctrl+C exits at once with 130 (128 + SIGINT).
 //!
 //! Adding a dependency is one `on_stop` line; its place in the order is its phase.
 //!

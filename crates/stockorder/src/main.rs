@@ -49,8 +49,8 @@ async fn run() -> anyhow::Result<ExitCode> {
 }
 
 /// Serves until SIGINT/SIGTERM, then shuts down; exit code 0 when every component stopped
-/// cleanly in time, 1 when the report names stragglers or failures. (A second signal during the
-/// shutdown exits at once with 130.)
+/// cleanly in time, 1 when the report names stragglers or failures, 128 + the signal's number
+/// (130, 143) when a second signal cut the shutdown short.
 async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> {
     match stockorder::server::raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit, "open file limit"),

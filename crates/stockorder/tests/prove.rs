@@ -136,7 +136,7 @@ async fn any_command_can_be_proved_and_a_second_signal_is_reported() {
     assert_sound("command", code, &t);
 
     // The impatient operator: with a 5 s drain delay the first SIGTERM leaves the server
-    // serving; the second one, 300 ms later, must end it at once with 130.
+    // serving; the second one, 300 ms later, must end it at once with 143 (128 + SIGTERM).
     let (code, t) = prove_with(
         "command",
         &dir.path().join("twice.svg"),
@@ -151,13 +151,13 @@ async fn any_command_can_be_proved_and_a_second_signal_is_reported() {
         ],
     )
     .await;
-    assert_eq!(t["exit_code"], 130, "{t}");
+    assert_eq!(t["exit_code"], 143, "{t}");
     assert_eq!(t["signalled_twice"], true, "{t}");
     assert!(
         t["exit_at_s"].as_f64().unwrap() - t["signal_at_s"].as_f64().unwrap() < 2.0,
         "{t}"
     );
-    assert_eq!(t["lost"], 0, "a 130 exit still loses nothing acknowledged: {t}");
+    assert_eq!(t["lost"], 0, "a 143 exit still loses nothing acknowledged: {t}");
     let held = t["failed"] == 0 && t["unacknowledged"] == 0;
     assert_eq!(code, Some(if held { 0 } else { 1 }), "{t}");
 }

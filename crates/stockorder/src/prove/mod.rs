@@ -52,7 +52,9 @@ pub struct ProveArgs {
     pub signal: SignalName,
 
     /// Send the signal again this long after the first, as an impatient operator would. A
-    /// graceful server then exits at once with 130, abandoning what is in flight.
+    /// graceful server then exits at once with 128 + the signal's number (130 for SIGINT, 143
+    /// for SIGTERM), abandoning what is in flight. Sooner than 200 ms after the first, a signal
+    /// counts as the same request.
     #[arg(long, value_parser = crate::config::parse_duration)]
     pub second_signal_after: Option<Duration>,
 

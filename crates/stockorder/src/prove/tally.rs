@@ -171,9 +171,9 @@ impl Tally {
     }
 
     /// True when nothing accepted failed, nothing is lost or unaccounted for, and the target
-    /// exited 0 (or 130, the promised answer to a second signal).
+    /// exited 0 (or 128 + the signal's number, 130 or 143, the promised answer to a second signal).
     pub fn held(&self) -> bool {
-        let exit_ok = self.exit_code == Some(0) || (self.signalled_twice && self.exit_code == Some(130));
+        let exit_ok = self.exit_code == Some(0) || (self.signalled_twice && matches!(self.exit_code, Some(130 | 143)));
         self.failed == 0 && self.lost.unwrap_or(0) == 0 && self.unacknowledged.unwrap_or(0) == 0 && exit_ok
     }
 }
