@@ -53,6 +53,8 @@
 
 mod readiness;
 mod report;
+#[cfg(feature = "hyper")]
+pub mod serve;
 mod shutdown;
 mod signal;
 mod stop;

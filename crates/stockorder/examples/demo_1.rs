@@ -16,8 +16,8 @@ mod common;
 
 use common::{Demo, Timeline};
 use graceful::DrainSwitch;
+use graceful::serve::{self as server, ConnectionLimits, Protocol};
 use stockorder::adapter::http;
-use stockorder::server::{self, ConnectionLimits, Protocol};
 use tokio::sync::oneshot;
 
 #[tokio::main]

@@ -20,8 +20,8 @@ mod common;
 
 use common::{Demo, Timeline};
 use graceful::DrainSwitch;
+use graceful::serve::{self as server, ConnectionLimits, Protocol};
 use stockorder::adapter::http;
-use stockorder::server::{self, ConnectionLimits, Protocol};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

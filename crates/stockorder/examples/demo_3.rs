@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use common::Demo;
 use graceful::Shutdown;
+use graceful::serve::{self as server, ConnectionLimits, Protocol};
 use stockorder::adapter::{grpc, http};
-use stockorder::server::{self, ConnectionLimits, Protocol};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {

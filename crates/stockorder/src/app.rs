@@ -23,8 +23,8 @@ use crate::config::{DatabaseUrl, ServeArgs};
 use crate::metrics::metrics;
 use crate::port::OrderService as _;
 use crate::processor::{self, ProcessorConfig};
-use crate::server::{self, ConnectionLimits, Protocol};
 use crate::service::{OrderDesk, StorageState};
+use graceful::serve::{self as server, ConnectionLimits, Protocol};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -263,7 +263,7 @@ impl Application {
     /// 1. readiness off: `/ready` 503, gRPC health NOT_SERVING (`/health` stays 200);
     /// 2. the drain delay, still serving;
     /// 3. "stop servers": HTTP and gRPC together stop accepting, finish every accepted request
-    ///    (see [`crate::server`]), bounded by the deadline minus a reserve for each later step;
+    ///    (see [`graceful::serve`]), bounded by the deadline minus a reserve for each later step;
     /// 4. "stop workers": the order processor finishes the batch in hand and stops;
     /// 5. "close resources": the database, last: queued writes committed, WAL checkpointed.
     ///

@@ -415,7 +415,7 @@ mod tests {
         assert_eq!(args.max_concurrent_requests as usize, layers.max_concurrent);
         assert_eq!(
             args.header_read_timeout,
-            crate::server::ConnectionLimits::default().header_read_timeout
+            graceful::serve::ConnectionLimits::default().header_read_timeout
         );
     }
 

@@ -18,7 +18,6 @@ pub mod port;
 pub mod processor;
 pub mod prove;
 pub mod rolling;
-pub mod server;
 pub mod service;
 pub mod signal;
 pub mod telemetry;

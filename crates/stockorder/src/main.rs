@@ -52,7 +52,7 @@ async fn run() -> anyhow::Result<ExitCode> {
 /// cleanly in time, 1 when the report names stragglers or failures, 128 + the signal's number
 /// (130, 143) when a second signal cut the shutdown short.
 async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> {
-    match stockorder::server::raise_open_file_limit() {
+    match raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit; keeping the current one"),
     }
@@ -75,6 +75,22 @@ async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> 
     }
     let report = app.run(shutdown).await;
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and returns the limit now
+/// in force.
+///
+/// Why: every connection is a file descriptor, and the usual soft limit (1024) is less than
+/// what 1000 slow clients plus the real ones need; past it, `accept` fails and new clients wait.
+/// The hard limit is what the administrator allows; Go's runtime raises the soft limit the same
+/// way at start-up. (Nothing here uses `select(2)`, the one API that breaks above 1024.)
+fn raise_open_file_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
 }
 
 // mimalloc: glibc malloc/free was ~8% of request CPU (perf, GET at c64); with mimalloc a create

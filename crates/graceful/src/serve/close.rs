@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use graceful::Readiness;
+use crate::Readiness;
 use hyper::header::{CONNECTION, HeaderValue};
 use hyper::{Request, Response, Version};
 
@@ -20,6 +20,7 @@ pub struct CloseWhenDraining<S> {
 }
 
 impl<S> CloseWhenDraining<S> {
+    /// `inner`, answering with `Connection: close` once `readiness` is draining.
     pub fn new(inner: S, readiness: Readiness) -> Self {
         Self { inner, readiness }
     }

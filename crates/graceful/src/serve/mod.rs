@@ -1,5 +1,6 @@
-//! Serving HTTP and gRPC on a listener with the shutdown behaviour the contract needs
-//! (DESIGN §6 step 3 and §8), which `axum::serve` and tonic's server do not give:
+//! Serving HTTP and gRPC (feature `hyper`) on a listener with the shutdown behaviour that makes
+//! "zero dropped requests" true, which stock `axum::serve(..).with_graceful_shutdown` and
+//! tonic's `serve_with_shutdown` do not give:
 //!
 //! - **Every connection is a task this server owns** (a `JoinSet`): when the shutdown coordinator
 //!   aborts the server at its deadline, every connection is aborted with it. tonic spawns its
@@ -20,7 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
-use graceful::Readiness;
+use crate::{Phase, Readiness, Shutdown};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use close::CloseWhenDraining;
+pub use close::CloseWhenDraining;
 
 /// How long an HTTP/1 connection that is idle when the server stops may still deliver a request
 /// already on its way (it is answered with `Connection: close`). A busy connection does not
@@ -67,22 +68,6 @@ impl Default for ConnectionLimits {
             max_header_bytes: 16 * 1024,
         }
     }
-}
-
-/// Raises this process's soft limit on open files to its hard limit, and returns the limit now
-/// in force.
-///
-/// Why: every connection is a file descriptor, and the usual soft limit (1024) is less than
-/// what 1000 slow clients plus the real ones need; past it, `accept` fails and new clients wait.
-/// The hard limit is what the administrator allows; Go's runtime raises the soft limit the same
-/// way at start-up. (Nothing here uses `select(2)`, the one API that breaks above 1024.)
-pub fn raise_open_file_limit() -> std::io::Result<u64> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok(hard.max(soft))
 }
 
 /// hyper's smallest allowed HTTP/1 read buffer.
@@ -247,4 +232,82 @@ async fn drive<C: GracefulConnection>(conn: C, mut drain: watch::Receiver<bool>,
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+impl Shutdown {
+    /// Serves `service` on `listener` as a component of `phase`: [`serve`] with this
+    /// coordinator's readiness and the component's stop signal. At `phase` it stops accepting
+    /// (taking the backlog), finishes every accepted request, closes idle keep-alive
+    /// connections after [`IDLE_GRACE`] and sends HTTP/2 GOAWAY; at the phase's deadline every
+    /// connection still open is aborted with it.
+    ///
+    /// # Panics
+    /// If `phase` belongs to another coordinator.
+    pub fn serve<S, B>(
+        &mut self,
+        phase: Phase,
+        name: impl Into<String>,
+        listener: TcpListener,
+        service: S,
+        protocol: Protocol,
+        limits: ConnectionLimits,
+    ) where
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let readiness = self.readiness();
+        self.spawn(phase, name, move |stop| {
+            serve(listener, service, protocol, limits, readiness, stop.into_future())
+        });
+    }
+
+    /// Serves a stock `axum::Router` on `listener` with every connection owned and drained
+    /// (see [`Shutdown::serve`]): the one call that replaces `axum::serve(..)
+    /// .with_graceful_shutdown(..)`, which loses keep-alive requests at every shutdown.
+    ///
+    /// # Panics
+    /// If `phase` belongs to another coordinator.
+    #[cfg(feature = "axum")]
+    pub fn serve_axum(&mut self, phase: Phase, name: impl Into<String>, listener: TcpListener, router: axum::Router) {
+        self.serve(
+            phase,
+            name,
+            listener,
+            router,
+            Protocol::Http,
+            ConnectionLimits::default(),
+        );
+    }
+
+    /// Serves tonic services on `listener` (HTTP/2 only) with every connection owned and
+    /// drained (see [`Shutdown::serve`]): GOAWAY at the phase, every accepted call finished, and
+    /// the connections aborted at the phase's deadline, which tonic's `serve_with_shutdown`
+    /// cannot do (its connections are detached).
+    ///
+    /// # Panics
+    /// If `phase` belongs to another coordinator.
+    #[cfg(feature = "tonic")]
+    pub fn serve_tonic(
+        &mut self,
+        phase: Phase,
+        name: impl Into<String>,
+        listener: TcpListener,
+        routes: tonic::service::Routes,
+    ) {
+        self.serve(
+            phase,
+            name,
+            listener,
+            routes.prepare(),
+            Protocol::Grpc,
+            ConnectionLimits::default(),
+        );
+    }
 }

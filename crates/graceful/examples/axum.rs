@@ -1,0 +1,52 @@
+//! A stock axum `Router`, served with one call so that a shutdown drops no request.
+//!
+//! ```text
+//! PORT=3000 DELAY_MS=20 cargo run -p graceful --features axum --example axum
+//! curl -d hello localhost:3000/echo      # answers "hello" after DELAY_MS
+//! kill -TERM <pid>                       # or Ctrl+C: the report on stderr, exit code from it
+//! ```
+//!
+//! The pitfall this replaces: `axum::serve(listener, router).with_graceful_shutdown(signal)`
+//! closes idle keep-alive connections while their clients may already be sending the next
+//! request (those requests fail), and returns before the connections it detached are done.
+//! `Shutdown::serve_axum` owns every connection: answers carry `Connection: close` once
+//! draining, idle connections get a grace to deliver a request already on its way, the listen
+//! backlog is served before the socket closes, and the phase deadline bounds it all.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use graceful::Shutdown;
+
+#[tokio::main]
+async fn main() -> std::io::Result<ExitCode> {
+    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let delay = Duration::from_millis(
+        std::env::var("DELAY_MS")
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(20),
+    );
+
+    // Installed first, so a signal during start-up is not lost (or fatal).
+    let mut shutdown = Shutdown::new().deadline(Duration::from_secs(10)).catch_signals()?;
+    let servers = shutdown.phase("stop servers");
+
+    let router = Router::new().route(
+        "/echo",
+        post(move |body: Bytes| async move {
+            tokio::time::sleep(delay).await;
+            body
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("listening on {}", listener.local_addr()?);
+    shutdown.serve_axum(servers, "http", listener, router);
+
+    let report = shutdown.run().await;
+    eprintln!("{report}");
+    Ok(ExitCode::from(report.exit_code()))
+}
