@@ -25,6 +25,31 @@ const MAX_BATCH: usize = 512;
 /// instead of unbounded memory.
 const QUEUE_DEPTH: usize = 4_096;
 
+/// How long a batch waits for another process's lock, normally (the connection's busy timeout),
+/// and once a batch has been refused for it. One writer serves every write in turn, so while the
+/// lock is held, each batch waiting the full timeout would make the callers queued behind it
+/// wait several timeouts: past their request timeout, a 504 that says less than "locked".
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+const LOCKED_OUT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the last batch found the database locked by another process.
+#[derive(Debug, Default)]
+struct Patience {
+    locked_out: bool,
+}
+
+impl Patience {
+    /// After a batch: shorten the wait while locked out, restore it once a commit went through.
+    fn after(&mut self, conn: &Connection, locked: bool) {
+        if locked != self.locked_out {
+            let wait = if locked { LOCKED_OUT_PATIENCE } else { BUSY_PATIENCE };
+            if conn.busy_timeout(wait).is_ok() {
+                self.locked_out = locked;
+            }
+        }
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, RepositoryError>>;
 
 enum Command {
@@ -168,6 +193,7 @@ impl Writer {
 
 fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit: &dyn Fn()) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut patience = Patience::default();
     let mut closing = None;
     while let Some(first) = requests.blocking_recv() {
         take(first, &mut batch, &mut closing);
@@ -177,7 +203,7 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit
                 Err(_) => break,
             }
         }
-        commit(&mut conn, &mut batch, after_commit);
+        commit(&mut conn, &mut batch, &mut patience, after_commit);
         if closing.is_some() {
             break;
         }
@@ -188,10 +214,10 @@ fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit
     while let Ok(cmd) = requests.try_recv() {
         take(cmd, &mut batch, &mut closing);
         if batch.len() == MAX_BATCH {
-            commit(&mut conn, &mut batch, after_commit);
+            commit(&mut conn, &mut batch, &mut patience, after_commit);
         }
     }
-    commit(&mut conn, &mut batch, after_commit);
+    commit(&mut conn, &mut batch, &mut patience, after_commit);
     let result = shut(conn);
     if let Some(reply) = closing {
         let _ = reply.send(result);
@@ -218,7 +244,7 @@ fn control(conn: &Connection, sql: &'static str) -> rusqlite::Result<()> {
 }
 
 /// Runs the batch in one transaction and answers every caller after the commit.
-fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()) {
+fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience, after_commit: &dyn Fn()) {
     if batch.is_empty() {
         return;
     }
@@ -226,6 +252,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
     let writes = batch.len();
     if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         let cause = errors::on(conn)(e);
+        patience.after(conn, cause.fault() == Some(crate::port::Fault::Locked));
         batch.drain(..).map(Outcome::not_applied).for_each(|o| o.fail(&cause));
         return;
     }
@@ -254,6 +281,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, after_commit: &dyn Fn()
     }
     match control(conn, "COMMIT") {
         Ok(()) => {
+            patience.after(conn, false);
             after_commit();
             crate::metrics::metrics().db_commit("sqlite", writes, started.elapsed());
             outcomes.into_iter().for_each(Outcome::send);
@@ -353,7 +381,7 @@ mod tests {
             batch.push(Write::Insert(o.clone(), reply));
             answers.push(answer);
         }
-        commit(&mut conn, &mut batch, &|| {});
+        commit(&mut conn, &mut batch, &mut Patience::default(), &|| {});
 
         assert!(conn.is_autocommit(), "a transaction was left open");
         let (mut kept, mut refused) = (0, 0);
