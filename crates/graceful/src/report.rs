@@ -213,6 +213,26 @@ impl Report {
         }
     }
 
+    /// A few lines for an orchestrator to show (Kubernetes' termination message, at most 4096
+    /// bytes): how the shutdown ended, and each component that did not stop cleanly.
+    pub fn summary(&self) -> String {
+        let verdict = match self.interrupted {
+            _ if self.is_clean() => "clean".to_owned(),
+            Some(signal) => format!("cut short by a second {}", signal.name),
+            None => "not clean".to_owned(),
+        };
+        let mut text = format!(
+            "shutdown ({}) {verdict}: {:.1} ms of {:.0} ms allowed\n",
+            self.reason,
+            ms(self.total),
+            ms(self.deadline)
+        );
+        for e in self.entries.iter().filter(|e| !e.outcome.is_clean()) {
+            text.push_str(&format!("{} ({}): {}\n", e.component, e.phase, e.outcome));
+        }
+        truncate(text, TERMINATION_MESSAGE_LIMIT)
+    }
+
     /// Logs the report through `tracing`: one event per component (fields `component`,
     /// `phase`, `started_ms`, `took_ms`, `outcome`), then a summary. With a JSON subscriber each
     /// line is a JSON object, so the report can be read by tools.
@@ -235,6 +255,21 @@ impl Report {
             tracing::error!(reason = %self.reason, total_ms, clean = false, stragglers = ?stragglers, "shutdown complete with failures");
         }
     }
+}
+
+/// What Kubernetes keeps of a termination message.
+pub(crate) const TERMINATION_MESSAGE_LIMIT: usize = 4096;
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+pub(crate) fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 fn ms(d: Duration) -> f64 {

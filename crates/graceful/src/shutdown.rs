@@ -137,6 +137,7 @@ pub struct Shutdown {
     ended_tx: mpsc::UnboundedSender<usize>,
     ended_rx: mpsc::UnboundedReceiver<usize>,
     observer: Option<Observer>,
+    termination_message: Option<std::path::PathBuf>,
     ran: bool,
 }
 
@@ -193,6 +194,7 @@ impl Shutdown {
             ended_tx,
             ended_rx,
             observer: None,
+            termination_message: None,
             ran: false,
         }
     }
@@ -216,6 +218,16 @@ impl Shutdown {
     /// process exited by a library.
     pub fn watchdog_grace(mut self, grace: Option<Duration>) -> Self {
         self.watchdog_grace = grace;
+        self
+    }
+
+    /// Writes [`Report::summary`] to `path` when the shutdown ends (and, if it overruns, the
+    /// watchdog's account of what was still stopping): where Kubernetes looks for a
+    /// container's termination message (`terminationMessagePath`, `/dev/termination-log` by
+    /// default), so `kubectl describe pod` shows why the last shutdown was not clean. Off by
+    /// default.
+    pub fn termination_message(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.termination_message = Some(path.into());
         self
     }
 
@@ -395,6 +407,7 @@ impl Shutdown {
                 .map(|grace| std::time::Instant::now() + self.deadline + grace),
             signals: watch_signals,
             first_signal,
+            termination_message: self.termination_message.clone(),
         });
         let watchdog = match watchdog {
             Ok(w) => Some(w),
@@ -447,13 +460,19 @@ impl Shutdown {
             w.finished();
         }
         let entries = entries.lock().map(|e| e.clone()).unwrap_or_default();
-        Report {
+        let report = Report {
             reason,
             entries,
             total: started.elapsed(),
             deadline: self.deadline,
             interrupted,
+        };
+        if let Some(path) = &self.termination_message
+            && let Err(e) = std::fs::write(path, report.summary())
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
         }
+        report
     }
 
     async fn wait_for_trigger(&mut self) -> (Reason, HashSet<usize>) {

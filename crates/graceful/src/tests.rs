@@ -500,3 +500,26 @@ async fn a_component_sees_its_deadline() {
     assert!(report.is_clean());
     assert_eq!(report.total, Duration::ZERO);
 }
+
+/// The summary goes where Kubernetes reads a termination message, within its 4096 bytes.
+#[tokio::test(start_paused = true)]
+async fn the_summary_is_written_as_the_termination_message() {
+    let path = std::env::temp_dir().join(format!("graceful-termination-{}", std::process::id()));
+    let mut shutdown = Shutdown::new().termination_message(&path);
+    let resources = shutdown.phase("resources");
+    shutdown.on_stop(resources, "cache", || async { Err::<(), _>("flush failed") });
+    shutdown.on_stop(resources, "database", || async {});
+    shutdown.handle().shutdown("test");
+    let report = shutdown.run().await;
+    let written = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(written, report.summary());
+    assert!(written.starts_with("shutdown (requested: test) not clean"), "{written}");
+    assert!(written.contains("cache (resources): failed: flush failed"), "{written}");
+    assert!(
+        !written.contains("database"),
+        "only what did not stop cleanly: {written}"
+    );
+    assert_eq!(report.total, Duration::ZERO);
+    assert_eq!(crate::report::truncate("é".repeat(3000), 4096).len(), 4096);
+}

@@ -53,6 +53,8 @@ pub(crate) struct Plan {
     pub(crate) signals: bool,
     /// When the signal that started the shutdown came; `None` when something else started it.
     pub(crate) first_signal: Option<Instant>,
+    /// Where an overrun is also written, for the orchestrator.
+    pub(crate) termination_message: Option<std::path::PathBuf>,
 }
 
 impl Watchdog {
@@ -130,7 +132,11 @@ async fn watch(
             () = done.cancelled() => break,
             () = &mut overrun => {
                 let stopping = shared.stopping.lock().map(|s| s.join(", ")).unwrap_or_default();
-                eprintln!("graceful: the shutdown overran its deadline; still stopping: {stopping}; exiting with status 1");
+                let message = format!("graceful: the shutdown overran its deadline; still stopping: {stopping}; exiting with status 1");
+                eprintln!("{message}");
+                if let Some(path) = &plan.termination_message {
+                    let _ = std::fs::write(path, crate::report::truncate(message, crate::report::TERMINATION_MESSAGE_LIMIT));
+                }
                 tracing::error!(stopping = %stopping, "shutdown overran its deadline: exiting");
                 std::process::exit(1);
             }
