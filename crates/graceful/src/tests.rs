@@ -15,6 +15,15 @@ fn ms(n: u64) -> Duration {
 
 type Log = Arc<Mutex<Vec<(String, Duration)>>>;
 
+/// Sets its flag when dropped: shows that a task's future was dropped (aborted or finished).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn note(log: &Log, t0: Instant, what: &str) {
     log.lock().unwrap().push((what.to_owned(), t0.elapsed()));
 }
@@ -86,6 +95,7 @@ async fn readiness_flips_first_and_the_drain_delay_keeps_serving() {
     assert_eq!(*stopped_at.lock().unwrap(), Some(ms(2000)));
     assert_eq!(report.entries[0].component, "drain delay");
     assert!(report.is_clean());
+    assert_eq!(report.total, ms(2000));
 }
 
 #[tokio::test(start_paused = true)]
@@ -94,12 +104,6 @@ async fn a_straggler_is_aborted_at_its_phase_budget_and_named() {
     let servers = shutdown.phase_with_budget("servers", ms(500));
     let resources = shutdown.phase("resources");
     let dropped = Arc::new(AtomicBool::new(false));
-    struct SetOnDrop(Arc<AtomicBool>);
-    impl Drop for SetOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
     let d = SetOnDrop(Arc::clone(&dropped));
     shutdown.spawn(servers, "stream that never ends", move |_stop| async move {
         let _d = d;
@@ -143,6 +147,7 @@ async fn the_global_deadline_bounds_everything_and_skips_what_is_left() {
     let outcome = |name: &str| &report.entries.iter().find(|e| e.component == name).unwrap().outcome;
     assert_eq!(outcome("slow"), &Outcome::TimedOut);
     assert_eq!(outcome("database"), &Outcome::Skipped);
+    assert!(!report.is_clean());
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,6 +167,8 @@ async fn a_component_that_ends_on_its_own_starts_the_shutdown() {
     let processor = report.entries.iter().find(|e| e.component == "processor").unwrap();
     assert_eq!(processor.outcome, Outcome::EndedEarly(Some("lost the database".into())));
     assert!(!report.is_clean());
+    // The server stops at once; the processor had ended: nothing waited for it.
+    assert_eq!(report.total, Duration::ZERO);
 }
 
 #[tokio::test(start_paused = true)]
@@ -190,6 +197,7 @@ async fn failures_and_panics_are_reported_not_propagated() {
     assert_eq!(outcome("metrics"), Outcome::Panicked("exporter bug".into()));
     assert_eq!(outcome("database"), Outcome::Stopped);
     assert_eq!(report.exit_code(), 1);
+    assert_eq!(report.total, Duration::ZERO);
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,6 +240,7 @@ async fn the_observer_sees_each_entry_when_its_component_stops_not_at_the_end() 
         [ms(200), ms(300), ms(350)],
         "each entry is observed when it is known"
     );
+    assert_eq!(report.total, ms(350));
 }
 
 /// Start-up work is abandoned when a stop is asked for first, and finishes otherwise.
@@ -333,21 +342,15 @@ async fn dropping_an_unrun_coordinator_stops_its_tasks_and_turns_unready() {
     let mut shutdown = Shutdown::new();
     let readiness = shutdown.readiness();
     let servers = shutdown.phase("servers");
-    let running = Arc::new(AtomicBool::new(true));
-    struct ClearOnDrop(Arc<AtomicBool>);
-    impl Drop for ClearOnDrop {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::SeqCst);
-        }
-    }
-    let flag = ClearOnDrop(Arc::clone(&running));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = SetOnDrop(Arc::clone(&dropped));
     shutdown.spawn(servers, "http", move |_stop| async move {
         let _flag = flag;
         std::future::pending::<()>().await;
     });
     drop(shutdown);
     tokio::task::yield_now().await;
-    assert!(!running.load(Ordering::SeqCst), "the task still runs");
+    assert!(dropped.load(Ordering::SeqCst), "the task still runs");
     assert!(readiness.is_draining() && !readiness.is_ready());
     readiness.draining().await;
 }

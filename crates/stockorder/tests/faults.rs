@@ -710,7 +710,14 @@ mod postgres {
         // A restart.
         let restart_at = clients.started.elapsed();
         pg.stop();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let down = Instant::now();
+        for base in &bases {
+            assert!(
+                ready_becomes(base, 503, Duration::from_millis(1400)).await,
+                "{base}: /ready stayed 200 while PostgreSQL restarted"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1500).saturating_sub(down.elapsed())).await;
         pg.start();
         let restarted_at = clients.started.elapsed();
         tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -71,15 +71,7 @@ pub(super) fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
 /// application's database.
 pub(super) fn check_owner(conn: &Connection) -> Result<(), MigrationError> {
     let failed = MigrationError::failed;
-    let found = conn
-        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-        .map_err(failed(0))? as usize;
-    if found > SCHEMA_VERSION {
-        return Err(MigrationError::TooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
+    let found = version(conn)?;
     let mut stmt = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
         .map_err(failed(0))?;
@@ -97,18 +89,24 @@ pub(super) fn check_owner(conn: &Connection) -> Result<(), MigrationError> {
     Ok(())
 }
 
-/// Runs every migration the database has not seen yet, each in its own transaction.
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
-    let failed = MigrationError::failed;
-    let found: usize = conn
+/// The schema version the file records, refusing one newer than this binary writes.
+fn version(conn: &Connection) -> Result<usize, MigrationError> {
+    let found = conn
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-        .map_err(failed(0))? as usize;
+        .map_err(MigrationError::failed(0))? as usize;
     if found > SCHEMA_VERSION {
         return Err(MigrationError::TooNew {
             found,
             supported: SCHEMA_VERSION,
         });
     }
+    Ok(found)
+}
+
+/// Runs every migration the database has not seen yet, each in its own transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
+    let failed = MigrationError::failed;
+    let found = version(conn)?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
         let version = index + 1;
         let tx = conn.transaction().map_err(failed(version))?;
