@@ -15,6 +15,20 @@ fn ms(n: u64) -> Duration {
 
 type Log = Arc<Mutex<Vec<(String, Duration)>>>;
 
+/// The report's entry for `name`.
+fn entry<'a>(report: &'a crate::Report, name: &str) -> &'a crate::Entry {
+    report
+        .entries
+        .iter()
+        .find(|e| e.component == name)
+        .unwrap_or_else(|| panic!("no entry for {name:?} in\n{report}"))
+}
+
+/// How `name` ended.
+fn outcome(report: &crate::Report, name: &str) -> Outcome {
+    entry(report, name).outcome.clone()
+}
+
 /// Sets its flag when dropped: shows that a task's future was dropped (aborted or finished).
 struct SetOnDrop(Arc<AtomicBool>);
 
@@ -144,9 +158,8 @@ async fn the_global_deadline_bounds_everything_and_skips_what_is_left() {
     shutdown.handle().shutdown("test");
     let report = shutdown.run().await;
     assert_eq!(report.total, ms(1000), "drain delay counts against the deadline");
-    let outcome = |name: &str| &report.entries.iter().find(|e| e.component == name).unwrap().outcome;
-    assert_eq!(outcome("slow"), &Outcome::TimedOut);
-    assert_eq!(outcome("database"), &Outcome::Skipped);
+    assert_eq!(outcome(&report, "slow"), Outcome::TimedOut);
+    assert_eq!(outcome(&report, "database"), Outcome::Skipped);
     assert!(!report.is_clean());
 }
 
@@ -164,7 +177,7 @@ async fn a_component_that_ends_on_its_own_starts_the_shutdown() {
     let report = shutdown.run().await;
     assert_eq!(report.reason, Reason::ComponentEnded("processor".into()));
     assert!(readiness.is_draining());
-    let processor = report.entries.iter().find(|e| e.component == "processor").unwrap();
+    let processor = entry(&report, "processor");
     assert_eq!(processor.outcome, Outcome::EndedEarly(Some("lost the database".into())));
     assert!(!report.is_clean());
     // The server stops at once; the processor had ended: nothing waited for it.
@@ -184,18 +197,9 @@ async fn failures_and_panics_are_reported_not_propagated() {
     shutdown.on_stop(resources, "database", || async {});
     shutdown.handle().shutdown("test");
     let report = shutdown.run().await;
-    let outcome = |name: &str| {
-        report
-            .entries
-            .iter()
-            .find(|e| e.component == name)
-            .unwrap()
-            .outcome
-            .clone()
-    };
-    assert_eq!(outcome("cache"), Outcome::Failed("flush failed".into()));
-    assert_eq!(outcome("metrics"), Outcome::Panicked("exporter bug".into()));
-    assert_eq!(outcome("database"), Outcome::Stopped);
+    assert_eq!(outcome(&report, "cache"), Outcome::Failed("flush failed".into()));
+    assert_eq!(outcome(&report, "metrics"), Outcome::Panicked("exporter bug".into()));
+    assert_eq!(outcome(&report, "database"), Outcome::Stopped);
     assert_eq!(report.exit_code(), 1);
     assert_eq!(report.total, Duration::ZERO);
 }
@@ -295,7 +299,7 @@ async fn a_later_worker_that_exits_during_an_earlier_phase_does_not_stall() {
         tokio::time::sleep(ms(50)).await; // ends during "servers", before its own phase
     });
     let report = shutdown.run().await;
-    let processor = report.entries.iter().find(|e| e.component == "processor").unwrap();
+    let processor = entry(&report, "processor");
     assert_eq!(processor.outcome, Outcome::EndedEarly(None));
     assert_eq!(report.total, ms(100), "{report}");
 }
@@ -311,16 +315,7 @@ async fn a_task_whose_phase_comes_after_the_deadline_is_skipped_not_blamed() {
     shutdown.spawn(workers, "processor", |stop| async move { stop.stopped().await });
     shutdown.handle().shutdown("test");
     let report = shutdown.run().await;
-    let outcome = |name: &str| {
-        report
-            .entries
-            .iter()
-            .find(|e| e.component == name)
-            .unwrap()
-            .outcome
-            .clone()
-    };
-    assert_eq!(outcome("processor"), Outcome::Skipped);
+    assert_eq!(outcome(&report, "processor"), Outcome::Skipped);
     assert_eq!(report.stragglers().collect::<Vec<_>>(), ["slow"]);
     assert_eq!(report.total, ms(1000));
 }
@@ -366,7 +361,7 @@ async fn a_failure_during_the_drain_delay_is_an_early_end_with_its_error() {
     });
     shutdown.handle().shutdown("test");
     let report = shutdown.run().await;
-    let processor = report.entries.iter().find(|e| e.component == "processor").unwrap();
+    let processor = entry(&report, "processor");
     assert_eq!(processor.outcome, Outcome::EndedEarly(Some("lost the database".into())));
     assert_eq!(report.total, ms(500));
     assert!(!report.is_clean());
@@ -401,7 +396,7 @@ async fn ending_early_is_unclean_unless_the_task_was_one_shot() {
         Reason::Requested("test".into()),
         "finishing did not trigger it"
     );
-    let warm = report.entries.iter().find(|e| e.component == "warm cache").unwrap();
+    let warm = entry(&report, "warm cache");
     assert_eq!(warm.outcome, Outcome::Finished);
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.total, Duration::ZERO);
