@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::http::{HeaderMap, Request, Response};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use tonic::Status;
 use tonic::body::Body;
@@ -86,12 +86,14 @@ async fn read_one_message(headers: &HeaderMap, mut body: Body) -> Result<Bytes, 
     let mut expected = None; // the whole frame's length, once the prefix is in
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::cancelled(format!("the request body ended with an error: {e}")))?;
-        let Ok(mut data) = frame.into_data() else {
+        let Ok(data) = frame.into_data() else {
             continue; // request trailers carry nothing for a unary call
         };
-        buf.extend_from_slice(&data.copy_to_bytes(data.remaining()));
+        buf.put(data); // one copy per chunk
         if expected.is_none() && buf.len() >= PREFIX {
-            expected = Some(check_prefix(headers, &buf[..PREFIX])?);
+            let len = check_prefix(headers, &buf[..PREFIX])?;
+            buf.reserve(len.saturating_sub(buf.len()));
+            expected = Some(len);
         }
         if let Some(len) = expected
             && buf.len() > len
