@@ -669,19 +669,23 @@ impl Plan {
                     outcome: Outcome::Skipped,
                 });
             }
-            if let Some(w) = &watched
-                && let Ok(mut names) = w.stopping.lock()
-            {
-                *names = stopping
-                    .iter()
-                    .map(|s| format!("{} ({})", s.name, phase.name))
-                    .collect();
-            }
+            // What the watchdog names if the deadline is overrun: only what is still stopping.
+            let watch = |stopping: &[Stopping]| {
+                if let Some(w) = &watched
+                    && let Ok(mut names) = w.stopping.lock()
+                {
+                    *names = stopping
+                        .iter()
+                        .map(|s| format!("{} ({})", s.name, phase.name))
+                        .collect();
+                }
+            };
             // Those that ended before their phase need no message: it was consumed already.
             let (done, mut stopping): (Vec<_>, Vec<_>) = stopping.into_iter().partition(|s| s.early);
             for s in done {
                 entries.push(finish(s, &phase.name, started, false).await);
             }
+            watch(&stopping);
             let timer = tokio::time::sleep_until(phase_deadline);
             tokio::pin!(timer);
             while !stopping.is_empty() {
@@ -690,6 +694,7 @@ impl Plan {
                         if let Some(pos) = stopping.iter().position(|s| s.id == id) {
                             let s = stopping.swap_remove(pos);
                             entries.push(finish(s, &phase.name, started, false).await);
+                            watch(&stopping);
                         } else {
                             // A component of a later phase ended before its turn.
                             ended_early.insert(id);
@@ -703,11 +708,7 @@ impl Plan {
                     }
                 }
             }
-            if let Some(w) = &watched
-                && let Ok(mut names) = w.stopping.lock()
-            {
-                names.clear();
-            }
+            watch(&stopping);
         }
     }
 }
