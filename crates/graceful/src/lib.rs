@@ -58,6 +58,7 @@ pub mod serve;
 mod shutdown;
 mod signal;
 mod stop;
+mod systemd;
 mod watchdog;
 
 pub use readiness::{DrainSwitch, Readiness};

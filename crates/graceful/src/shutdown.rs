@@ -137,12 +137,16 @@ pub struct Shutdown {
     ended_tx: mpsc::UnboundedSender<usize>,
     ended_rx: mpsc::UnboundedReceiver<usize>,
     observer: Option<Observer>,
+    on_start: Option<OnStart>,
     termination_message: Option<std::path::PathBuf>,
     ran: bool,
 }
 
 /// Called with each report entry the moment it is known.
 type Observer = Box<dyn Fn(&Entry) + Send + Sync>;
+
+/// Called once, when the shutdown starts.
+type OnStart = Box<dyn FnOnce(&Reason) + Send>;
 
 impl Default for Shutdown {
     fn default() -> Self {
@@ -194,6 +198,7 @@ impl Shutdown {
             ended_tx,
             ended_rx,
             observer: None,
+            on_start: None,
             termination_message: None,
             ran: false,
         }
@@ -257,6 +262,14 @@ impl Shutdown {
     /// gone by then, or killed at the deadline).
     pub fn on_entry(mut self, observe: impl Fn(&Entry) + Send + Sync + 'static) -> Self {
         self.observer = Some(Box::new(observe));
+        self
+    }
+
+    /// Calls `started` once, the moment the shutdown starts (readiness is already off), with
+    /// its reason: how a metric or a supervisor learns of it without a task of its own waiting
+    /// on [`Readiness::draining`].
+    pub fn on_start(mut self, started: impl FnOnce(&Reason) + Send + 'static) -> Self {
+        self.on_start = Some(Box::new(started));
         self
     }
 
@@ -398,6 +411,11 @@ impl Shutdown {
         tracing::info!(reason = %reason, "shutdown started: readiness off");
         self.draining.start_draining();
         self.ran = true;
+        let overrun_grace = self.watchdog_grace.unwrap_or_default();
+        crate::systemd::stopping(&reason, self.deadline + overrun_grace);
+        if let Some(started) = self.on_start.take() {
+            started(&reason);
+        }
 
         let first_signal = matches!(reason, Reason::Signal(_)).then(std::time::Instant::now);
         let watch_signals = self.signals.is_some() && self.second_signal == SecondSignal::Exit;
@@ -431,6 +449,7 @@ impl Shutdown {
             ended_early,
             started,
             deadline_at: started + self.deadline,
+            overrun_grace,
             drain_delay: self.drain_delay,
             ended_tx: self.ended_tx.clone(),
             entries: Entries {
@@ -467,6 +486,7 @@ impl Shutdown {
             deadline: self.deadline,
             interrupted,
         };
+        crate::systemd::finished(&report.summary());
         if let Some(path) = &self.termination_message
             && let Err(e) = std::fs::write(path, report.summary())
         {
@@ -516,6 +536,8 @@ struct Plan {
     ended_early: HashSet<usize>,
     started: Instant,
     deadline_at: Instant,
+    /// What the watchdog allows past the deadline: part of the time a supervisor should wait.
+    overrun_grace: Duration,
     drain_delay: Duration,
     ended_tx: mpsc::UnboundedSender<usize>,
     entries: Entries,
@@ -563,6 +585,7 @@ impl Plan {
             mut ended_early,
             started,
             deadline_at,
+            overrun_grace,
             drain_delay,
             ended_tx,
             mut entries,
@@ -660,6 +683,13 @@ impl Plan {
                 continue;
             }
             tracing::info!(phase = %phase.name, components = stopping.len(), "phase started");
+            crate::systemd::phase(
+                &phase.name,
+                index + 1,
+                phases.len(),
+                stopping.len(),
+                deadline_at.saturating_duration_since(phase_start) + overrun_grace,
+            );
             for name in skipped {
                 entries.push(Entry {
                     component: name,

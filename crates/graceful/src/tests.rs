@@ -247,6 +247,33 @@ async fn the_observer_sees_each_entry_when_its_component_stops_not_at_the_end() 
     assert_eq!(report.total, ms(350));
 }
 
+/// `on_start` is called once, when the trigger comes and readiness is already off, with the
+/// reason; not before.
+#[tokio::test(start_paused = true)]
+async fn on_start_is_told_the_reason_when_the_shutdown_starts() {
+    let seen: Arc<std::sync::Mutex<Vec<(Reason, bool, Duration)>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let t0 = Instant::now();
+    let shutdown = Shutdown::new();
+    let readiness = shutdown.readiness();
+    let shutdown = shutdown.on_start(move |reason| {
+        s.lock()
+            .unwrap()
+            .push((reason.clone(), readiness.is_draining(), t0.elapsed()));
+    });
+    let handle = shutdown.handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(ms(100)).await;
+        handle.shutdown("later");
+    });
+    let report = shutdown.run().await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(Reason::Requested("later".into()), true, ms(100))]
+    );
+    assert_eq!(report.total, Duration::ZERO);
+}
+
 /// Start-up work is abandoned when a stop is asked for first, and finishes otherwise.
 #[tokio::test(start_paused = true)]
 async fn unless_triggered_abandons_startup_on_a_trigger() {

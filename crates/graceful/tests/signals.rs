@@ -45,7 +45,14 @@ fn child() {
                 tokio::time::sleep(stop_takes).await;
             });
         }
-        if matches!(scenario.as_str(), "handle_then_sigterm" | "wedged" | "after_run") {
+        if scenario == "systemd" {
+            let resources = shutdown.phase("resources");
+            shutdown.on_stop(resources, "database", || async {});
+        }
+        if matches!(
+            scenario.as_str(),
+            "handle_then_sigterm" | "wedged" | "after_run" | "systemd"
+        ) {
             shutdown.handle().shutdown("started by a handle");
         }
         println!("ready");
@@ -63,9 +70,18 @@ fn child() {
 
 /// The parent's side: the child running `scenario`, and its stdout.
 fn spawn(scenario: &str) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    spawn_with(scenario, &[])
+}
+
+/// [`spawn`] with more environment variables for the child.
+fn spawn_with(
+    scenario: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["child", "--exact", "--nocapture", "--test-threads=1"])
         .env(SCENARIO, scenario)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -175,4 +191,65 @@ fn signals_still_work_after_the_shutdown() {
     let (code, took, stderr) = exit(&mut child, sent);
     assert_eq!(code, Some(143), "{stderr}");
     assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+/// Under systemd (feature `systemd`, a fake `NOTIFY_SOCKET` here): `STOPPING=1` at the trigger,
+/// a `STATUS=` per phase naming it, `EXTEND_TIMEOUT_USEC` never more than the budget left (the
+/// 5 s deadline plus the watchdog's 500 ms) and shrinking as the phases go, and the report's
+/// summary as the last status.
+#[test]
+fn systemd_is_told_each_phase_and_the_time_left() {
+    use std::os::unix::net::UnixDatagram;
+    let path = std::env::temp_dir().join(format!("graceful-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let (mut child, _lines) = spawn_with("systemd", &[("NOTIFY_SOCKET", path.as_os_str())]);
+    let mut messages = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(n) = socket.recv(&mut buffer) {
+            messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        } else if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(Instant::now() < until, "the child did not exit; got {messages:?}");
+    }
+    let _ = std::fs::remove_file(&path);
+    let (code, _, stderr) = exit(&mut child, Instant::now());
+    assert_eq!(code, Some(0), "{stderr}");
+
+    assert_eq!(messages.len(), 4, "{messages:#?}");
+    assert!(messages[0].contains("STOPPING=1\n"), "{messages:#?}");
+    assert!(
+        messages[0].contains("STATUS=shutting down (requested: started by a handle)"),
+        "{messages:#?}"
+    );
+    assert!(
+        messages[1].contains("STATUS=shutting down: phase 1/2 \"workers\""),
+        "{messages:#?}"
+    );
+    assert!(
+        messages[2].contains("STATUS=shutting down: phase 2/2 \"resources\""),
+        "{messages:#?}"
+    );
+    assert!(
+        messages[3].starts_with("STATUS=") && messages[3].contains("clean"),
+        "{messages:#?}"
+    );
+    let extensions: Vec<u64> = messages[..3]
+        .iter()
+        .map(|m| {
+            let value = m.lines().find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="));
+            value
+                .expect("every message but the last extends the timeout")
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(extensions[0], 5_500_000, "deadline + watchdog grace: {messages:#?}");
+    assert!(extensions[1] <= extensions[0], "{extensions:?}");
+    // The workers took 1 s of the budget before the second phase.
+    assert!(extensions[2] <= extensions[1] - 900_000, "{extensions:?}");
 }

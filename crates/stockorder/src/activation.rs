@@ -98,10 +98,3 @@ pub fn notify_ready() {
         tracing::warn!(error = %e, "cannot notify the service manager");
     }
 }
-
-/// Tells the service manager the service is stopping (`STOPPING=1`).
-pub fn notify_stopping() {
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
-        tracing::warn!(error = %e, "cannot notify the service manager");
-    }
-}

@@ -136,6 +136,7 @@ fn plan(deadline: Duration, drain_delay: Duration) -> Shutdown {
         .deadline(deadline)
         .drain_delay(drain_delay)
         .on_entry(|entry| metrics().shutdown_entry(entry))
+        .on_start(|_| metrics().shutdown_started())
 }
 
 impl Application {
@@ -360,15 +361,9 @@ impl Application {
         let store = self.store;
         shutdown.on_stop(resources, "database", move || async move { store.close().await });
 
-        // systemd: started once both servers serve; stopping from the first moment of the
-        // shutdown (the service manager then knows the exit is on purpose).
+        // systemd: started once both servers serve. The coordinator tells it STOPPING=1 and
+        // each phase (graceful's feature `systemd`).
         crate::activation::notify_ready();
-        let stopping = readiness.clone();
-        tokio::spawn(async move {
-            stopping.draining().await;
-            metrics().shutdown_started();
-            crate::activation::notify_stopping();
-        });
 
         let report = shutdown.run().await;
         report.log();

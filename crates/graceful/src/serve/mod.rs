@@ -13,9 +13,12 @@
 //!   the kernel has already accepted are taken and served (their first request is answered with
 //!   `Connection: close`), so a client that got through the handshake gets an answer. Later
 //!   connections are refused, which clients can retry safely.
-//! - HTTP/2 and gRPC connections get GOAWAY, and every stream already accepted is finished.
+//! - HTTP/2 and gRPC connections get GOAWAY, and every stream already accepted is finished. A
+//!   gRPC connection that has not carried a request yet gets [`IDLE_GRACE`] to send its first
+//!   before the GOAWAY, so a client that just connected is answered rather than cut.
 
 mod close;
+mod first;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use close::CloseWhenDraining;
+use first::{FirstRequest, MarkFirst};
 
 /// How long an HTTP/1 connection that is idle when the server stops may still deliver a request
 /// already on its way (it is answered with `Connection: close`). A busy connection does not
@@ -173,7 +177,6 @@ async fn connection<S, B>(
         return;
     }
     let io = TokioIo::new(stream);
-    let service = TowerToHyperService::new(service);
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
         Protocol::Http => {
@@ -187,14 +190,27 @@ async fn connection<S, B>(
                 .http2()
                 .timer(TokioTimer::new())
                 .max_header_list_size(header_list);
-            drive(builder.serve_connection(io, service), drain, IDLE_GRACE).await;
+            let service = TowerToHyperService::new(service);
+            drive(builder.serve_connection(io, service), drain, || {
+                tokio::time::sleep(IDLE_GRACE)
+            })
+            .await;
         }
         Protocol::Grpc => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new()).max_header_list_size(header_list);
-            // HTTP/2 needs no grace: GOAWAY tells the client which streams were taken, and
-            // those are finished.
-            drive(builder.serve_connection(io, service), drain, Duration::ZERO).await;
+            // A connection that has carried a request needs no grace: GOAWAY tells the client
+            // which streams were taken, and those are finished. One that has not may be about
+            // to send its first (see `first`).
+            let first = FirstRequest::default();
+            let service = TowerToHyperService::new(MarkFirst {
+                inner: service,
+                first: first.clone(),
+            });
+            drive(builder.serve_connection(io, service), drain, || async move {
+                first.within(IDLE_GRACE).await;
+            })
+            .await;
         }
     }
 }
@@ -216,19 +232,22 @@ async fn first_byte(stream: &TcpStream, timeout: Duration, mut drain: watch::Rec
         .unwrap_or(false)
 }
 
-/// Runs one connection; once draining, gives it `grace` to finish on its own (HTTP/1 answers
-/// carry `Connection: close` by then), then asks it to shut down gracefully and waits.
-async fn drive<C: GracefulConnection>(conn: C, mut drain: watch::Receiver<bool>, grace: Duration) {
+/// Runs one connection; once draining, gives it the `grace` future (started then) to finish on
+/// its own (HTTP/1 answers carry `Connection: close` by then), then asks it to shut down
+/// gracefully and waits.
+async fn drive<C, G>(conn: C, mut drain: watch::Receiver<bool>, grace: impl FnOnce() -> G)
+where
+    C: GracefulConnection,
+    G: Future<Output = ()>,
+{
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
         _ = drain.wait_for(|draining| *draining) => {}
     }
-    if !grace.is_zero() {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            () = tokio::time::sleep(grace) => {}
-        }
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = grace() => {}
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
