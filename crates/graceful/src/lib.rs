@@ -49,6 +49,14 @@
 //! }
 //! ```
 
+//! # Log events
+//!
+//! The `tracing` events a log reader may key on carry a stable `event` field (the message text
+//! may be reworded): `signal`, `shutdown.started`, `drain.started`, `phase.started`, `listener.closed` (feature
+//! `hyper`), `component.stopped` (with `clean`), `shutdown.entry` (one per report entry, from
+//! [`Report::log`]), `shutdown.complete` (with `clean` and `exit_code`), `shutdown.interrupted`
+//! (a second signal) and `shutdown.overrun` (the watchdog).
+
 #![warn(missing_docs)]
 
 mod readiness;

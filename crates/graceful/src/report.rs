@@ -240,19 +240,19 @@ impl Report {
         for e in &self.entries {
             let (started_ms, took_ms) = (ms(e.started), ms(e.took));
             if e.outcome.is_clean() {
-                tracing::info!(component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, "shutdown report");
+                tracing::info!(event = "shutdown.entry", component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, "shutdown report");
             } else {
-                tracing::error!(component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, "shutdown report");
+                tracing::error!(event = "shutdown.entry", component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, "shutdown report");
             }
         }
         let stragglers: Vec<&str> = self.stragglers().collect();
         let total_ms = ms(self.total);
         if self.is_clean() {
-            tracing::info!(reason = %self.reason, total_ms, clean = true, "shutdown complete");
+            tracing::info!(event = "shutdown.complete", reason = %self.reason, total_ms, clean = true, exit_code = self.exit_code(), "shutdown complete");
         } else if let Some(signal) = self.interrupted {
-            tracing::error!(reason = %self.reason, total_ms, clean = false, interrupted_by = signal.name, stragglers = ?stragglers, "shutdown cut short by a second signal");
+            tracing::error!(event = "shutdown.complete", reason = %self.reason, total_ms, clean = false, exit_code = self.exit_code(), interrupted_by = signal.name, stragglers = ?stragglers, "shutdown cut short by a second signal");
         } else {
-            tracing::error!(reason = %self.reason, total_ms, clean = false, stragglers = ?stragglers, "shutdown complete with failures");
+            tracing::error!(event = "shutdown.complete", reason = %self.reason, total_ms, clean = false, exit_code = self.exit_code(), stragglers = ?stragglers, "shutdown complete with failures");
         }
     }
 }

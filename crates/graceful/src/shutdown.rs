@@ -408,7 +408,7 @@ impl Shutdown {
     pub async fn run(mut self) -> Report {
         let (reason, mut ended_early) = self.wait_for_trigger().await;
         let started = Instant::now();
-        tracing::info!(reason = %reason, "shutdown started: readiness off");
+        tracing::info!(event = "shutdown.started", reason = %reason, "shutdown started: readiness off");
         self.draining.start_draining();
         self.ran = true;
         let overrun_grace = self.watchdog_grace.unwrap_or_default();
@@ -502,7 +502,7 @@ impl Shutdown {
             tokio::select! {
                 () = token.cancelled() => return (self.handle.reason(), ended_early),
                 signal = next_signal(&mut self.signals) => {
-                    tracing::info!(signal = signal.name, "signal received");
+                    tracing::info!(event = "signal", signal = signal.name, "signal received");
                     return (Reason::Signal(signal.name), ended_early);
                 }
                 Some(id) = self.ended_rx.recv() => {
@@ -594,6 +594,7 @@ impl Plan {
         } = self;
         if !drain_delay.is_zero() {
             tracing::info!(
+                event = "drain.started",
                 delay_ms = drain_delay.as_millis() as u64,
                 "drain delay: still serving, unready"
             );
@@ -682,7 +683,7 @@ impl Plan {
             if stopping.is_empty() && skipped.is_empty() {
                 continue;
             }
-            tracing::info!(phase = %phase.name, components = stopping.len(), "phase started");
+            tracing::info!(event = "phase.started", phase = %phase.name, components = stopping.len(), "phase started");
             crate::systemd::phase(
                 &phase.name,
                 index + 1,
@@ -773,9 +774,9 @@ async fn finish(s: Stopping, phase: &str, trigger: Instant, aborted: bool) -> En
         outcome,
     };
     if entry.outcome.is_clean() {
-        tracing::info!(component = %entry.component, took_ms = entry.took.as_millis() as u64, "stopped");
+        tracing::info!(event = "component.stopped", component = %entry.component, took_ms = entry.took.as_millis() as u64, clean = true, "stopped");
     } else {
-        tracing::warn!(component = %entry.component, outcome = %entry.outcome, "did not stop cleanly");
+        tracing::warn!(event = "component.stopped", component = %entry.component, outcome = %entry.outcome, clean = false, "did not stop cleanly");
     }
     entry
 }

@@ -137,7 +137,7 @@ async fn watch(
                 if let Some(path) = &plan.termination_message {
                     let _ = std::fs::write(path, crate::report::truncate(message, crate::report::TERMINATION_MESSAGE_LIMIT));
                 }
-                tracing::error!(stopping = %stopping, "shutdown overran its deadline: exiting");
+                tracing::error!(event = "shutdown.overrun", stopping = %stopping, "shutdown overran its deadline: exiting");
                 std::process::exit(1);
             }
             signal = next(&mut signals) => {
@@ -149,7 +149,7 @@ async fn watch(
                     tracing::warn!(signal = signal.name, "signal during a shutdown already under way: a second one stops at once");
                     continue;
                 }
-                tracing::error!(signal = signal.name, code = signal.exit_code(), "second signal during shutdown: exiting now");
+                tracing::error!(event = "shutdown.interrupted", signal = signal.name, code = signal.exit_code(), "second signal during shutdown: exiting now");
                 if let Ok(mut slot) = shared.interrupted.lock() {
                     *slot = Some(signal);
                 }

@@ -9,7 +9,7 @@
 //! Under load, no accepted request fails, because the one resource every request needs outlives
 //! every request. Compare `demo_2`, which gets the order wrong on purpose.
 //!
-//! Run: `cargo run --example demo_1`, put load on it (`stockorder client http`), press Ctrl+C.
+//! Run: `cargo run --example demo_1`, put load on it (`stockorder-tools client http`), press Ctrl+C.
 //! `DEMO_SLEEP_SCALE=0` skips the pauses.
 
 mod common;
@@ -44,16 +44,16 @@ async fn main() -> anyhow::Result<()> {
     readiness.start_draining(); // /ready → 503; keep-alive clients are told to close
 
     // Step 1: the server stops accepting and returns once every accepted request is answered.
-    timeline.mark("stopping the HTTP server");
+    timeline.mark("server.stopping", "stopping the HTTP server");
     let _ = stop.send(());
     server.await?;
-    timeline.mark("HTTP server stopped: every accepted request answered");
+    timeline.mark("server.stopped", "HTTP server stopped: every accepted request answered");
     demo.pause(2.0).await;
 
     // Step 2: nothing uses the database any more; close it.
-    timeline.mark("closing the database");
+    timeline.mark("database.closing", "closing the database");
     demo.pause(2.0).await;
     store.close().await?; // commits queued writes, checkpoints the WAL
-    timeline.mark("database closed; exiting 0");
+    timeline.mark("database.closed", "database closed; exiting 0");
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! server accepted fail. The fix is an order, not a timeout: close what requests use only after
 //! the servers have stopped (`demo_1`, `demo_3`).
 //!
-//! Run: `cargo run --example demo_2`, put load on it (`stockorder client http --interval
+//! Run: `cargo run --example demo_2`, put load on it (`stockorder-tools client http --interval
 //! 100ms`), press Ctrl+C, and watch the failures from 5 s on. `DEMO_SLEEP_SCALE=0.1` runs it
 //! ten times faster.
 
@@ -46,13 +46,19 @@ async fn main() -> anyhow::Result<()> {
     let shutdown_processing = async {
         stockorder::signal::terminate().await;
         let timeline = Timeline::start();
-        timeline.mark("signal: the server keeps serving; pre-shutdown processing starts");
+        timeline.mark(
+            "signal.handled",
+            "signal: the server keeps serving; pre-shutdown processing starts",
+        );
         demo.pause(5.0).await;
         // THE BUG, part 2: nothing waits for the server before the database goes.
         store.close().await?;
-        timeline.mark("database closed while the server still serves: requests fail from now on");
+        timeline.mark(
+            "database.closed",
+            "database closed while the server still serves: requests fail from now on",
+        );
         demo.pause(5.0).await;
-        timeline.mark("server drain ends");
+        timeline.mark("server.stopped", "server drain ends");
         anyhow::Ok(())
     };
 

@@ -15,8 +15,8 @@
 //!
 //! Adding a dependency is one `on_stop` line; its place in the order is its phase.
 //!
-//! Run: `cargo run --example demo_3`, put load on both ports (`stockorder client http`,
-//! `stockorder client grpc`), press Ctrl+C. `DEMO_SLEEP_SCALE=0` skips the pauses.
+//! Run: `cargo run --example demo_3`, put load on both ports (`stockorder-tools client http`,
+//! `stockorder-tools client grpc`), press Ctrl+C. `DEMO_SLEEP_SCALE=0` skips the pauses.
 
 mod common;
 

@@ -4,7 +4,7 @@
 //!
 //!   hostile ADDR SERVER_PID [SLOW_CONNECTIONS] [UPLOADERS] [SECONDS]
 //!
-//! Well-behaved load runs beside it (`stockorder load`), so the script can show that those
+//! Well-behaved load runs beside it (`stockorder-tools load`), so the script can show that those
 //! clients are still answered.
 
 use std::net::SocketAddr;

@@ -8,11 +8,12 @@ use std::time::Duration;
 use graceful::{Report, Shutdown};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
+use crate::adapter::middleware::access_log::LogResponse;
 use crate::adapter::middleware::admission::{AdmissionLayer, Limits};
 use crate::adapter::middleware::api_keys::{ApiKeys, ApiKeysError};
 use crate::adapter::middleware::observe::ObserveLayer;
@@ -291,7 +292,7 @@ impl Application {
         }
 
         let router = http::router_with(Arc::clone(&self.desk), readiness.clone(), &self.http_options);
-        tracing::info!(addr = %self.http_addr, "HTTP server listening");
+        tracing::info!(event = "listening", protocol = "http", addr = %self.http_addr, "HTTP server listening");
         let http_readiness = readiness.clone();
         let connection_limits = self.connection_limits;
         shutdown.spawn(servers, "http server", move |stop| {
@@ -315,7 +316,7 @@ impl Application {
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(request_id::span)
-                    .on_response(DefaultOnResponse::new().level(Level::INFO))
+                    .on_response(LogResponse)
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             .layer(request_id::propagate())
@@ -323,7 +324,7 @@ impl Application {
             .layer(AdmissionLayer::<grpc::Grpc>::new(&self.http_options.limits))
             .service(routes.prepare());
         health.set(self.desk.can_write()).await;
-        tracing::info!(addr = %self.grpc_addr, "gRPC server listening");
+        tracing::info!(event = "listening", protocol = "grpc", addr = %self.grpc_addr, "gRPC server listening");
         let grpc_readiness = readiness.clone();
         let mut storage = self.desk.storage().subscribe();
         shutdown.spawn(servers, "grpc server", move |stop| async move {

@@ -30,17 +30,9 @@ pub struct Cli {
 /// The commands of the binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service (the default).
+    /// Run the service (the default). The clients, load and shutdown proofs are another
+    /// binary, `stockorder-tools`, that talks to this one over its APIs only.
     Serve(ServeArgs),
-    /// Talk to a running server: the original's demo loop, or one call printed as JSON.
-    Client(crate::client::ClientArgs),
-    /// Drive load at a running server and print throughput and latency.
-    Load(crate::load::LoadArgs),
-    /// Start a server, load it, signal it, and account for every request.
-    Prove(crate::prove::ProveArgs),
-    /// Restart three replicas behind HAProxy one by one under load, and account for every
-    /// request and order.
-    RollingRestart(crate::rolling::RollingArgs),
 }
 
 /// Options of `stockorder serve`.

@@ -9,15 +9,11 @@
 pub mod activation;
 pub mod adapter;
 pub mod app;
-pub mod client;
 pub mod config;
 pub mod domain;
-pub mod load;
 pub mod metrics;
 pub mod port;
 pub mod processor;
-pub mod prove;
-pub mod rolling;
 pub mod service;
 pub mod signal;
 pub mod telemetry;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use stockorder::app::Application;
 use stockorder::config::{Cli, Command};
-use stockorder::telemetry::LogOutput;
 
 /// Errors end here: printed once with their causes (`error: cannot listen on …: Address in use`)
 /// and exit code 1, without the backtrace `anyhow` would add under `RUST_BACKTRACE`, since every
@@ -27,24 +26,10 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let output = match cli.command {
-        None | Some(Command::Serve(_)) => LogOutput::Stdout,
-        Some(Command::Client(_) | Command::Load(_) | Command::Prove(_) | Command::RollingRestart(_)) => {
-            LogOutput::Stderr
-        }
-    };
-    stockorder::telemetry::init(&cli.log, output);
-    if !matches!(cli.command, None | Some(Command::Serve(_))) {
-        // The tools install their own handlers (or none) and want the default actions.
-        stockorder::signal::release_termination();
-    }
+    stockorder::telemetry::init(&cli.log);
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Client(args)) => stockorder::client::run(args).await.map(|()| ExitCode::SUCCESS),
-        Some(Command::Load(args)) => stockorder::load::run(args).await.map(|()| ExitCode::SUCCESS),
-        Some(Command::Prove(args)) => stockorder::prove::run(args).await,
-        Some(Command::RollingRestart(args)) => stockorder::rolling::run(args).await,
     }
 }
 

@@ -162,13 +162,17 @@ impl Upgrader {
             self.store.other_process_writes(true);
             match self.start_successor().await {
                 Ok(pid) => {
-                    tracing::info!(new_pid = pid, "upgrade: the new process is ready; this one stops");
+                    tracing::info!(
+                        event = "upgrade.handover",
+                        new_pid = pid,
+                        "upgrade: the new process is ready; this one stops"
+                    );
                     shutdown.shutdown("upgrade");
                     return;
                 }
                 Err(e) => {
                     self.store.other_process_writes(false);
-                    tracing::error!(error = %e, "upgrade failed; this process keeps serving");
+                    tracing::error!(event = "upgrade.failed", error = %e, "upgrade failed; this process keeps serving");
                 }
             }
         }

@@ -100,7 +100,7 @@ async fn demo_3_breaks_no_request_and_reports() {
     let log = server.rest_of_log().await;
     let reported: Vec<&str> = log
         .iter()
-        .filter(|l| l["message"] == "shutdown report")
+        .filter(|l| l["event"] == "shutdown.entry")
         .map(|l| l["component"].as_str().unwrap())
         .collect();
     assert_eq!(reported.len(), 5, "{reported:?}");

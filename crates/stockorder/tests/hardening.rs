@@ -350,7 +350,7 @@ async fn json_logs_name_the_request_on_every_line() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let line = server.wait_for_log("finished processing request").await;
+    let line = server.wait_for_event("request.finished").await;
     assert_eq!(line["spans"][0]["request_id"], "find-me-in-the-log", "{line}");
     assert_eq!(line["status"], 200, "{line}");
 }

@@ -279,7 +279,7 @@ async fn sigterm_while_the_processor_is_busy_loses_nothing() {
     let log = server.rest_of_log().await;
     let processor = log
         .iter()
-        .find(|l| l["message"] == "shutdown report" && l["component"] == "order processor")
+        .find(|l| l["event"] == "shutdown.entry" && l["component"] == "order processor")
         .unwrap();
     assert_eq!(processor["outcome"], "stopped");
 

@@ -13,7 +13,7 @@ use common::{ServerProcess, grpc_market_order, market_order};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
-use stockorder::load::Outcome;
+use stockorder_tools::load::Outcome;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
@@ -137,7 +137,7 @@ async fn sigterm_under_load_breaks_no_request_and_loses_no_order() {
     assert!(exit_after < Duration::from_secs(5), "shutdown hung: {exit_after:?}");
 
     // The report: both servers stopped, then the database, all clean.
-    let report: Vec<&Value> = log.iter().filter(|l| l["message"] == "shutdown report").collect();
+    let report: Vec<&Value> = log.iter().filter(|l| l["event"] == "shutdown.entry").collect();
     let entry = |name: &str| *report.iter().find(|l| l["component"] == name).expect(name);
     for name in ["http server", "grpc server", "order processor", "database"] {
         assert_eq!(entry(name)["outcome"], "stopped", "{name}");
@@ -175,7 +175,7 @@ async fn an_idle_server_exits_at_once_with_the_report() {
     let log = server.rest_of_log().await;
     let mut reported: Vec<&str> = log
         .iter()
-        .filter(|l| l["message"] == "shutdown report")
+        .filter(|l| l["event"] == "shutdown.entry")
         .map(|l| l["component"].as_str().unwrap())
         .collect();
     // The two servers stop concurrently and are listed as they finish; then the workers (the
@@ -194,7 +194,7 @@ async fn an_idle_server_exits_at_once_with_the_report() {
     );
     assert!(
         log.iter()
-            .any(|l| l["message"] == "shutdown complete" && l["clean"] == true)
+            .any(|l| l["event"] == "shutdown.complete" && l["clean"] == true)
     );
 }
 
@@ -230,12 +230,12 @@ async fn a_request_past_the_deadline_is_named_and_the_exit_code_is_not_zero() {
     let log = server.rest_of_log().await;
     let http = log
         .iter()
-        .find(|l| l["message"] == "shutdown report" && l["component"] == "http server")
+        .find(|l| l["event"] == "shutdown.entry" && l["component"] == "http server")
         .expect("http server in the report");
     assert!(http["outcome"].as_str().unwrap().starts_with("timed out"), "{http}");
     let database = log
         .iter()
-        .find(|l| l["message"] == "shutdown report" && l["component"] == "database")
+        .find(|l| l["event"] == "shutdown.entry" && l["component"] == "database")
         .expect("database in the report");
     assert_eq!(
         database["outcome"], "stopped",
@@ -243,7 +243,7 @@ async fn a_request_past_the_deadline_is_named_and_the_exit_code_is_not_zero() {
     );
     let summary = log
         .iter()
-        .find(|l| l["message"] == "shutdown complete with failures")
+        .find(|l| l["event"] == "shutdown.complete" && l["clean"] == false)
         .unwrap();
     assert_eq!(summary["stragglers"], "[\"http server\"]");
 }
@@ -255,7 +255,7 @@ async fn a_second_signal_exits_at_once_with_128_plus_its_number() {
     let _stuck = stuck_request(&server).await;
     assert_eq!(reqwest::get(server.url("/health")).await.unwrap().status(), 200);
     server.signal(Signal::SIGTERM);
-    server.wait_for_log("shutdown started: readiness off").await;
+    server.wait_for_event("shutdown.started").await;
     // Sooner, it would be the same request delivered twice.
     tokio::time::sleep(graceful::DUPLICATE_WINDOW + Duration::from_millis(100)).await;
     let second = Instant::now();
@@ -284,7 +284,7 @@ async fn the_drain_delay_keeps_serving_while_unready() {
 
     let signalled = Instant::now();
     server.signal(Signal::SIGTERM);
-    server.wait_for_log("shutdown started: readiness off").await;
+    server.wait_for_event("shutdown.started").await;
 
     assert_eq!(client.get(server.url("/ready")).send().await.unwrap().status(), 503);
     assert_eq!(

@@ -13,9 +13,7 @@ use stockorder::upgrade::exited;
 /// Sends SIGHUP to `pid` and returns the pid of the process that took over.
 async fn upgrade(server: &mut ServerProcess, pid: Pid) -> Pid {
     kill(pid, Signal::SIGHUP).unwrap();
-    let line = server
-        .wait_for_log("upgrade: the new process is ready; this one stops")
-        .await;
+    let line = server.wait_for_event("upgrade.handover").await;
     Pid::from_raw(line["new_pid"].as_i64().unwrap() as i32)
 }
 
@@ -69,7 +67,7 @@ async fn a_failing_new_binary_leaves_the_old_process_serving() {
     let mut server = ServerProcess::start(&dir.path().join("orders.db"), &[("UPGRADE_BINARY", "/bin/false")]).await;
     let pid = Pid::from_raw(server.child.id().unwrap() as i32);
     kill(pid, Signal::SIGHUP).unwrap();
-    let failure = server.wait_for_log("upgrade failed; this process keeps serving").await;
+    let failure = server.wait_for_event("upgrade.failed").await;
     assert!(
         failure["error"]
             .as_str()

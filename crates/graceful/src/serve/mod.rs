@@ -150,6 +150,7 @@ pub async fn serve<S, B>(
         Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog"),
     }
     tracing::info!(
+        event = "listener.closed",
         ?protocol,
         open = connections.len(),
         from_backlog = taken,

@@ -38,7 +38,7 @@ impl Demo {
     /// every pause: 0 runs the lesson at full speed, for tests.
     pub fn from_env() -> anyhow::Result<Self> {
         let cli = DemoCli::parse();
-        stockorder::telemetry::init(&cli.log, stockorder::telemetry::LogOutput::Stdout);
+        stockorder::telemetry::init(&cli.log);
         let scale = match std::env::var("DEMO_SLEEP_SCALE") {
             Ok(raw) => raw
                 .parse::<f64>()
@@ -63,13 +63,19 @@ impl Demo {
 
     /// Binds the HTTP port and says where (tests read the address from this line).
     pub async fn bind_http(&self) -> anyhow::Result<TcpListener> {
-        bind(SocketAddr::new(self.args.host, self.args.port), "HTTP server listening").await
+        bind(
+            SocketAddr::new(self.args.host, self.args.port),
+            "http",
+            "HTTP server listening",
+        )
+        .await
     }
 
     /// Binds the gRPC port and says where.
     pub async fn bind_grpc(&self) -> anyhow::Result<TcpListener> {
         bind(
             SocketAddr::new(self.args.host, self.args.grpc_port),
+            "grpc",
             "gRPC server listening",
         )
         .await
@@ -82,11 +88,11 @@ impl Demo {
     }
 }
 
-async fn bind(addr: SocketAddr, says: &str) -> anyhow::Result<TcpListener> {
+async fn bind(addr: SocketAddr, protocol: &str, says: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "{says}");
+    tracing::info!(event = "listening", protocol, addr = %listener.local_addr()?, "{says}");
     Ok(listener)
 }
 
@@ -99,8 +105,8 @@ impl Timeline {
         Self(Instant::now())
     }
 
-    /// Logs a step.
-    pub fn mark(&self, step: &str) {
-        tracing::info!("[+{:.1}s] {step}", self.0.elapsed().as_secs_f64());
+    /// Logs a step, with its stable `event` name for log readers (docs/log-events.md).
+    pub fn mark(&self, event: &str, step: &str) {
+        tracing::info!(event, "[+{:.1}s] {step}", self.0.elapsed().as_secs_f64());
     }
 }

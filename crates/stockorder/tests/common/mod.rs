@@ -175,9 +175,9 @@ impl ServerProcess {
             while http.is_none() || (grpc_expected && grpc.is_none()) {
                 let line = log.recv().await.expect("server exited before listening");
                 let addr = || line["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                match line["message"].as_str() {
-                    Some("HTTP server listening") => http = Some(addr()),
-                    Some("gRPC server listening") => grpc = Some(addr()),
+                match (line["event"].as_str(), line["protocol"].as_str()) {
+                    (Some("listening"), Some("http")) => http = Some(addr()),
+                    (Some("listening"), Some("grpc")) => grpc = Some(addr()),
                     _ => {}
                 }
             }
@@ -220,18 +220,18 @@ impl ServerProcess {
         }
     }
 
-    /// Waits for the next log line whose message is `message`.
-    pub async fn wait_for_log(&mut self, message: &str) -> Value {
+    /// Waits for the next log line whose `event` is `event` (docs/log-events.md).
+    pub async fn wait_for_event(&mut self, event: &str) -> Value {
         tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 let line = self.log.recv().await.expect("server exited before logging it");
-                if line["message"] == message {
+                if line["event"] == event {
                     return line;
                 }
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("no {message:?} in the log"))
+        .unwrap_or_else(|_| panic!("no {event:?} event in the log"))
     }
 
     /// Every log line left, up to the process's exit.
@@ -309,7 +309,7 @@ pub fn pg_url() -> Option<String> {
 /// the load that restarts must not break.
 pub struct OrderClients {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    clients: tokio::task::JoinSet<Vec<(stockorder::load::Outcome, Option<String>)>>,
+    clients: tokio::task::JoinSet<Vec<(stockorder_tools::load::Outcome, Option<String>)>>,
 }
 
 /// What the clients saw: acknowledged order ids, and every other outcome by label.
@@ -321,7 +321,7 @@ pub struct Seen {
 impl OrderClients {
     /// `n` clients; every `grpc_every`-th one uses gRPC at `grpc`, the others REST at `http`.
     pub fn start(n: usize, grpc_every: usize, http: &str, grpc: &str) -> Self {
-        use stockorder::load::{Driver, LoadProtocol};
+        use stockorder_tools::load::{Driver, LoadProtocol};
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut clients = tokio::task::JoinSet::new();
         for i in 0..n {
@@ -357,7 +357,7 @@ impl OrderClients {
             for (outcome, id) in outcomes.unwrap() {
                 match id {
                     Some(id) => seen.acked.push(id),
-                    None if outcome == stockorder::load::Outcome::NotProcessed => turned_away += 1,
+                    None if outcome == stockorder_tools::load::Outcome::NotProcessed => turned_away += 1,
                     None => *seen.other.entry(outcome.label()).or_insert(0) += 1,
                 }
             }

@@ -6,10 +6,12 @@
 //! - [`admission`]: API keys, the concurrency limit that sheds load instead of queueing it, and
 //!   the per-request timeout.
 //! - [`request_id`]: an `x-request-id` on every request and answer, and in every log line.
+//! - [`access_log`]: the line each answered request logs.
 //!
 //! The middleware knows nothing of either protocol: each adapter describes its own through
 //! [`Protocol`] (how to name a route, which paths stay open, how to say "no").
 
+pub mod access_log;
 pub mod admission;
 pub mod api_keys;
 pub mod observe;

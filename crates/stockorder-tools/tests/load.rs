@@ -1,14 +1,19 @@
-//! `stockorder load` as a user runs it: the real binary against a real server, over HTTP and
-//! gRPC, by request count and at a fixed rate.
+//! `stockorder-tools load` as a user runs it: the real binary against a real server, over HTTP
+//! and gRPC, by request count and at a fixed rate.
 
-mod common;
-
-use common::spawn_app;
 use serde_json::Value;
+use stockorder_tools::service::Server;
 
-/// Runs `stockorder load` with `args` and `--json`, and returns its summary.
+/// A server with a fresh database and no processor, and the directory that holds it.
+async fn server() -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("orders.db").display());
+    (Server::start(&db, &[("PROCESSOR_WORKERS", "0")]).await.unwrap(), dir)
+}
+
+/// Runs `stockorder-tools load` with `args` and `--json`, and returns its summary.
 async fn load(args: &[&str]) -> Value {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder-tools"))
         .arg("load")
         .args(args)
         .arg("--json")
@@ -21,8 +26,8 @@ async fn load(args: &[&str]) -> Value {
 
 #[tokio::test]
 async fn the_mixed_scenario_sends_its_mix_over_both_protocols() {
-    let app = spawn_app().await;
-    let (http, grpc) = (app.addr.to_string(), app.grpc_addr.to_string());
+    let (app, _dir) = server().await;
+    let (http, grpc) = (app.http.clone(), app.grpc.clone());
     for args in [vec!["--addr", &http], vec!["--addr", &grpc, "--protocol", "grpc"]] {
         let mut args = args.clone();
         args.extend(["--scenario", "mixed", "-c", "8", "-n", "500", "--seed-orders", "20"]);
@@ -35,14 +40,19 @@ async fn the_mixed_scenario_sends_its_mix_over_both_protocols() {
         assert_eq!(s["by_call"]["get"]["requests"], 350, "{s}");
     }
     // The creates (20 seeded per run, 100 in each mix) are all stored.
-    let list: Vec<Value> = app.get("/api/orders?limit=1000").await.json().await.unwrap();
+    let list: Vec<Value> = reqwest::get(format!("http://{http}/api/orders?limit=1000"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.len(), 240);
 }
 
 #[tokio::test]
 async fn a_fixed_rate_sends_exactly_its_schedule() {
-    let app = spawn_app().await;
-    let addr = app.addr.to_string();
+    let (app, _dir) = server().await;
+    let addr = app.http.clone();
     // 200/s for 1 s: requests are planned at 0, 5, …, 995 ms, so exactly 200 are sent, however
     // fast the server answers.
     let s = load(&[
@@ -66,7 +76,7 @@ async fn a_fixed_rate_sends_exactly_its_schedule() {
 
 #[tokio::test]
 async fn bad_load_arguments_are_refused_with_a_reason() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder-tools"))
         .args(["load", "--rate=-5"])
         .output()
         .await

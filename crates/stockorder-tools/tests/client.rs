@@ -1,18 +1,17 @@
-//! `stockorder client http|grpc` as a user runs them: real binary, real server, real signals.
-
-mod common;
+//! `stockorder-tools client http|grpc` as a user runs them: real binary, real server, real
+//! signals.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::ServerProcess;
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use stockorder_tools::service::Server;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn client(protocol: &str, addr: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockorder"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockorder-tools"));
     cmd.args(["client", protocol, "--addr", addr]).kill_on_drop(true);
     cmd
 }
@@ -27,9 +26,10 @@ async fn json_of(cmd: &mut Command) -> Value {
 async fn one_shot_calls_print_the_same_json_over_both_protocols() {
     let dir = tempfile::tempdir().unwrap();
     // No processor: the orders must not change between the calls that compare them.
-    let mut server = ServerProcess::start(&dir.path().join("orders.db"), &[("PROCESSOR_WORKERS", "0")]).await;
-    let http = format!("http://{}", server.addr);
-    let grpc = format!("http://{}", server.grpc_addr);
+    let db = format!("sqlite://{}", dir.path().join("orders.db").display());
+    let server = Server::start(&db, &[("PROCESSOR_WORKERS", "0")]).await.unwrap();
+    let http = format!("http://{}", server.http);
+    let grpc = format!("http://{}", server.grpc);
 
     let args = [
         "create",
@@ -73,15 +73,15 @@ async fn one_shot_calls_print_the_same_json_over_both_protocols() {
         assert!(!stderr.contains("backtrace"), "{stderr}");
     }
 
-    server.signal(Signal::SIGTERM);
-    assert_eq!(server.wait().await, Some(0));
+    assert_eq!(server.stop().await.unwrap().0, Some(0));
 }
 
 #[tokio::test]
 async fn the_loop_places_an_order_per_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
-    for (protocol, addr) in [("http", server.addr), ("grpc", server.grpc_addr)] {
+    let db = format!("sqlite://{}", dir.path().join("orders.db").display());
+    let server = Server::start(&db, &[]).await.unwrap();
+    for (protocol, addr) in [("http", &server.http), ("grpc", &server.grpc)] {
         let out = client(protocol, &format!("http://{addr}"))
             .args(["--interval", "10ms", "--count", "3"])
             .output()
@@ -97,15 +97,14 @@ async fn the_loop_places_an_order_per_interval() {
         );
         assert!(stdout.ends_with("orders sent: 3, placed: 3, failed: 0\n"), "{stdout}");
     }
-    let all: Vec<Value> = reqwest::get(server.url("/api/orders"))
+    let all: Vec<Value> = reqwest::get(format!("http://{}/api/orders", server.http))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(all.len(), 6);
-    server.signal(Signal::SIGTERM);
-    assert_eq!(server.wait().await, Some(0));
+    assert_eq!(server.stop().await.unwrap().0, Some(0));
 }
 
 /// Ctrl+C while a request hangs: the loop cancels it and exits 0. The "server" accepts and never

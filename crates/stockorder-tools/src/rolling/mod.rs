@@ -1,4 +1,4 @@
-//! `stockorder rolling-restart`: three replicas over one PostgreSQL database behind HAProxy,
+//! `stockorder-tools rolling-restart`: three replicas over one PostgreSQL database behind HAProxy,
 //! restarted one at a time, round after round, under load, with every request accounted for.
 //!
 //! This is the deploy most services do every day, and where graceful shutdown pays off. Each
@@ -32,15 +32,16 @@ use tokio::time::Instant;
 use tokio_postgres::NoTls;
 
 use crate::load::{Driver, Latency, LoadProtocol};
+use crate::process::free_port;
 use crate::prove::tally::{Accounting, Request};
-use crate::prove::{Next, free_port, place_orders};
+use crate::prove::{Next, place_orders};
 use lb::{LbPorts, LoadBalancer};
 use replica::ReplicaSpec;
 
 /// The replicas `deploy/haproxy.cfg` names (`r1` to `r3`).
 const REPLICAS: usize = 3;
 
-/// Options of `stockorder rolling-restart`.
+/// Options of `stockorder-tools rolling-restart`.
 #[derive(Debug, Clone, Args)]
 pub struct RollingArgs {
     /// The PostgreSQL database the replicas share. The run works in a schema of its own,
@@ -62,11 +63,11 @@ pub struct RollingArgs {
 
     /// `SHUTDOWN_DRAIN_DELAY` of the replicas: must be longer than HAProxy needs to take a
     /// replica out of rotation (2 checks × 250 ms in `deploy/haproxy.cfg`).
-    #[arg(long, default_value = "1500ms", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "1500ms", value_parser = crate::duration::parse)]
     pub drain_delay: Duration,
 
     /// Load before the first restart and after the last, for the steady-state latency.
-    #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
     pub steady: Duration,
 
     /// The HAProxy configuration.
@@ -174,7 +175,8 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
         .await
         .context("cannot create the run's schema")?;
     let result = run_in_schema(&args, &in_schema(&args.database_url, &schema), dir.path()).await;
-    let stored = stored_ids(&admin, &schema).await;
+    // Read back over the API, as a client would, from a server of the same binary.
+    let stored = crate::service::stored_ids(&in_schema(&args.database_url, &schema)).await;
     if args.keep_schema {
         eprintln!("kept schema {schema}");
     } else if let Err(e) = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await {
@@ -345,18 +347,6 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
         })
         .collect();
     Ok((requests, restarts, (http_clients, grpc_clients)))
-}
-
-/// Every order id in the run's schema.
-async fn stored_ids(admin: &tokio_postgres::Client, schema: &str) -> anyhow::Result<HashSet<String>> {
-    let rows = admin
-        .query(&format!("SELECT id FROM {schema}.orders"), &[])
-        .await
-        .context("cannot read the orders back")?;
-    Ok(rows
-        .iter()
-        .map(|r| r.get::<_, uuid::Uuid>(0).hyphenated().to_string())
-        .collect())
 }
 
 fn summarize(

@@ -6,8 +6,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::{Call, Outcome};
-use crate::adapter::grpc::proto;
-use crate::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+use crate::proto;
+use crate::proto::stock_order_service_client::StockOrderServiceClient;
 
 /// One worker's connection to the gRPC API.
 pub struct GrpcDriver {

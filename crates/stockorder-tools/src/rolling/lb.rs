@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 
 /// The ports HAProxy listens on.
 #[derive(Debug, Clone, Copy)]
-pub struct LbPorts {
+pub(super) struct LbPorts {
     /// REST.
     pub http: u16,
     /// gRPC (HTTP/2).
@@ -21,19 +21,19 @@ pub struct LbPorts {
 }
 
 /// A running HAProxy; killed when dropped.
-pub struct LoadBalancer {
+pub(super) struct LoadBalancer {
     _child: Child,
     stats_url: String,
     client: reqwest::Client,
 }
 
 /// Whether HAProxy routes to a server, by `backend/server`.
-pub type Rotation = HashMap<String, bool>;
+pub(super) type Rotation = HashMap<String, bool>;
 
 impl LoadBalancer {
     /// Starts `haproxy` in the foreground with `config`, replicas' ports in the environment
     /// (`STOCKORDER_R1_HTTP`, …), and waits until its stats page answers.
-    pub async fn start(
+    pub(super) async fn start(
         haproxy: &str,
         config: &Path,
         ports: LbPorts,
@@ -81,13 +81,13 @@ impl LoadBalancer {
 
     /// Which servers are in rotation now (status UP, including "going down" while checks are
     /// still failing below `fall`).
-    pub async fn rotation(&self) -> anyhow::Result<Rotation> {
+    pub(super) async fn rotation(&self) -> anyhow::Result<Rotation> {
         let csv = self.client.get(&self.stats_url).send().await?.text().await?;
         parse_rotation(&csv)
     }
 
     /// Waits until `server` (e.g. `r2`) is in (or out of) rotation in every backend listed.
-    pub async fn wait_for(&self, backends: &[&str], server: &str, in_rotation: bool) -> anyhow::Result<()> {
+    pub(super) async fn wait_for(&self, backends: &[&str], server: &str, in_rotation: bool) -> anyhow::Result<()> {
         loop {
             let rotation = self.rotation().await?;
             if backends

@@ -6,12 +6,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::process::{Child, Command};
-use tokio::time::Instant;
+use tokio::process::Child;
 
 /// Where a replica listens, and how it is started.
 #[derive(Debug, Clone)]
-pub struct ReplicaSpec {
+pub(super) struct ReplicaSpec {
     /// `r1`, `r2`, … as in `deploy/haproxy.cfg`.
     pub name: String,
     /// HTTP port.
@@ -27,22 +26,20 @@ pub struct ReplicaSpec {
 }
 
 /// A running replica.
-pub struct Replica {
+pub(super) struct Replica {
     child: Child,
     pid: nix::unistd::Pid,
 }
 
 impl ReplicaSpec {
     /// Starts `stockorder serve` and waits until its `/ready` answers 200.
-    pub async fn start(&self) -> anyhow::Result<Replica> {
-        let me = std::env::current_exe().context("cannot find this executable")?;
+    pub(super) async fn start(&self) -> anyhow::Result<Replica> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .with_context(|| format!("cannot write {}", self.log.display()))?;
-        let mut child = Command::new(me)
-            .arg("serve")
+        let mut child = crate::service::serve_command()?
             .env("HOST", "127.0.0.1")
             .env("PORT", self.http_port.to_string())
             .env("GRPC_PORT", self.grpc_port.to_string())
@@ -73,19 +70,19 @@ impl ReplicaSpec {
     }
 
     /// The replica's log file.
-    pub fn log(&self) -> &Path {
+    pub(super) fn log(&self) -> &Path {
         &self.log
     }
 }
 
 impl Replica {
     /// Sends SIGTERM: the start of its graceful shutdown.
-    pub fn terminate(&self) -> anyhow::Result<()> {
+    pub(super) fn terminate(&self) -> anyhow::Result<()> {
         nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGTERM).context("cannot signal the replica")
     }
 
     /// Waits for the process to exit; its exit code.
-    pub async fn wait(mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+    pub(super) async fn wait(mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .context("the replica did not exit in time")??;
@@ -97,12 +94,10 @@ impl Replica {
 async fn wait_ready(port: u16) {
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/ready");
-    let started = Instant::now();
     loop {
         if let Ok(r) = client.get(&url).send().await
             && r.status().is_success()
         {
-            tracing::debug!(port, waited_ms = started.elapsed().as_millis() as u64, "replica ready");
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,9 +1,7 @@
-//! Rolling restarts behind HAProxy over one PostgreSQL database, as `stockorder
+//! Rolling restarts behind HAProxy over one PostgreSQL database, as `stockorder-tools
 //! rolling-restart` runs them: three real replicas, real HAProxy, real signals, 32 clients.
 //! Skipped, with the reason printed, where HAProxy or PostgreSQL is missing (`.ci/run`
 //! installs and starts both).
-
-mod common;
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +13,11 @@ fn repo_file(path: &str) -> PathBuf {
 
 /// `DATABASE_URL` when it names a reachable PostgreSQL and `haproxy` is installed.
 async fn prerequisites() -> Option<String> {
-    let Some(url) = common::pg_url() else {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    let Some(url) = url else {
         eprintln!("skipped: set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… for the rolling-restart tests");
         return None;
     };
@@ -31,7 +33,7 @@ async fn prerequisites() -> Option<String> {
 }
 
 async fn rolling_restart(url: &str, args: &[&str]) -> (Option<i32>, Value) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder-tools"))
         .arg("rolling-restart")
         .args(["--database-url", url, "--concurrency", "32", "--steady", "1s", "--json"])
         .args(args)

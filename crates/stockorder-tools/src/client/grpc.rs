@@ -5,18 +5,18 @@ use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{CallError, CreateArgs, ListArgs, OrderApi, render, with_causes};
-use crate::adapter::grpc::proto;
-use crate::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+use crate::proto;
+use crate::proto::stock_order_service_client::StockOrderServiceClient;
 
 /// Talks to `stockorder.StockOrderService`. Connects lazily, so the loop keeps going (and
 /// reports each failure) while a server is down, and reconnects when it is back.
-pub struct GrpcApi {
+pub(super) struct GrpcApi {
     client: StockOrderServiceClient<Channel>,
 }
 
 impl GrpcApi {
     /// A client for the server at `addr` (`http://host:port`).
-    pub fn new(addr: &str) -> anyhow::Result<Self> {
+    pub(super) fn new(addr: &str) -> anyhow::Result<Self> {
         let endpoint =
             Endpoint::from_shared(addr.to_owned()).map_err(|e| anyhow::anyhow!("--addr {addr:?} is not a URL: {e}"))?;
         Ok(Self {

@@ -1,16 +1,18 @@
-//! `stockorder prove`: start a server, put load on it, signal it, and account for every request.
+//! `stockorder-tools prove`: start a server, put load on it, signal it, and account for every request.
 //!
 //! A user should not have to trust that a shutdown is graceful. This starts the target itself
 //! (`serve`, one of the demos, or any command) on free ports with a fresh database, drives
 //! create-order load at it over HTTP or gRPC, sends the signal after `--signal-after` (and, if
-//! asked, a second one), and classifies every request by what its client saw. Then it reads the database: an acknowledged order that is
-//! missing is *lost*; a stored order no client saw acknowledged is *unacknowledged*. The exit
+//! asked, a second one), and classifies every request by what its client saw. Then it reads the
+//! stored orders back, over the REST API of a `stockorder serve` started on the database the
+//! target left: an acknowledged order that is missing is *lost*; a stored order no client saw
+//! acknowledged is *unacknowledged*. The exit
 //! code is 1 when anything accepted failed, was lost, or is unaccounted for, so CI can use it.
 
 pub(crate) mod tally;
 mod timeline;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +27,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::load::{Driver, LoadProtocol, Outcome};
+use crate::process::{accepting, free_port};
+use crate::service::{event, listening_on};
 use tally::{Request, Tally};
 
-/// Options of `stockorder prove`.
+/// Options of `stockorder-tools prove`.
 #[derive(Debug, Clone, Args)]
 pub struct ProveArgs {
     /// What to start and shut down.
@@ -44,7 +48,7 @@ pub struct ProveArgs {
     pub concurrency: usize,
 
     /// When to send the signal, after the load starts (e.g. `2s`).
-    #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
     pub signal_after: Duration,
 
     /// Which signal.
@@ -55,13 +59,13 @@ pub struct ProveArgs {
     /// graceful server then exits at once with 128 + the signal's number (130 for SIGINT, 143
     /// for SIGTERM), abandoning what is in flight. Sooner than 200 ms after the first, a signal
     /// counts as the same request.
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, value_parser = crate::duration::parse)]
     pub second_signal_after: Option<Duration>,
 
     /// In-place upgrades instead of one shutdown: SIGHUP this often (`serve` only). Each
     /// upgrade hands the listening sockets to a new process; after `--upgrades` of them the
     /// last process gets the signal.
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, value_parser = crate::duration::parse)]
     pub upgrade_every: Option<Duration>,
 
     /// How many upgrades `--upgrade-every` makes.
@@ -73,7 +77,7 @@ pub struct ProveArgs {
     pub demo_sleep_scale: f64,
 
     /// A client gives up on a request after this long and counts it as timed out.
-    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub request_timeout: Duration,
 
     /// Print the tally as one JSON object instead of a table.
@@ -100,7 +104,7 @@ pub struct ProveArgs {
 /// The servers `prove` knows how to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
-    /// `stockorder serve`.
+    /// `stockorder serve`, built beside this binary.
     Serve,
     /// `examples/demo_1`: server, then database.
     #[value(name = "demo_1")]
@@ -168,28 +172,13 @@ impl Target {
             "{} serves HTTP only; gRPC load needs --target serve, demo_3 or command",
             self.name()
         );
-        let me = std::env::current_exe().context("cannot find this executable")?;
         if self == Target::Serve {
-            let mut cmd = Command::new(me);
-            cmd.arg("serve");
-            return Ok(cmd);
+            return crate::service::serve_command();
         }
-        let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
-        // `target/<profile>/stockorder` → `target/<profile>/examples/demo_N`; a test binary
-        // lives one level deeper, in `deps/`.
-        let candidates: Vec<PathBuf> = [Some(dir.as_path()), dir.parent()]
-            .into_iter()
-            .flatten()
-            .map(|d| d.join("examples").join(self.name()))
-            .collect();
-        let found = candidates.iter().find(|p| p.is_file()).with_context(|| {
-            format!(
-                "{} is not built; run `cargo build --release --examples` (looked in {})",
-                self.name(),
-                candidates[0].display()
-            )
-        })?;
-        Ok(Command::new(found))
+        Ok(Command::new(crate::process::sibling(&format!(
+            "examples/{}",
+            self.name()
+        ))?))
     }
 }
 
@@ -235,8 +224,8 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (upgraded_tx, mut upgraded) = tokio::sync::mpsc::unbounded_channel();
     let announcement = match args.protocol {
-        LoadProtocol::Http => "HTTP server listening",
-        LoadProtocol::Grpc => "gRPC server listening",
+        LoadProtocol::Http => "http",
+        LoadProtocol::Grpc => "grpc",
     };
     let reader = tokio::spawn(async move {
         let mut addr_tx = Some(addr_tx);
@@ -246,12 +235,12 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if v["message"] == announcement
+            if let Some(addr) = listening_on(&v, announcement)
                 && let Some(tx) = addr_tx.take()
             {
-                let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                let _ = tx.send(addr.to_owned());
             }
-            if v["message"] == "upgrade: the new process is ready; this one stops"
+            if event(&v) == "upgrade.handover"
                 && let Some(pid) = v["new_pid"].as_i64()
             {
                 let _ = upgraded_tx.send(nix::unistd::Pid::from_raw(pid as i32));
@@ -323,7 +312,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
             args.signal.signal(),
             signalled.as_secs_f64()
         );
-        tokio::time::timeout(Duration::from_secs(120), crate::upgrade::exited(current))
+        tokio::time::timeout(Duration::from_secs(120), crate::process::exited(current))
             .await
             .context("the target did not exit within 120 s of the signal")?;
         // The first process, long gone: reap it. The exit code is the last process's, read
@@ -362,7 +351,13 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let log = reader.await.unwrap_or_default();
     let exit_code = exit_code.unwrap_or_else(|| last_report_exit_code(&log));
-    let stored = stored_ids(&db)?;
+    let stored = if db.exists() {
+        eprintln!("reading the stored orders back over the API");
+        Some(crate::service::stored_ids(&format!("sqlite://{}", db.display())).await?)
+    } else {
+        // A command that keeps its orders elsewhere: nothing can be said about lost orders.
+        None
+    };
     let tally = Tally::new(
         &name,
         protocol_name(args.protocol),
@@ -406,8 +401,8 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         });
         marks.sort_by(|a, b| a.at.total_cmp(&b.at));
         let mut title = match args.protocol {
-            LoadProtocol::Http => format!("stockorder prove --target {}", args.target.name()),
-            LoadProtocol::Grpc => format!("stockorder prove --target {} --protocol grpc", args.target.name()),
+            LoadProtocol::Http => format!("stockorder-tools prove --target {}", args.target.name()),
+            LoadProtocol::Grpc => format!("stockorder-tools prove --target {} --protocol grpc", args.target.name()),
         };
         if let Some(every) = args.upgrade_every {
             title.push_str(&format!(" --upgrade-every {}ms", every.as_millis()));
@@ -434,33 +429,14 @@ pub(crate) fn protocol_name(protocol: LoadProtocol) -> &'static str {
     }
 }
 
-/// The exit code the last process's shutdown report implies: 0 when clean, 1 otherwise.
+/// The exit code the last process's shutdown report gives (after in-place upgrades, that
+/// process is not our child, so its status cannot be waited for).
 fn last_report_exit_code(log: &[Value]) -> Option<i32> {
     log.iter()
         .rev()
-        .find(|l| l["message"] == "shutdown complete")
-        .map(|l| if l["clean"] == true { 0 } else { 1 })
-}
-
-/// A port nothing listens on now, for a command that must be told its port. (Another process
-/// could take it before the command binds; the command then fails to start, and says so.)
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Waits until `addr` accepts a connection: the readiness of a command that does not announce
-/// itself in a log `prove` can read.
-async fn accepting(addr: &str) -> anyhow::Result<()> {
-    loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
-        }
-    }
+        .find(|l| event(l) == "shutdown.complete")
+        .and_then(|l| l["exit_code"].as_i64())
+        .and_then(|code| i32::try_from(code).ok())
 }
 
 /// What a client does after a request.
@@ -512,21 +488,4 @@ async fn client(driver: Driver, started: Instant, exited: Arc<AtomicBool>, timeo
         _ => Next::Send,
     })
     .await
-}
-
-/// Every order id in the database the target left behind; `None` when it left none (a command
-/// that keeps its orders elsewhere), so nothing can be said about lost orders.
-fn stored_ids(db: &Path) -> anyhow::Result<Option<std::collections::HashSet<String>>> {
-    if !db.exists() {
-        return Ok(None);
-    }
-    let conn = rusqlite::Connection::open(db).with_context(|| format!("cannot open {}", db.display()))?;
-    let mut stmt = conn
-        .prepare("SELECT id FROM orders")
-        .with_context(|| format!("{} has no orders table", db.display()))?;
-    let ids = stmt
-        .query_map([], |row| row.get::<_, [u8; 16]>(0))?
-        .map(|id| id.map(|bytes| uuid::Uuid::from_bytes(bytes).hyphenated().to_string()))
-        .collect::<Result<_, _>>()?;
-    Ok(Some(ids))
 }

@@ -6,10 +6,10 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use super::CallError;
-use crate::adapter::grpc::proto;
+use crate::proto;
 
 /// The wall-clock time, to the millisecond, so loop lines can be matched with server logs.
-pub fn clock() -> String {
+pub(super) fn clock() -> String {
     let t = OffsetDateTime::now_utc().time();
     format!(
         "{:02}:{:02}:{:02}.{:03}Z",
@@ -21,7 +21,7 @@ pub fn clock() -> String {
 }
 
 /// `12:00:01.123Z  placed  <id>  AAPL MARKET BUY 100  PENDING  (1.9 ms)`, or the failure.
-pub fn loop_line(answer: &Result<Value, CallError>, took: Duration) -> String {
+pub(super) fn loop_line(answer: &Result<Value, CallError>, took: Duration) -> String {
     let ms = took.as_secs_f64() * 1000.0;
     match answer {
         Ok(order) => {
@@ -70,7 +70,7 @@ fn rfc3339(t: Option<&prost_types::Timestamp>) -> Value {
 
 /// A gRPC order in the REST JSON shape: same field names, enum names as text, RFC 3339 times,
 /// and the fields REST omits when empty omitted here too.
-pub fn order_json(o: &proto::StockOrder) -> Value {
+pub(super) fn order_json(o: &proto::StockOrder) -> Value {
     let mut v = Map::new();
     let mut put = |key: &str, value: Value| {
         v.insert(key.to_owned(), value);

@@ -18,7 +18,7 @@ const BIN: f64 = 0.05;
 
 /// A moment to mark on the timeline.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Mark {
+pub(super) struct Mark {
     /// Seconds since the load started.
     pub at: f64,
     /// What happened.
@@ -26,7 +26,7 @@ pub struct Mark {
 }
 
 /// The shutdown's moments as the target logged them, placed on the load's clock.
-pub fn marks_from_log(log: &[Value], load_started: OffsetDateTime) -> Vec<Mark> {
+pub(super) fn marks_from_log(log: &[Value], load_started: OffsetDateTime) -> Vec<Mark> {
     let at = |line: &Value| {
         let ts = OffsetDateTime::parse(line["timestamp"].as_str()?, &Rfc3339).ok()?;
         Some((ts - load_started).as_seconds_f64())
@@ -37,12 +37,12 @@ pub fn marks_from_log(log: &[Value], load_started: OffsetDateTime) -> Vec<Mark> 
             .and_then(&at)
             .map(|t| Mark { at: t, label })
     };
-    let message = |l: &Value| l["message"].as_str().unwrap_or_default().to_owned();
+    let event = crate::service::event;
     [
-        first("unready", &|l| message(l).starts_with("shutdown started")),
-        first("listeners closed", &|l| message(l).starts_with("stopped accepting")),
+        first("unready", &|l| event(l) == "shutdown.started"),
+        first("listeners closed", &|l| event(l) == "listener.closed"),
         first("database closed", &|l| {
-            (message(l) == "stopped" && l["component"] == "database") || message(l).contains("database closed")
+            (event(l) == "component.stopped" && l["component"] == "database") || event(l) == "database.closed"
         }),
     ]
     .into_iter()
@@ -51,7 +51,13 @@ pub fn marks_from_log(log: &[Value], load_started: OffsetDateTime) -> Vec<Mark> 
 }
 
 /// Writes the timeline as SVG: requests per second by outcome, and the marks.
-pub fn render(path: &Path, title: &str, requests: &[Request], marks: &[Mark], end: Duration) -> anyhow::Result<()> {
+pub(super) fn render(
+    path: &Path,
+    title: &str,
+    requests: &[Request],
+    marks: &[Mark],
+    end: Duration,
+) -> anyhow::Result<()> {
     let end = end.as_secs_f64() + 0.25;
     let bins = (end / BIN).ceil() as usize + 1;
     let mut rates = [vec![0.0; bins], vec![0.0; bins], vec![0.0; bins]];

@@ -1,4 +1,4 @@
-//! `stockorder prove` against each target: it must call demo_2 broken (exit 1) and the others
+//! `stockorder-tools prove` against each target: it must call demo_2 broken (exit 1) and the others
 //! sound (exit 0, nothing failed, nothing lost), with numbers that match the server's own log.
 
 use std::path::Path;
@@ -21,10 +21,10 @@ async fn prove(target: &str, svg: &Path) -> (Option<i32>, Value) {
     prove_with(target, svg, &[]).await
 }
 
-/// `stockorder prove --target <target>` with 16 clients, the signal after 1 s, and `extra`
+/// `stockorder-tools prove --target <target>` with 16 clients, the signal after 1 s, and `extra`
 /// arguments.
 async fn prove_with(target: &str, svg: &Path, extra: &[&str]) -> (Option<i32>, Value) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder-tools"))
         .args([
             "prove",
             "--target",
@@ -130,7 +130,8 @@ async fn grpc_clients_see_the_same_clean_shutdown() {
 #[tokio::test]
 async fn any_command_can_be_proved_and_a_second_signal_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let me = env!("CARGO_BIN_EXE_stockorder");
+    let server = stockorder_tools::process::sibling("stockorder").unwrap();
+    let me = server.to_str().unwrap();
     // An arbitrary command: told its port in PORT, ready when the port accepts connections.
     let (code, t) = prove_with("command", &dir.path().join("cmd.svg"), &["--", me, "serve"]).await;
     assert_sound("command", code, &t);
@@ -165,7 +166,7 @@ async fn any_command_can_be_proved_and_a_second_signal_is_reported() {
 #[tokio::test]
 async fn prove_says_what_is_wrong_with_its_arguments() {
     let run = |args: &'static [&'static str]| async move {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder-tools"))
             .arg("prove")
             .args(args)
             .output()

@@ -1,4 +1,4 @@
-//! `stockorder load`: drives HTTP or gRPC load at a server and reports throughput and latency.
+//! `stockorder-tools load`: drives HTTP or gRPC load at a server and reports throughput and latency.
 //!
 //! Each worker owns one connection (HTTP/1.1 keep-alive, or one HTTP/2 connection for gRPC).
 //! By default workers send requests back to back (a closed loop, like `wrk`), so the figures
@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 pub use report::{Latency, Outcome, Report};
 
-/// Options of `stockorder load`.
+/// Options of `stockorder-tools load`.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// Server address (host:port): the HTTP port, or the gRPC port with `--protocol grpc`.
@@ -43,7 +43,7 @@ pub struct LoadArgs {
     pub concurrency: usize,
 
     /// How long to run (e.g. `10s`).
-    #[arg(long, short = 'd', default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, short = 'd', default_value = "10s", value_parser = crate::duration::parse)]
     pub duration: Duration,
 
     /// Stop after this many requests instead of after `--duration`.

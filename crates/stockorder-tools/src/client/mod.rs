@@ -1,4 +1,4 @@
-//! `stockorder client http|grpc`: the original's two demo clients, plus one-shot commands.
+//! `stockorder-tools client http|grpc`: the original's two demo clients, plus one-shot commands.
 //!
 //! Without a subcommand a client is the original's loop: every `--interval` it places an AAPL
 //! market order and prints one line per answer, so a person can watch a server restart or shut
@@ -7,7 +7,7 @@
 //! same shape for both protocols, so the README can show them side by side.
 
 mod grpc;
-mod http;
+pub mod http;
 mod render;
 
 pub use render::code_name;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-/// Options of `stockorder client`.
+/// Options of `stockorder-tools client`.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Which API to talk to.
@@ -66,7 +66,7 @@ pub struct ProtocolArgs<D: DefaultAddr> {
     pub call: Option<Call>,
 
     /// Loop: time between orders (e.g. `1s`, `250ms`).
-    #[arg(long, default_value = "1s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
     pub interval: Duration,
 
     /// Loop: stop after this many orders (default: until Ctrl+C).
@@ -184,14 +184,14 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 }
 
 /// The four calls, over either protocol. Answers are JSON in the REST shape.
-trait OrderApi {
+pub(crate) trait OrderApi {
     async fn create(&mut self, order: &CreateArgs) -> Result<Value, CallError>;
     async fn get(&mut self, id: &str) -> Result<Value, CallError>;
     async fn list(&mut self, query: &ListArgs) -> Result<Value, CallError>;
     async fn cancel(&mut self, id: &str) -> Result<Value, CallError>;
 }
 
-/// Runs `stockorder client …`.
+/// Runs `stockorder-tools client …`.
 pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     match args.protocol {
         Protocol::Http(a) => {
@@ -226,7 +226,7 @@ async fn drive(
 /// Ctrl+C (or SIGTERM), which cancels the request in flight and ends with exit code 0.
 async fn order_loop(mut api: impl OrderApi, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
     let order = CreateArgs::default();
-    let stop = crate::signal::terminate();
+    let stop = crate::process::terminated();
     tokio::pin!(stop);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

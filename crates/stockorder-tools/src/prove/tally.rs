@@ -11,7 +11,7 @@ use crate::load::Outcome;
 
 /// One request, as its client saw it.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     /// When it was sent, since the load started.
     pub sent: Duration,
     /// When its outcome was known.
@@ -70,7 +70,7 @@ impl Accounting {
 
 /// The verdict of a run.
 #[derive(Debug, Serialize)]
-pub struct Tally {
+pub(crate) struct Tally {
     target: String,
     /// The API the clients used: `HTTP` or `gRPC`.
     protocol: &'static str,
@@ -114,7 +114,7 @@ impl Tally {
     /// Classifies `requests`, and compares them with the database (`stored`) and the server's
     /// log.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         target: &str,
         protocol: &'static str,
         signal: nix::sys::signal::Signal,
@@ -172,7 +172,7 @@ impl Tally {
 
     /// True when nothing accepted failed, nothing is lost or unaccounted for, and the target
     /// exited 0 (or 128 + the signal's number, 130 or 143, the promised answer to a second signal).
-    pub fn held(&self) -> bool {
+    pub(crate) fn held(&self) -> bool {
         let exit_ok = self.exit_code == Some(0) || (self.signalled_twice && matches!(self.exit_code, Some(130 | 143)));
         self.failed == 0 && self.lost.unwrap_or(0) == 0 && self.unacknowledged.unwrap_or(0) == 0 && exit_ok
     }
@@ -185,7 +185,7 @@ impl Tally {
 fn server_logged_acks(log: &[Value]) -> Option<usize> {
     let answered: Vec<&Value> = log
         .iter()
-        .filter(|l| l["message"] == "finished processing request")
+        .filter(|l| crate::service::event(l) == "request.finished")
         .collect();
     if answered.is_empty() {
         return None;
