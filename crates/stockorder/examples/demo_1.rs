@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
 
-    stockorder::signal::terminate().await;
+    stockorder::lifecycle::signals::terminate().await;
     let timeline = Timeline::start();
     readiness.start_draining(); // /ready → 503; keep-alive clients are told to close
 

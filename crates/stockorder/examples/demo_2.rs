@@ -37,14 +37,14 @@ async fn main() -> anyhow::Result<()> {
         ConnectionLimits::default(),
         readiness.readiness(),
         async {
-            stockorder::signal::terminate().await;
+            stockorder::lifecycle::signals::terminate().await;
             // THE BUG, part 1: the server goes on taking requests for 10 s after the signal.
             demo.pause(10.0).await;
         },
     );
 
     let shutdown_processing = async {
-        stockorder::signal::terminate().await;
+        stockorder::lifecycle::signals::terminate().await;
         let timeline = Timeline::start();
         timeline.mark(
             "signal.handled",

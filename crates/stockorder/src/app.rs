@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use graceful::{Report, Shutdown};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::adapter::grpc::{self, DescriptorError};
 use crate::adapter::http;
+use crate::adapter::metrics::{Prometheus, metrics};
 use crate::adapter::middleware::access_log::LogResponse;
 use crate::adapter::middleware::admission::{AdmissionLayer, Limits};
 use crate::adapter::middleware::api_keys::{ApiKeys, ApiKeysError};
@@ -21,7 +23,7 @@ use crate::adapter::middleware::request_id;
 use crate::adapter::simulated_price::SimulatedPrices;
 use crate::adapter::store::{OpenError, Store};
 use crate::config::{DatabaseUrl, ServeArgs};
-use crate::metrics::metrics;
+use crate::lifecycle::upgrade::Upgrader;
 use crate::port::OrderService as _;
 use crate::processor::{self, ProcessorConfig};
 use crate::service::{OrderDesk, StorageState};
@@ -60,7 +62,7 @@ pub enum StartupError {
     Grpc(#[from] DescriptorError),
     /// The sockets passed by the service manager cannot be used.
     #[error(transparent)]
-    Activation(#[from] crate::activation::ActivationError),
+    Activation(#[from] crate::lifecycle::activation::ActivationError),
     /// `API_KEYS` or `API_KEYS_FILE` is unusable.
     #[error(transparent)]
     ApiKeys(#[from] ApiKeysError),
@@ -80,6 +82,8 @@ pub struct Application {
     processor: ProcessorConfig,
     http_options: http::Options,
     connection_limits: ConnectionLimits,
+    upgrade_binary: Option<std::path::PathBuf>,
+    upgraded_from: Option<nix::unistd::Pid>,
 }
 
 /// The kernel's cap on a listen backlog (`net.core.somaxconn`), so a burst of connections
@@ -186,30 +190,28 @@ impl Application {
             timeout: args.startup_timeout,
         })??;
         tracing::info!(database = %store.describe(), "database ready");
-        let ((http_listener, http_addr), (grpc_listener, grpc_addr)) = match crate::activation::inherited_listeners()? {
-            // Socket activation: the service manager owns the sockets; HOST and the ports are
-            // its business (`stockorder.socket`).
-            Some((http, grpc)) => {
-                tracing::info!("serving on sockets passed by the service manager");
-                (adopt(http)?, adopt(grpc)?)
-            }
-            None => (
-                bind(SocketAddr::new(args.host, args.port)).await?,
-                bind(SocketAddr::new(args.host, args.grpc_port)).await?,
-            ),
-        };
+        let ((http_listener, http_addr), (grpc_listener, grpc_addr)) =
+            match crate::lifecycle::activation::inherited_listeners()? {
+                // Socket activation: the service manager owns the sockets; HOST and the ports are
+                // its business (`stockorder.socket`).
+                Some((http, grpc)) => {
+                    tracing::info!("serving on sockets passed by the service manager");
+                    (adopt(http)?, adopt(grpc)?)
+                }
+                None => (
+                    bind(SocketAddr::new(args.host, args.port)).await?,
+                    bind(SocketAddr::new(args.host, args.grpc_port)).await?,
+                ),
+            };
         // Started by an in-place upgrade: until the old process has exited, it may still write
-        // to the same database.
-        if let Some(old) = crate::upgrade::upgraded_from() {
+        // to the same database (`run` watches for its exit).
+        let upgraded_from = crate::lifecycle::upgrade::upgraded_from();
+        if upgraded_from.is_some() {
             store.other_process_writes(true);
-            let store = store.clone();
-            tokio::spawn(async move {
-                crate::upgrade::exited(old).await;
-                store.other_process_writes(false);
-                tracing::info!(old_pid = old.as_raw(), "the previous process has exited");
-            });
         }
-        let desk = Arc::new(OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules));
+        let desk = Arc::new(
+            OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules).with_metrics(Arc::new(Prometheus)),
+        );
         let grpc = grpc::services(Arc::clone(&desk))?;
         Ok(Self {
             http_listener,
@@ -228,20 +230,51 @@ impl Application {
             },
             http_options,
             connection_limits,
+            upgrade_binary: args.upgrade_binary.clone(),
+            upgraded_from,
         })
     }
 
     /// What a SIGHUP upgrade needs: the binary to start, and the listening sockets to pass on.
     /// `None` when this process cannot tell where its own binary is and none was configured.
-    pub fn upgrader(&self, args: &ServeArgs) -> Option<crate::upgrade::Upgrader> {
+    fn upgrader(&self) -> Option<Upgrader> {
         use std::os::fd::AsRawFd;
-        let binary = args.upgrade_binary.clone().or_else(crate::upgrade::own_binary)?;
-        Some(crate::upgrade::Upgrader {
+        let binary = self
+            .upgrade_binary
+            .clone()
+            .or_else(crate::lifecycle::upgrade::own_binary)?;
+        let store = self.store.clone();
+        Some(Upgrader {
             binary,
             http_fd: self.http_listener.as_raw_fd(),
             grpc_fd: self.grpc_listener.as_raw_fd(),
-            store: self.store.clone(),
+            overlap: Box::new(move |yes| store.other_process_writes(yes)),
         })
+    }
+
+    /// This process's duties beside serving, owned by `run` and joined before it returns:
+    /// upgrading in place on SIGHUP (the handler is installed here, before the servers say they
+    /// listen, so a SIGHUP sent as soon as they do upgrades instead of killing the process), and,
+    /// in the new process of an upgrade, noticing when the old one has exited.
+    fn duties(&self, shutdown: &Shutdown) -> JoinSet<()> {
+        let mut duties = JoinSet::new();
+        if let Some(upgrader) = self.upgrader() {
+            match upgrader.listen(shutdown.readiness(), shutdown.handle()) {
+                Ok(upgrades) => {
+                    duties.spawn(upgrades);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP: in-place upgrades are off"),
+            }
+        }
+        if let Some(old) = self.upgraded_from {
+            let store = self.store.clone();
+            duties.spawn(async move {
+                crate::lifecycle::upgrade::exited(old).await;
+                store.other_process_writes(false);
+                tracing::info!(old_pid = old.as_raw(), "the previous process has exited");
+            });
+        }
+        duties
     }
 
     /// The bound HTTP address.
@@ -272,6 +305,7 @@ impl Application {
     /// Returns the report, already logged; when it is clean, every acknowledged order and
     /// every decision of the processor is in the database file.
     pub async fn run(self, mut shutdown: Shutdown) -> Report {
+        let mut duties = self.duties(&shutdown);
         let readiness = shutdown.readiness();
         let reserve = reserve(self.shutdown_timeout);
         let servers_budget = self
@@ -364,9 +398,11 @@ impl Application {
 
         // systemd: started once both servers serve. The coordinator tells it STOPPING=1 and
         // each phase (graceful's feature `systemd`).
-        crate::activation::notify_ready();
+        crate::lifecycle::notify::notify_ready();
 
         let report = shutdown.run().await;
+        duties.abort_all();
+        while duties.join_next().await.is_some() {}
         report.log();
         report
     }

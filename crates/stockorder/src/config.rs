@@ -10,6 +10,23 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::domain::{Quantity, RiskRules, Symbol};
 
+/// The defaults of the limits, written once: the command line shows and applies them, and
+/// [`LimitArgs::default`] (what tests and embedders start from) returns the same values. A
+/// duration is given twice, as the command line's text and as a value, side by side and
+/// checked against each other by a test.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Longest a request may take (`REQUEST_TIMEOUT`).
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(super) const REQUEST_TIMEOUT_TEXT: &str = "10s";
+    /// Requests handled at once per port (`MAX_CONCURRENT_REQUESTS`).
+    pub const MAX_CONCURRENT_REQUESTS: u32 = 1024;
+    /// Longest wait for a request's headers (`HEADER_READ_TIMEOUT`).
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(super) const HEADER_READ_TIMEOUT_TEXT: &str = "10s";
+}
+
 /// stockorder: a stock-order service (REST + gRPC) that shuts down without losing a request.
 #[derive(Debug, Parser)]
 #[command(name = "stockorder", version, about, args_conflicts_with_subcommands = true)]
@@ -95,17 +112,17 @@ pub struct ServeArgs {
 pub struct LimitArgs {
     /// Longest a request may take; then it is answered 504 (gRPC DEADLINE_EXCEEDED). A
     /// client's shorter `grpc-timeout` wins.
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT_TEXT, value_parser = parse_duration)]
     pub request_timeout: Duration,
 
     /// Requests handled at once per port; more are refused at once with 503 + Retry-After
     /// (gRPC RESOURCE_EXHAUSTED) instead of queueing. Probes and /metrics are never refused.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = defaults::MAX_CONCURRENT_REQUESTS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_requests: u32,
 
     /// Longest a client may take to send a request's headers (and, on a new connection, its
     /// first byte) before the connection is closed: slow-client protection.
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = defaults::HEADER_READ_TIMEOUT_TEXT, value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
     /// Comma-separated API keys (16+ characters each). When set, order endpoints and RPCs need
@@ -127,9 +144,9 @@ impl Default for LimitArgs {
     /// The same values as the command-line defaults (a test checks they agree).
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 1024,
-            header_read_timeout: Duration::from_secs(10),
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS,
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
             api_keys: None,
             api_keys_file: None,
             docs_ui: false,
@@ -399,15 +416,13 @@ mod tests {
         if vars.iter().all(|v| std::env::var_os(v).is_none()) {
             assert_eq!(Only::try_parse_from(["x"]).unwrap().l, LimitArgs::default());
         }
-        let (args, layers) = (
-            LimitArgs::default(),
-            crate::adapter::middleware::admission::Limits::default(),
-        );
-        assert_eq!(args.request_timeout, layers.timeout);
-        assert_eq!(args.max_concurrent_requests as usize, layers.max_concurrent);
         assert_eq!(
-            args.header_read_timeout,
-            graceful::serve::ConnectionLimits::default().header_read_timeout
+            parse_duration(defaults::REQUEST_TIMEOUT_TEXT),
+            Ok(defaults::REQUEST_TIMEOUT)
+        );
+        assert_eq!(
+            parse_duration(defaults::HEADER_READ_TIMEOUT_TEXT),
+            Ok(defaults::HEADER_READ_TIMEOUT)
         );
     }
 

@@ -6,15 +6,12 @@
 
 #![warn(missing_docs)]
 
-pub mod activation;
 pub mod adapter;
 pub mod app;
 pub mod config;
 pub mod domain;
-pub mod metrics;
+pub mod lifecycle;
 pub mod port;
 pub mod processor;
 pub mod service;
-pub mod signal;
 pub mod telemetry;
-pub mod upgrade;

@@ -11,9 +11,9 @@ use stockorder::config::{Cli, Command};
 /// error that reaches this point is an expected one with a message for the user.
 fn main() -> ExitCode {
     // Before any thread exists, so every thread inherits it.
-    stockorder::signal::hold_termination();
+    stockorder::lifecycle::signals::hold_termination();
     // SAFETY: first thing in main, before the runtime or any other thread exists.
-    unsafe { stockorder::upgrade::adopt_upgrade_env() };
+    unsafe { stockorder::lifecycle::upgrade::adopt_upgrade_env() };
     match run() {
         Ok(code) => code,
         Err(e) => {
@@ -43,7 +43,7 @@ async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> 
     }
     // Signals count from here: one sent while the database opens ends start-up at once.
     let mut shutdown = stockorder::app::shutdown_for(&args).catch_signals()?;
-    stockorder::signal::release_termination();
+    stockorder::lifecycle::signals::release_termination();
     let app = match shutdown.unless_triggered(Application::build(&args)).await {
         Ok(app) => app?,
         Err(reason) => {
@@ -51,13 +51,6 @@ async fn serve(args: stockorder::config::ServeArgs) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::SUCCESS);
         }
     };
-    // SIGHUP: in-place upgrade (the new process takes over the listening sockets). The task
-    // ends when the shutdown begins, whatever triggered it.
-    // The handler is installed before the servers announce themselves, so a SIGHUP sent as
-    // soon as they listen upgrades instead of killing the process.
-    if let Some(upgrader) = app.upgrader(&args) {
-        tokio::spawn(upgrader.listen(shutdown.readiness(), shutdown.handle())?);
-    }
     let report = app.run(shutdown).await;
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::ServerProcess;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use stockorder::upgrade::exited;
+use stockorder::lifecycle::upgrade::exited;
 
 /// Sends SIGHUP to `pid` and returns the pid of the process that took over.
 async fn upgrade(server: &mut ServerProcess, pid: Pid) -> Pid {

@@ -19,6 +19,7 @@
 
 mod close;
 mod first;
+mod linger;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -64,8 +65,8 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
-    /// 10 s and 16 KiB: the command line's defaults (a test checks they agree). hyper's own
-    /// defaults are 30 s and ~400 KiB.
+    /// 10 s and 16 KiB: a slow or oversized client is cut off well before it costs much.
+    /// hyper's own defaults are 30 s and ~400 KiB.
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
@@ -177,6 +178,8 @@ async fn connection<S, B>(
     if !first_byte(&stream, limits.header_read_timeout, drain.clone()).await {
         return;
     }
+    let linger = linger::Linger::new(&stream);
+    let draining = drain.clone();
     let io = TokioIo::new(stream);
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
@@ -213,6 +216,14 @@ async fn connection<S, B>(
             })
             .await;
         }
+    }
+    // hyper has closed its handle; the socket lives on in `linger`. While draining, the
+    // server closed this connection, so it lingers (see `linger`); otherwise the client
+    // closed first and there is nothing to wait for.
+    if let Some(linger) = linger
+        && *draining.borrow()
+    {
+        linger.close().await;
     }
 }
 

@@ -168,7 +168,8 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
     let (admin, connection) = tokio_postgres::connect(&args.database_url, NoTls)
         .await
         .context("cannot connect to PostgreSQL")?;
-    tokio::spawn(connection);
+    // The connection's driver, ended (and joined) once the schema is dropped.
+    let connection = tokio::spawn(connection);
     let schema = format!("rolling_restart_{}", uuid::Uuid::now_v7().simple());
     admin
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
@@ -182,6 +183,8 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
     } else if let Err(e) = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await {
         eprintln!("warning: could not drop schema {schema}: {e}");
     }
+    drop(admin);
+    let _ = connection.await;
     let (requests, restarts, clients) = result?;
     let summary = summarize(&args, requests, restarts, clients, &stored?);
     if args.json {

@@ -1,8 +1,8 @@
 //! The order desk: identity and timestamps of new orders, risk rules at placement, idempotent
 //! creates, paging, cancellation as a conditional transition, and the execution of pending
-//! orders. Depends on `domain` and `port`, counts the state changes it makes in
-//! [`crate::metrics`] (the one place that knows every transition), and reports what every
-//! storage call saw to its [`StorageHealth`].
+//! orders. Depends on `domain` and `port` only: counts the state changes it makes through the
+//! [`OrderMetrics`] port (it is the one place that knows every transition), and reports what
+//! every storage call saw to its [`StorageHealth`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +11,9 @@ use tokio::sync::Notify;
 
 use super::StorageHealth;
 use crate::domain::{Decision, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StockOrder, Timestamp, decide};
-use crate::metrics::metrics;
 use crate::port::{
-    Created, Inserted, ListQuery, OrderError, OrderRepository, OrderService, Page, PageToken, PriceSource,
-    StatusChange, Transition,
+    Created, Inserted, ListQuery, NoMetrics, OrderError, OrderMetrics, OrderRepository, OrderService, Page, PageToken,
+    PriceSource, StatusChange, Transition,
 };
 
 /// The order desk: takes orders, answers for them, cancels them, and executes them. Generic over
@@ -23,6 +22,7 @@ pub struct OrderDesk<R> {
     repository: R,
     rules: RiskRules,
     prices: Arc<dyn PriceSource>,
+    metrics: Arc<dyn OrderMetrics>,
     new_orders: Notify,
     storage: StorageHealth,
 }
@@ -58,9 +58,16 @@ impl<R: OrderRepository> OrderDesk<R> {
             repository,
             rules,
             prices,
+            metrics: Arc::new(NoMetrics),
             new_orders: Notify::new(),
             storage: StorageHealth::default(),
         }
+    }
+
+    /// The same desk, counting its state changes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn OrderMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The repository, for wiring code that needs to close it at shutdown.
@@ -143,13 +150,16 @@ impl<R: OrderRepository> OrderDesk<R> {
                         done.rejected += 1;
                     }
                     let waited = now.unix_micros().saturating_sub(o.created_at.unix_micros());
-                    metrics().processor_lag(Duration::from_micros(waited.max(0).unsigned_abs()));
+                    self.metrics
+                        .processor_lag(Duration::from_micros(waited.max(0).unsigned_abs()));
                 }
                 Transition::Refused(_) | Transition::NotFound => done.lost_race += 1,
             }
         }
-        metrics().transitions(Some(OrderStatus::Pending), OrderStatus::Filled, done.filled as u64);
-        metrics().transitions(Some(OrderStatus::Pending), OrderStatus::Rejected, done.rejected as u64);
+        self.metrics
+            .transitions(Some(OrderStatus::Pending), OrderStatus::Filled, done.filled as u64);
+        self.metrics
+            .transitions(Some(OrderStatus::Pending), OrderStatus::Rejected, done.rejected as u64);
         Ok(done)
     }
 }
@@ -176,7 +186,7 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
         self.storage.after_write(&inserted);
         match inserted? {
             Inserted::Created(order) => {
-                metrics().transitions(None, order.status, 1);
+                self.metrics.transitions(None, order.status, 1);
                 if order.status == OrderStatus::Pending {
                     self.new_orders.notify_one();
                 }
@@ -229,7 +239,7 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
         self.storage.after_write(&changed);
         match changed? {
             Transition::Applied(order) => {
-                metrics().transitions(Some(OrderStatus::Pending), order.status, 1);
+                self.metrics.transitions(Some(OrderStatus::Pending), order.status, 1);
                 Ok(order)
             }
             Transition::NotFound => Err(OrderError::NotFound(id)),

@@ -11,8 +11,8 @@ use hyper::body::{Frame, SizeHint};
 use tonic::body::Body;
 use tonic::{Code, Status};
 
+use crate::adapter::metrics::{Api, Rejection, metrics};
 use crate::adapter::middleware::Protocol;
-use crate::metrics::{Api, Rejection, metrics};
 
 /// Every method served, so a metrics label is one of these and never a path a client made up.
 const METHODS: [&str; 8] = [

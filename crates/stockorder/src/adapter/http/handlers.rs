@@ -157,7 +157,7 @@ pub async fn cancel_order<S: OrderService>(
 pub async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        crate::metrics::metrics().render(),
+        crate::adapter::metrics::metrics().render(),
     )
 }
 

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, 
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
+use crate::adapter::metrics::{Api, Rejection, metrics};
 use crate::adapter::middleware::Protocol;
-use crate::metrics::{Api, Rejection, metrics};
 
 /// Every route template of the router, so a metrics label is one of these and never a path a
 /// client made up.

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Protocol;
 use super::api_keys::ApiKeys;
-use crate::metrics::{Rejection, metrics};
+use crate::adapter::metrics::{Rejection, metrics};
 
 /// The limits of one port.
 #[derive(Debug, Clone)]
@@ -34,13 +34,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// No keys, 1024 requests at once, 10 s per request: the command line's defaults (a test
-    /// checks they agree).
+    /// No keys, and the command line's defaults ([`crate::config::defaults`]).
     fn default() -> Self {
         Self {
             keys: None,
-            max_concurrent: 1024,
-            timeout: Duration::from_secs(10),
+            max_concurrent: crate::config::defaults::MAX_CONCURRENT_REQUESTS as usize,
+            timeout: crate::config::defaults::REQUEST_TIMEOUT,
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, Request, Response};
 
-use crate::metrics::{Api, Rejection};
+use crate::adapter::metrics::{Api, Rejection};
 
 /// What the middleware needs to know about a protocol.
 pub trait Protocol: Clone + Send + Sync + 'static {

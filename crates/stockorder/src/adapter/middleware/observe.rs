@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::http::{Request, Response};
 
 use super::Protocol;
-use crate::metrics::{InFlight, metrics};
+use crate::adapter::metrics::{InFlight, metrics};
 
 /// Adds [`Observe`] around a service.
 #[derive(Clone)]

@@ -22,8 +22,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use errors::Stage;
 use tokio_postgres::NoTls;
 
+use crate::adapter::metrics::metrics;
 use crate::domain::{OrderId, StockOrder};
-use crate::metrics::metrics;
 use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
 use crate::service::Backoff;
 

@@ -283,7 +283,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
         Ok(()) => {
             patience.after(conn, false);
             after_commit();
-            crate::metrics::metrics().db_commit("sqlite", writes, started.elapsed());
+            crate::adapter::metrics::metrics().db_commit("sqlite", writes, started.elapsed());
             outcomes.into_iter().for_each(Outcome::send);
         }
         Err(e) => {

@@ -1,5 +1,5 @@
-//! systemd integration: listening sockets handed over by the service manager (socket
-//! activation), and readiness notifications (`sd_notify`).
+//! Socket activation: listening sockets handed over by the service manager (or by the previous
+//! process of an in-place upgrade, which speaks the same protocol).
 //!
 //! Why: with a plain restart, even a perfect graceful shutdown leaves a gap between the old
 //! process closing its listener and the new one binding, and connections in that gap are
@@ -7,8 +7,7 @@
 //! and passes them to each generation of the service: while one process stops and the next
 //! starts, new connections wait in the socket's backlog instead of being refused.
 //!
-//! Both are no-ops outside systemd: without `LISTEN_FDS` the service binds its own ports, and
-//! without `NOTIFY_SOCKET` notifications go nowhere.
+//! A no-op outside systemd: without `LISTEN_FDS` the service binds its own ports.
 
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, RawFd};
@@ -68,7 +67,7 @@ fn listener(fd: RawFd) -> Result<TcpListener, ActivationError> {
 
 /// Hands the listening sockets `http` and `grpc` to the program `cmd` starts, the way systemd
 /// does: as fds 3 and 4, with `LISTEN_FDS=2` and `LISTEN_FDNAMES=http:grpc`. `LISTEN_PID` is
-/// the caller's business (it can only be known in the child, see [`crate::upgrade`]).
+/// the caller's business (it can only be known in the child; the upgrade's child sets it).
 pub fn pass_listeners(cmd: &mut std::process::Command, http: RawFd, grpc: RawFd) {
     use std::os::unix::process::CommandExt;
     cmd.env("LISTEN_FDS", "2")
@@ -86,15 +85,5 @@ pub fn pass_listeners(cmd: &mut std::process::Command, http: RawFd, grpc: RawFd)
             }
             Ok(())
         });
-    }
-}
-
-/// Tells the service manager the service is ready (`READY=1`): systemd then considers the
-/// start (or restart) complete. A no-op outside systemd. In the new process of an in-place
-/// upgrade, also tells the old process (see [`crate::upgrade`]).
-pub fn notify_ready() {
-    crate::upgrade::notify_old_process_ready();
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "cannot notify the service manager");
     }
 }

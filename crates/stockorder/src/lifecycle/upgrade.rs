@@ -123,8 +123,9 @@ pub struct Upgrader {
     pub http_fd: RawFd,
     /// The gRPC listening socket.
     pub grpc_fd: RawFd,
-    /// The order store, told when another process may write to it too.
-    pub store: crate::adapter::store::Store,
+    /// Called with `true` when the new process may start writing to the same database, and
+    /// with `false` if the upgrade failed: the store then knows its snapshots may go stale.
+    pub overlap: Box<dyn Fn(bool) + Send + Sync>,
 }
 
 impl Upgrader {
@@ -159,7 +160,7 @@ impl Upgrader {
             tracing::info!(binary = %self.binary.display(), "SIGHUP: starting the new process");
             // From the moment the new process may write, this one's reads must not reuse a
             // snapshot its own commit count says is current.
-            self.store.other_process_writes(true);
+            (self.overlap)(true);
             match self.start_successor().await {
                 Ok(pid) => {
                     tracing::info!(
@@ -171,7 +172,7 @@ impl Upgrader {
                     return;
                 }
                 Err(e) => {
-                    self.store.other_process_writes(false);
+                    (self.overlap)(false);
                     tracing::error!(event = "upgrade.failed", error = %e, "upgrade failed; this process keeps serving");
                 }
             }
@@ -221,7 +222,7 @@ impl Upgrader {
         cmd.args(std::env::args_os().skip(1).collect::<Vec<OsString>>())
             .env(UPGRADE_FROM, std::process::id().to_string())
             .env("NOTIFY_SOCKET", notify);
-        crate::activation::pass_listeners(&mut cmd, self.http_fd, self.grpc_fd);
+        super::activation::pass_listeners(&mut cmd, self.http_fd, self.grpc_fd);
         // The new process outlives this one: not killed on drop.
         tokio::process::Command::from(cmd)
     }

@@ -1,8 +1,9 @@
 //! Prometheus metrics: one registry per process, served as text at `GET /metrics`.
 //!
-//! Why one global registry: every layer records into it (the HTTP and gRPC adapters, the
-//! service's state changes, the SQLite writer thread, the shutdown coordinator), and threading a
-//! handle through all of them would put an observability concern into every signature. The
+//! Why one global registry: every adapter records into it (HTTP and gRPC, the SQLite writer
+//! thread, the shutdown coordinator), and threading a handle through all of them would put an
+//! observability concern into every signature. The core does not: it counts through the
+//! [`OrderMetrics`] port, which [`Prometheus`] implements over this registry. The
 //! `prometheus-client` types are cheap to update (an atomic, or a short lock for histograms) and
 //! each label set is created once, on first use.
 //!
@@ -21,6 +22,21 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::OrderStatus;
+use crate::port::OrderMetrics;
+
+/// The core's [`OrderMetrics`], recorded into this process's registry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prometheus;
+
+impl OrderMetrics for Prometheus {
+    fn transitions(&self, from: Option<OrderStatus>, to: OrderStatus, n: u64) {
+        metrics().transitions(from, to, n);
+    }
+
+    fn processor_lag(&self, waited: Duration) {
+        metrics().processor_lag(waited);
+    }
+}
 
 /// Latency buckets in seconds, 250 µs to 10 s: a durable create takes 1–5 ms here, a request
 /// stuck behind a slow disk or a timeout lands in the top buckets.
