@@ -3,6 +3,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod middleware;
 pub mod migration;

@@ -207,3 +207,6 @@ fn add(totals: &mut Executed, done: Executed) {
     totals.resting += done.resting;
     totals.lost_race += done.lost_race;
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,3 +9,6 @@ mod health;
 pub use backoff::Backoff;
 pub use desk::{Executed, OrderDesk};
 pub use health::{StorageBroken, StorageHealth, StorageState};
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,161 @@
+//! An order repository in memory: the test double the port promises. The service and the
+//! processor are unit-tested against it, and the repository contract suite runs against it as
+//! it runs against SQLite and PostgreSQL, so the double cannot drift from the real stores.
+//! It can also be told to fail, to test how the core handles a storage fault.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::domain::{OrderId, OrderStatus, StockOrder};
+use crate::port::{Fault, Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+
+#[derive(Default)]
+struct Orders {
+    /// By id: ids are time-ordered, so this is creation order.
+    by_id: BTreeMap<OrderId, StockOrder>,
+    /// Pending orders the processor has decided to leave resting (out of its queue).
+    resting: HashSet<OrderId>,
+    /// While set, every call fails with this fault.
+    failing: Option<Fault>,
+}
+
+/// Orders in a map behind a mutex. Cheap to clone; clones share the orders.
+#[derive(Clone, Default)]
+pub struct MemoryRepository {
+    orders: Arc<Mutex<Orders>>,
+}
+
+impl MemoryRepository {
+    /// An empty repository.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on every call fails with `fault` (`None`: works again), as a full disk or a
+    /// lost database would make it.
+    pub fn fail_with(&self, fault: Option<Fault>) {
+        self.lock().failing = fault;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Orders> {
+        // A test that panicked while holding the lock has failed already; its data is still
+        // what it was.
+        self.orders.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The orders, or the fault it was told to fail with.
+    fn orders(&self) -> Result<MutexGuard<'_, Orders>, RepositoryError> {
+        let orders = self.lock();
+        match orders.failing {
+            Some(fault) => Err(RepositoryError::Unavailable {
+                fault,
+                source: format!("the in-memory repository was told to fail ({fault})").into(),
+            }),
+            None => Ok(orders),
+        }
+    }
+}
+
+impl Orders {
+    fn change(&mut self, change: &StatusChange) -> Transition {
+        let Some(order) = self.by_id.get_mut(&change.id) else {
+            return Transition::NotFound;
+        };
+        if order.status != change.from {
+            return Transition::Refused(order.clone());
+        }
+        order.status = change.to;
+        if change.description.is_some() {
+            order.description.clone_from(&change.description);
+        }
+        order.updated_at = change.at;
+        if change.fill_price.is_some() {
+            order.fill_price = change.fill_price;
+        }
+        match change.to {
+            OrderStatus::Filled => order.filled_at = Some(change.at),
+            OrderStatus::Cancelled => order.cancelled_at = Some(change.at),
+            _ => {}
+        }
+        Transition::Applied(order.clone())
+    }
+}
+
+impl OrderRepository for MemoryRepository {
+    async fn insert(&self, order: StockOrder) -> Result<Inserted, RepositoryError> {
+        let mut orders = self.orders()?;
+        if let Some(key) = &order.client_order_id
+            && let Some(existing) = orders.by_id.values().find(|o| o.client_order_id.as_ref() == Some(key))
+        {
+            return Ok(Inserted::Existing(existing.clone()));
+        }
+        orders.by_id.insert(order.id, order.clone());
+        Ok(Inserted::Created(order))
+    }
+
+    async fn get(&self, id: OrderId) -> Result<Option<StockOrder>, RepositoryError> {
+        Ok(self.orders()?.by_id.get(&id).cloned())
+    }
+
+    async fn list(&self, query: ListQuery, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        let orders = self.orders()?;
+        let before = query.page_token.map(|t| t.last_id());
+        Ok(orders
+            .by_id
+            .values()
+            .rev()
+            .filter(|o| before.is_none_or(|last| o.id < last))
+            .filter(|o| query.status.is_none_or(|s| o.status == s))
+            .filter(|o| query.symbol.as_ref().is_none_or(|s| &o.symbol == s))
+            .filter(|o| query.side.is_none_or(|s| o.order_side == s))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
+        Ok(self.orders()?.change(&change))
+    }
+
+    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+        let orders = self.orders()?;
+        Ok(orders
+            .by_id
+            .values()
+            .filter(|o| o.status == OrderStatus::Pending && !orders.resting.contains(&o.id))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn probe(&self) -> Result<(), RepositoryError> {
+        self.orders().map(drop)
+    }
+
+    async fn settle(
+        &self,
+        changes: Vec<StatusChange>,
+        resting: Vec<OrderId>,
+    ) -> Result<Vec<Transition>, RepositoryError> {
+        let mut orders = self.orders()?;
+        let transitions = changes.iter().map(|c| orders.change(c)).collect();
+        for id in resting {
+            if orders.by_id.get(&id).is_some_and(|o| o.status == OrderStatus::Pending) {
+                orders.resting.insert(id);
+            }
+        }
+        Ok(transitions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryRepository;
+    use crate::adapter::repository_suite::repository_suite;
+
+    async fn open() -> Option<((), MemoryRepository)> {
+        Some(((), MemoryRepository::new()))
+    }
+
+    repository_suite!(open);
+}
