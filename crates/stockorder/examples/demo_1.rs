@@ -9,26 +9,46 @@
 //! Under load, no accepted request fails, because the one resource every request needs outlives
 //! every request. Compare `demo_2`, which gets the order wrong on purpose.
 //!
-//! Run: `cargo run --example demo_1`, put load on it (`stockorder-tools client http`), press Ctrl+C.
-//! `DEMO_SLEEP_SCALE=0` skips the pauses.
+//! Run: `cargo run --release --example demo_1`, put load on it (`stockorder-tools client
+//! http`), press Ctrl+C. It takes `stockorder serve`'s options (PORT, DATABASE_URL, LOG_FORMAT,
+//! …); `DEMO_SLEEP_SCALE=0` skips the pauses. It runs no order processor: orders stay PENDING.
 
-mod common;
+use std::time::{Duration, Instant};
 
-use common::{Demo, Timeline};
+use anyhow::Context;
+use clap::Parser;
 use graceful::DrainSwitch;
-use graceful::serve::{self as server, ConnectionLimits, Protocol};
+use graceful::serve::{ConnectionLimits, Protocol, serve};
 use stockorder::adapter::http;
-use tokio::sync::oneshot;
+use stockorder::config::Cli;
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let demo = Demo::from_env()?;
-    let (store, service) = demo.open_store().await?;
-    let listener = demo.bind_http().await?;
+    // Configuration: the service's own flags and environment, and the lesson's pace.
+    let cli = Cli::parse();
+    stockorder::telemetry::init(&cli.log);
+    let args = cli.serve;
+    let scale = match std::env::var("DEMO_SLEEP_SCALE") {
+        Ok(raw) => raw
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .with_context(|| format!("DEMO_SLEEP_SCALE={raw:?} is not a non-negative number"))?,
+        Err(_) => 1.0,
+    };
+    let pause = |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs * scale));
+
+    // The database, the order service over it, and the HTTP server in front.
+    let (store, service) = stockorder::app::open_desk(&args).await?;
+    let listener = TcpListener::bind((args.host, args.port))
+        .await
+        .with_context(|| format!("cannot listen on port {}", args.port))?;
+    tracing::info!(event = "listening", protocol = "http", addr = %listener.local_addr()?, "HTTP server listening");
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
         listener,
         router,
         Protocol::Http,
@@ -39,21 +59,23 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
 
+    // Wait for the signal. Each step below is logged with the time since it.
     stockorder::lifecycle::signals::terminate().await;
-    let timeline = Timeline::start();
+    let signalled = Instant::now();
+    let mark = |event: &str, step: &str| tracing::info!(event, "[+{:.1}s] {step}", signalled.elapsed().as_secs_f64());
     readiness.start_draining(); // /ready → 503; keep-alive clients are told to close
 
     // Step 1: the server stops accepting and returns once every accepted request is answered.
-    timeline.mark("server.stopping", "stopping the HTTP server");
+    mark("server.stopping", "stopping the HTTP server");
     let _ = stop.send(());
     server.await?;
-    timeline.mark("server.stopped", "HTTP server stopped: every accepted request answered");
-    demo.pause(2.0).await;
+    mark("server.stopped", "HTTP server stopped: every accepted request answered");
+    pause(2.0).await;
 
     // Step 2: nothing uses the database any more; close it.
-    timeline.mark("database.closing", "closing the database");
-    demo.pause(2.0).await;
+    mark("database.closing", "closing the database");
+    pause(2.0).await;
     store.close().await?; // commits queued writes, checkpoints the WAL
-    timeline.mark("database.closed", "database closed; exiting 0");
+    mark("database.closed", "database closed; exiting 0");
     Ok(())
 }

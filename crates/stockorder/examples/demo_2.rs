@@ -12,53 +12,77 @@
 //! server accepted fail. The fix is an order, not a timeout: close what requests use only after
 //! the servers have stopped (`demo_1`, `demo_3`).
 //!
-//! Run: `cargo run --example demo_2`, put load on it (`stockorder-tools client http --interval
-//! 100ms`), press Ctrl+C, and watch the failures from 5 s on. `DEMO_SLEEP_SCALE=0.1` runs it
-//! ten times faster.
+//! Run: `cargo run --release --example demo_2`, put load on it (`stockorder-tools client http
+//! --interval 100ms`), press Ctrl+C, and watch the failures from 5 s on. It takes `stockorder
+//! serve`'s options; `DEMO_SLEEP_SCALE=0.1` runs it ten times faster. It runs no order
+//! processor: orders stay PENDING.
 
-mod common;
+use std::time::{Duration, Instant};
 
-use common::{Demo, Timeline};
+use anyhow::Context;
+use clap::Parser;
 use graceful::DrainSwitch;
-use graceful::serve::{self as server, ConnectionLimits, Protocol};
+use graceful::serve::{ConnectionLimits, Protocol, serve};
 use stockorder::adapter::http;
+use stockorder::config::Cli;
+use stockorder::lifecycle::signals::terminate;
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let demo = Demo::from_env()?;
-    let (store, service) = demo.open_store().await?;
-    let listener = demo.bind_http().await?;
+    // Configuration: the service's own flags and environment, and the lesson's pace.
+    let cli = Cli::parse();
+    stockorder::telemetry::init(&cli.log);
+    let args = cli.serve;
+    let scale = match std::env::var("DEMO_SLEEP_SCALE") {
+        Ok(raw) => raw
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .with_context(|| format!("DEMO_SLEEP_SCALE={raw:?} is not a non-negative number"))?,
+        Err(_) => 1.0,
+    };
+    let pause = |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs * scale));
+
+    // The database, the order service over it, and the HTTP server in front.
+    let (store, service) = stockorder::app::open_desk(&args).await?;
+    let listener = TcpListener::bind((args.host, args.port))
+        .await
+        .with_context(|| format!("cannot listen on port {}", args.port))?;
+    tracing::info!(event = "listening", protocol = "http", addr = %listener.local_addr()?, "HTTP server listening");
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());
-    let server = server::serve(
+    let server = serve(
         listener,
         router,
         Protocol::Http,
         ConnectionLimits::default(),
         readiness.readiness(),
         async {
-            stockorder::lifecycle::signals::terminate().await;
+            terminate().await;
             // THE BUG, part 1: the server goes on taking requests for 10 s after the signal.
-            demo.pause(10.0).await;
+            pause(10.0).await;
         },
     );
 
     let shutdown_processing = async {
-        stockorder::lifecycle::signals::terminate().await;
-        let timeline = Timeline::start();
-        timeline.mark(
+        terminate().await;
+        let signalled = Instant::now();
+        let mark =
+            |event: &str, step: &str| tracing::info!(event, "[+{:.1}s] {step}", signalled.elapsed().as_secs_f64());
+        mark(
             "signal.handled",
             "signal: the server keeps serving; pre-shutdown processing starts",
         );
-        demo.pause(5.0).await;
+        pause(5.0).await;
         // THE BUG, part 2: nothing waits for the server before the database goes.
         store.close().await?;
-        timeline.mark(
+        mark(
             "database.closed",
             "database closed while the server still serves: requests fail from now on",
         );
-        demo.pause(5.0).await;
-        timeline.mark("server.stopped", "server drain ends");
+        pause(5.0).await;
+        mark("server.stopped", "server drain ends");
         anyhow::Ok(())
     };
 

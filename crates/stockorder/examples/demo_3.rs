@@ -7,7 +7,7 @@
 //! 1. turns readiness off (`/ready` 503, gRPC health NOT_SERVING), then waits
 //!    `SHUTDOWN_DRAIN_DELAY` while still serving;
 //! 2. phase "stop servers": HTTP and gRPC stop together — no new connections, every accepted
-//!    request answered, GOAWAY on HTTP/2 — (1 s each of the original's closer time);
+//!    request answered, GOAWAY on HTTP/2 —, while gRPC health already says NOT_SERVING;
 //! 3. phase "close dependencies": the cache, the message broker and the database, together
 //!    (1 s each), only after both servers are done;
 //! 4. prints a report and exits 0, or 1 naming whatever `SHUTDOWN_TIMEOUT` cut short. A second
@@ -15,76 +15,91 @@
 //!
 //! Adding a dependency is one `on_stop` line; its place in the order is its phase.
 //!
-//! Run: `cargo run --example demo_3`, put load on both ports (`stockorder-tools client http`,
-//! `stockorder-tools client grpc`), press Ctrl+C. `DEMO_SLEEP_SCALE=0` skips the pauses.
+//! Run: `cargo run --release --example demo_3`, put load on both ports (`stockorder-tools
+//! client http`, `stockorder-tools client grpc`), press Ctrl+C. It takes `stockorder serve`'s
+//! options; `DEMO_SLEEP_SCALE=0` skips the pauses. It runs no order processor: orders stay
+//! PENDING.
 
-mod common;
+use std::time::Duration;
 
-use std::sync::Arc;
-
-use common::Demo;
+use anyhow::Context;
+use clap::Parser;
 use graceful::Shutdown;
-use graceful::serve::{self as server, ConnectionLimits, Protocol};
+use graceful::serve::{ConnectionLimits, Protocol};
 use stockorder::adapter::{grpc, http};
+use stockorder::config::Cli;
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
-    let demo = Arc::new(Demo::from_env()?);
-    let (store, service) = demo.open_store().await?;
-    let http_listener = demo.bind_http().await?;
-    let grpc_listener = demo.bind_grpc().await?;
+    // Configuration: the service's own flags and environment, and the lesson's pace.
+    let cli = Cli::parse();
+    stockorder::telemetry::init(&cli.log);
+    let args = cli.serve;
+    let scale = match std::env::var("DEMO_SLEEP_SCALE") {
+        Ok(raw) => raw
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .with_context(|| format!("DEMO_SLEEP_SCALE={raw:?} is not a non-negative number"))?,
+        Err(_) => 1.0,
+    };
+    let pause = move |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs * scale));
 
+    // The coordinator first, so a signal during start-up is handled.
     let mut shutdown = Shutdown::new()
-        .deadline(demo.args.shutdown_timeout)
-        .drain_delay(demo.args.shutdown_drain_delay)
+        .deadline(args.shutdown_timeout)
+        .drain_delay(args.shutdown_drain_delay)
         .catch_signals()?;
     let readiness = shutdown.readiness();
     let servers = shutdown.phase("stop servers");
     let dependencies = shutdown.phase("close dependencies");
 
-    // The servers: started now, stopped when their phase comes.
-    let router = http::router(Arc::clone(&service), readiness.clone());
-    let (r, d) = (readiness.clone(), Arc::clone(&demo));
-    shutdown.spawn(servers, "http server", move |stop| async move {
-        server::serve(
-            http_listener,
-            router,
-            Protocol::Http,
-            ConnectionLimits::default(),
-            r,
-            stop.stopped(),
-        )
-        .await;
-        d.pause(1.0).await;
-    });
+    // The database and the order service over it.
+    let (store, service) = stockorder::app::open_desk(&args).await?;
+
+    // The servers: each started with one call, stopped when their phase comes (no new
+    // connections, every accepted request answered, GOAWAY on HTTP/2).
+    let http_listener = TcpListener::bind((args.host, args.port))
+        .await
+        .with_context(|| format!("cannot listen on port {}", args.port))?;
+    let grpc_listener = TcpListener::bind((args.host, args.grpc_port))
+        .await
+        .with_context(|| format!("cannot listen on port {}", args.grpc_port))?;
+    tracing::info!(event = "listening", protocol = "http", addr = %http_listener.local_addr()?, "HTTP server listening");
+    tracing::info!(event = "listening", protocol = "grpc", addr = %grpc_listener.local_addr()?, "gRPC server listening");
+    let router = http::router(std::sync::Arc::clone(&service), readiness.clone());
+    shutdown.serve(
+        servers,
+        "http server",
+        http_listener,
+        router,
+        Protocol::Http,
+        ConnectionLimits::default(),
+    );
     let grpc::GrpcServices { routes, health } = grpc::services(service)?;
-    health.set(true).await;
-    let (r, d) = (readiness.clone(), Arc::clone(&demo));
-    shutdown.spawn(servers, "grpc server", move |stop| async move {
-        let unready = async {
-            r.draining().await;
-            health.set(false).await; // gRPC health follows /ready
-            std::future::pending::<()>().await;
-        };
-        tokio::select! {
-            () = server::serve(grpc_listener, routes.prepare(), Protocol::Grpc, ConnectionLimits::default(), r.clone(), stop.stopped()) => {}
-            () = unready => {}
-        }
-        d.pause(1.0).await;
+    shutdown.serve(
+        servers,
+        "grpc server",
+        grpc_listener,
+        routes.prepare(),
+        Protocol::Grpc,
+        ConnectionLimits::default(),
+    );
+    // gRPC health follows /ready: NOT_SERVING from the moment the shutdown starts.
+    shutdown.spawn_oneshot(servers, "grpc health", move |_| async move {
+        health.follow(&readiness).await
     });
 
     // Every other dependency: a name, a phase, a stop function. The same for all of them.
-    let d = Arc::clone(&demo);
     shutdown.on_stop(dependencies, "cache", move || async move {
-        d.pause(1.0).await; // flush dirty entries
+        pause(1.0).await; // flush dirty entries
     });
-    let d = Arc::clone(&demo);
     shutdown.on_stop(dependencies, "message broker", move || async move {
-        d.pause(1.0).await; // ack what was processed, close the channel
+        pause(1.0).await; // ack what was processed, close the channel
     });
-    let d = Arc::clone(&demo);
     shutdown.on_stop(dependencies, "database", move || async move {
-        d.pause(1.0).await;
+        pause(1.0).await;
         store.close().await // commit queued writes, checkpoint the WAL
     });
 

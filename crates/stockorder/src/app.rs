@@ -144,6 +144,18 @@ fn plan(deadline: Duration, drain_delay: Duration) -> Shutdown {
         .on_start(|_| metrics().shutdown_started())
 }
 
+/// The order store named by `args` and the order service over it, as `serve` builds them
+/// (risk rules, simulated prices, Prometheus metrics), without servers or the processor: what a
+/// lesson or an embedding program needs to serve orders its own way. Close the store last.
+pub async fn open_desk(args: &ServeArgs) -> Result<(Store, Arc<OrderDesk<Store>>), StartupError> {
+    let rules = args.processor.risk_rules().map_err(StartupError::Config)?;
+    let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
+    let store = Store::open(&url, args.database_pool_size as usize, Default::default()).await?;
+    tracing::info!(database = %store.describe(), "database ready");
+    let desk = OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules).with_metrics(Arc::new(Prometheus));
+    Ok((store, Arc::new(desk)))
+}
+
 impl Application {
     /// Opens the database and binds the listeners. After this returns the ports are known
     /// ([`Application::http_addr`], [`Application::grpc_addr`]) even when 0 was asked for.

@@ -89,4 +89,12 @@ impl Health {
         self.0.set_service_status("", status).await;
         self.0.set_service_status(SERVICE_NAME, status).await;
     }
+
+    /// SERVING now, NOT_SERVING from the moment `readiness` turns to draining: gRPC health
+    /// following `/ready`. Returns once it has turned.
+    pub async fn follow(&self, readiness: &graceful::Readiness) {
+        self.set(true).await;
+        readiness.draining().await;
+        self.set(false).await;
+    }
 }
