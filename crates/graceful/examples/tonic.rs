@@ -25,7 +25,7 @@
 //! so that the example needs neither a build script nor protoc.
 //!
 //! `SERVE=stock` serves the same service the stock way, with tonic's
-//! `serve_with_incoming_shutdown`, to see the difference (`tests/drain.rs` uses it as the
+//! `serve_with_incoming_shutdown`, to see the difference (`tests/it/drain.rs` uses it as the
 //! control that shows the test can fail).
 
 use std::convert::Infallible;

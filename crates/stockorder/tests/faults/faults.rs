@@ -7,24 +7,15 @@
 //! they skip without it. The slow ones (a 15 s lock, a 10 s PostgreSQL stop) say so; the file
 //! takes about a minute.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Answer, Creators, ServerProcess, assert_only_allowed, ready_becomes, recovered_after, status_mix};
+use crate::common::{Answer, Creators, ServerProcess, assert_only_allowed, ready_becomes, recovered_after, status_mix};
 use nix::sys::signal::Signal;
 
-/// The tests that put load on the machine and time recovery run one at a time: two of them at
-/// once on two cores would measure each other.
-/// (An async mutex: each test has a runtime of its own, and the guard lives across awaits.)
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().await
-}
+use crate::heavy;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -252,7 +243,7 @@ async fn a_corrupt_database_ends_the_service_with_the_cause() {
     for _ in 0..300 {
         let resp = client
             .post(server.url("/api/orders"))
-            .json(&common::market_order())
+            .json(&crate::common::market_order())
             .send()
             .await
             .unwrap();
@@ -648,7 +639,7 @@ mod postgres {
     //! other test's database.
 
     use super::*;
-    use common::cluster::Cluster;
+    use crate::common::cluster::Cluster;
 
     /// Makes the database read-only (or writable again) for new sessions, and ends the
     /// current ones so the replicas' pools reconnect under the new default.
@@ -674,7 +665,7 @@ mod postgres {
         loop {
             let resp = client
                 .post(format!("{base}/api/orders"))
-                .json(&common::market_order())
+                .json(&crate::common::market_order())
                 .send()
                 .await
                 .unwrap();

@@ -1,11 +1,9 @@
 //! In-place upgrades (SIGHUP) as an operator runs them: the real binary, real signals, real
 //! sockets, HTTP and gRPC clients placing orders all the while.
 
-mod common;
-
 use std::time::Duration;
 
-use common::ServerProcess;
+use crate::common::ServerProcess;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use stockorder::lifecycle::upgrade::exited;
@@ -26,7 +24,7 @@ async fn twenty_upgrades_under_load_break_nothing_and_lose_nothing() {
     let mut server = ServerProcess::start(&db, &[]).await;
     let (http, grpc) = (server.addr.to_string(), server.grpc_addr.to_string());
 
-    let clients = common::OrderClients::start(32, 4, &http, &grpc);
+    let clients = crate::common::OrderClients::start(32, 4, &http, &grpc);
 
     let first = Pid::from_raw(server.child.id().unwrap() as i32);
     let mut current = first;
@@ -46,7 +44,7 @@ async fn twenty_upgrades_under_load_break_nothing_and_lose_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // `other` leaves out gRPC calls a GOAWAY turned away unprocessed (see `finish`).
-    let common::Seen { acked, other } = clients.finish().await;
+    let crate::common::Seen { acked, other } = clients.finish().await;
     assert!(other.is_empty(), "refused, reset, closed or failed: {other:?}");
     assert!(acked.len() > 1000, "{} acknowledged", acked.len());
 

@@ -1,11 +1,9 @@
 //! Operability and hardening over real sockets: metrics, request ids, API keys, load shedding,
 //! request timeouts, slow clients and oversized requests.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestApp, grpc_market_order, market_order, spawn_app, spawn_app_with};
+use crate::common::{TestApp, grpc_market_order, market_order, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::Value;
 use stockorder::adapter::grpc::proto;
@@ -342,7 +340,7 @@ async fn the_api_reference_page_is_served_only_when_asked_for() {
 #[tokio::test]
 async fn json_logs_name_the_request_on_every_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = common::ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
+    let mut server = crate::common::ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
     let response = reqwest::Client::new()
         .get(server.url("/api/orders"))
         .header("x-request-id", "find-me-in-the-log")

@@ -4,11 +4,9 @@
 //! codes and headers, invalid input refused, valid input accepted, 405 with `Allow`…). Skipped,
 //! with the reason printed, where schemathesis is not installed (`.ci/run` installs it).
 
-mod common;
-
 use std::path::Path;
 
-use common::ServerProcess;
+use crate::common::ServerProcess;
 
 const KEY: &str = "schemathesis-key-0123456789";
 

@@ -4,8 +4,6 @@
 //! Between one generation's exit and the next one's start, connections wait in the socket's
 //! backlog: nothing is refused, nothing is reset, and every acknowledged order is stored.
 
-mod common;
-
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -56,7 +54,7 @@ async fn restarts_on_held_sockets_refuse_nothing_and_lose_nothing() {
     let mut server = start(&http, &grpc, &db, &log).await;
 
     // 24 clients, a third of them gRPC, placing orders back to back through every restart.
-    let clients = common::OrderClients::start(24, 3, &http_addr.to_string(), &grpc_addr.to_string());
+    let clients = crate::common::OrderClients::start(24, 3, &http_addr.to_string(), &grpc_addr.to_string());
 
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -72,7 +70,7 @@ async fn restarts_on_held_sockets_refuse_nothing_and_lose_nothing() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // `other` leaves out gRPC calls a GOAWAY turned away unprocessed (see `finish`).
-    let common::Seen { acked, other } = clients.finish().await;
+    let crate::common::Seen { acked, other } = clients.finish().await;
     assert!(other.is_empty(), "refused, reset, closed or failed: {other:?}");
     assert!(acked.len() > 500, "{} acknowledged", acked.len());
 
@@ -83,7 +81,7 @@ async fn restarts_on_held_sockets_refuse_nothing_and_lose_nothing() {
     .unwrap();
     assert_eq!(server.wait().await.unwrap().code(), Some(0));
     let check = start(&http, &grpc, &db, &log).await;
-    let stored = common::ServerProcess::all_orders_at(&format!("http://{http_addr}")).await;
+    let stored = crate::common::ServerProcess::all_orders_at(&format!("http://{http_addr}")).await;
     for id in &acked {
         assert!(stored.contains_key(id), "acknowledged order {id} is missing");
     }

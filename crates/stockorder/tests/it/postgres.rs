@@ -2,11 +2,9 @@
 //! README's commands over a real socket, and a restart that keeps every order. Skipped, with
 //! the reason printed, where no PostgreSQL is reachable.
 
-mod common;
-
 use std::path::Path;
 
-use common::{PgSchema, ServerProcess, market_order};
+use crate::common::{PgSchema, ServerProcess, market_order};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 

@@ -3,12 +3,10 @@
 //! `DEMO_SLEEP_SCALE`, keeping their order (demo_2: database closed at 0.5 s, server stops at
 //! 1 s).
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{ServerProcess, market_order};
+use crate::common::{ServerProcess, market_order};
 use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 

@@ -1,9 +1,7 @@
 //! The gRPC contract of DESIGN §4 over a real socket: every RPC, every error code, reflection,
 //! health, wire compatibility with the original proto, and one store behind REST and gRPC.
 
-mod common;
-
-use common::{TestApp, grpc_market_order, market_order, spawn_app};
+use crate::common::{TestApp, grpc_market_order, market_order, spawn_app};
 use serde_json::Value;
 use stockorder::adapter::grpc::proto;
 use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;

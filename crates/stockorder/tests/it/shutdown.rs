@@ -2,14 +2,12 @@
 //! sockets. What a client sees is classified as answered, refused at connect (fine: nothing was
 //! accepted), or failed (an accepted request broken), and "failed" must be 0.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, grpc_market_order, market_order};
+use crate::common::{ServerProcess, grpc_market_order, market_order};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;

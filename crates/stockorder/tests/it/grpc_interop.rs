@@ -3,12 +3,10 @@
 //! knowing the API only through server reflection. Skipped, with the reason printed, where
 //! Python or its gRPC packages are missing (`.ci/run` installs them).
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::ServerProcess;
+use crate::common::ServerProcess;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 

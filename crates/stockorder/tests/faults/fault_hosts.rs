@@ -13,14 +13,12 @@
 //! every process are removed when the test ends, pass or fail. Traffic stays on the bridge's
 //! private subnet, which exists only inside this test.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::ServerProcess;
-use common::cluster::Cluster;
+use crate::common::ServerProcess;
+use crate::common::cluster::Cluster;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -216,6 +214,7 @@ async fn clients(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_across_hosts_with_a_partition_fails_and_loses_nothing() {
+    let _alone = crate::heavy().await;
     if std::process::Command::new("haproxy").arg("-v").output().is_err() {
         eprintln!("skipped: haproxy is not installed (apt-get install haproxy; .ci/run does it)");
         return;
@@ -241,7 +240,7 @@ async fn a_rolling_restart_across_hosts_with_a_partition_fails_and_loses_nothing
     let mut lb = haproxy(dir.path(), lb_port);
     let base = format!("http://127.0.0.1:{lb_port}");
     assert!(
-        common::ready_becomes(&base, 200, Duration::from_secs(10)).await,
+        crate::common::ready_becomes(&base, 200, Duration::from_secs(10)).await,
         "HAProxy never served"
     );
 
@@ -267,7 +266,7 @@ async fn a_rolling_restart_across_hosts_with_a_partition_fails_and_loses_nothing
         *slot = replica(&hosts, n as u8 + 1, &url).await;
         // Back in rotation: HAProxy's next check (rise 1, every 250 ms) finds it ready.
         let own = format!("http://{}", slot.addr);
-        assert!(common::ready_becomes(&own, 200, Duration::from_secs(10)).await);
+        assert!(crate::common::ready_becomes(&own, 200, Duration::from_secs(10)).await);
         tokio::time::sleep(Duration::from_millis(600)).await;
         if let Some(healed) = partition {
             healed.await.unwrap();

@@ -1,5 +1,5 @@
 //! Test harness: the real service on port 0 with a temp database, reached over real sockets.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code)] // not every part of the harness is used
 
 pub mod cluster;
 

@@ -1,8 +1,6 @@
 //! The REST contract of DESIGN §3, driven over a real socket against a real instance.
 
-mod common;
-
-use common::{market_order, spawn_app};
+use crate::common::{market_order, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -1,9 +1,7 @@
 //! Durability across a restart of the real binary: every acknowledged order is there afterwards,
 //! and concurrent writers never see "database is locked".
 
-mod common;
-
-use common::{ServerProcess, market_order};
+use crate::common::{ServerProcess, market_order};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 

@@ -1,12 +1,10 @@
 //! The order lifecycle: the processor fills and rejects, a cancel racing a fill has one winner,
 //! and the database is the queue, so a crash or a SIGTERM loses no pending order.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{ServerProcess, TestApp, market_order, spawn_app_with};
+use crate::common::{ServerProcess, TestApp, market_order, spawn_app_with};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use stockorder::adapter::grpc::proto;

@@ -79,7 +79,7 @@ fn spawn_with(
     env: &[(&str, &std::ffi::OsStr)],
 ) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["signals::child", "--exact", "--nocapture", "--test-threads=1"])
         .env(SCENARIO, scenario)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())

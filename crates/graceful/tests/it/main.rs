@@ -1,0 +1,10 @@
+//! The crate's integration tests, as one test binary (one link instead of one per file):
+//! real processes, real signals, real sockets.
+//!
+//! - [`drain`]: the serve adapters under load through a SIGTERM, each against the stock
+//!   server's shutdown as the control that shows the test can fail.
+//! - [`signals`]: signals, exit codes, the watchdog and systemd notifications, with this binary
+//!   re-run as the child process.
+
+mod drain;
+mod signals;
