@@ -86,9 +86,8 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 
     /// Where orders are stored: `sqlite://PATH` (created and migrated on start), a plain path,
-    /// or `postgres://USER@HOST:PORT/DB` (migrated on start; replicas may share it). Parsed
-    /// when the service starts ([`DatabaseUrl::parse`]), so a value meant for another tool does
-    /// not break commands that never open a database.
+    /// or `postgres://USER@HOST:PORT/DB` (migrated on start; replicas may share it). Checked
+    /// when the service starts, not when the command line is read.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://stock_orders.db")]
     pub database_url: String,
 

@@ -57,8 +57,8 @@ impl DefaultAddr for GrpcDefault {
 /// Options shared by both clients.
 #[derive(Debug, Clone, Args)]
 pub struct ProtocolArgs<D: DefaultAddr> {
-    /// Server URL.
-    #[arg(long, global = true, default_value = D::ADDR)]
+    /// Server URL (`http://host:port`; `host:port` works too).
+    #[arg(long, global = true, default_value = D::ADDR, value_parser = parse_url)]
     pub addr: String,
 
     /// One call instead of the loop.
@@ -231,6 +231,7 @@ async fn order_loop(mut api: impl OrderApi, interval: Duration, count: Option<u6
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut sent, mut ok) = (0u64, 0u64);
+    let mut first_error = None;
     while count.is_none_or(|n| sent < n) {
         // biased: the signal future is polled first, so its handler is installed before the
         // first request leaves; a Ctrl+C can never find the process without one.
@@ -251,9 +252,35 @@ async fn order_loop(mut api: impl OrderApi, interval: Duration, count: Option<u6
             answer = api.create(&order) => {
                 ok += u64::from(answer.is_ok());
                 println!("{}", render::loop_line(&answer, started.elapsed()));
+                if let Err(e) = answer {
+                    first_error.get_or_insert(e);
+                }
             }
         }
     }
     println!("orders sent: {sent}, placed: {ok}, failed: {}", sent - ok);
-    Ok(())
+    match first_error {
+        // Every order failed: the exit code says so, with the first reason.
+        Some(e) if ok == 0 => Err(anyhow::anyhow!("no order was placed; the first failure: {e}")),
+        _ => Ok(()),
+    }
+}
+
+/// A server URL: `http://host:port`, or `host:port` taken as `http://host:port`.
+fn parse_url(raw: &str) -> Result<String, String> {
+    let url = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{raw:?}: only http:// is served (plaintext)"))?;
+    let authority = rest.trim_end_matches('/');
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() => Ok(url),
+        _ => Err(format!(
+            "{raw:?} is not a server address (e.g. http://localhost:8082 or localhost:8082)"
+        )),
+    }
 }

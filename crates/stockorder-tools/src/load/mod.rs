@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tokio::task::JoinSet;
 
@@ -26,9 +27,10 @@ pub use report::{Latency, Outcome, Report};
 /// Options of `stockorder-tools load`.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Server address (host:port): the HTTP port, or the gRPC port with `--protocol grpc`.
-    #[arg(long, default_value = "127.0.0.1:8082")]
-    pub addr: String,
+    /// Server address, `host:port` or `http://host:port`. Default: the service's own port for
+    /// the protocol, 127.0.0.1:8082 for HTTP and 127.0.0.1:50051 for gRPC.
+    #[arg(long, value_parser = parse_addr)]
+    pub addr: Option<String>,
 
     /// Which API to load.
     #[arg(long, value_enum, default_value_t = LoadProtocol::Http)]
@@ -181,21 +183,46 @@ impl Driver {
 }
 
 /// Runs the load described by `args` and prints the report.
-pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: LoadArgs) -> anyhow::Result<()> {
+    let addr = args.addr.get_or_insert_with(|| match args.protocol {
+        LoadProtocol::Http => "127.0.0.1:8082".to_owned(),
+        LoadProtocol::Grpc => "127.0.0.1:50051".to_owned(),
+    });
+    let addr = addr.clone();
     let ids = match args.scenario {
-        Scenario::Get | Scenario::Mixed => Driver::new(args.protocol, &args.addr)?.seed(args.seed_orders).await?,
+        Scenario::Get | Scenario::Mixed => Driver::new(args.protocol, &addr)?
+            .seed(args.seed_orders)
+            .await
+            .with_context(|| format!("cannot seed orders at {addr}: is a stockorder server listening there?"))?,
         _ => Vec::new(),
     };
-    let report = drive(&args, Arc::new(ids)).await?;
+    let report = drive(&args, &addr, Arc::new(ids)).await?;
+    let summary = report.summary();
     if args.json {
-        println!("{}", serde_json::to_string(&report.summary())?);
+        println!("{}", serde_json::to_string(&summary)?);
     } else {
         report.print_table();
     }
+    // A run in which nothing succeeded measured nothing: say so, and fail.
+    anyhow::ensure!(
+        summary.requests == 0 || summary.ok > 0,
+        "all {} requests failed; is a stockorder server listening at {addr} ({:?})?",
+        summary.requests,
+        args.protocol
+    );
     Ok(())
 }
 
-async fn drive(args: &LoadArgs, ids: Arc<Vec<String>>) -> anyhow::Result<Report> {
+/// `host:port`, or `http://host:port` with the scheme dropped (as the clients take it).
+fn parse_addr(raw: &str) -> Result<String, String> {
+    let addr = raw.strip_prefix("http://").unwrap_or(raw).trim_end_matches('/');
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(addr.to_owned()),
+        _ => Err(format!("{raw:?} is not host:port (e.g. 127.0.0.1:8082)")),
+    }
+}
+
+async fn drive(args: &LoadArgs, addr: &str, ids: Arc<Vec<String>>) -> anyhow::Result<Report> {
     let started = Instant::now();
     let deadline = started + args.duration;
     let limit = args.requests.unwrap_or(u64::MAX);
@@ -214,7 +241,7 @@ async fn drive(args: &LoadArgs, ids: Arc<Vec<String>>) -> anyhow::Result<Report>
 
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency {
-        let mut driver = Driver::new(args.protocol, &args.addr)?;
+        let mut driver = Driver::new(args.protocol, addr)?;
         let (scenario, ids) = (args.scenario, Arc::clone(&ids));
         let (next, stop) = (Arc::clone(&next), Arc::clone(&stop));
         let (sent, failed) = (Arc::clone(&sent), Arc::clone(&failed));

@@ -139,3 +139,31 @@ async fn ctrl_c_cancels_the_request_in_flight_and_exits_zero() {
         assert_eq!(out[1], "orders sent: 0, placed: 0, failed: 0", "{protocol}");
     }
 }
+
+/// With no server, the loop says why nothing was placed and exits 1, not 0; an address without
+/// a scheme is taken as http://, and one that is no address is refused before anything is sent.
+#[tokio::test]
+async fn a_loop_that_places_nothing_fails_and_says_why() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    for (protocol, addr) in [("http", addr.clone()), ("grpc", format!("http://{addr}"))] {
+        let out = client(protocol, &addr)
+            .args(["--count", "2", "--interval", "10ms"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{protocol}: {stderr}");
+        assert!(stderr.starts_with("error: no order was placed"), "{protocol}: {stderr}");
+        assert!(stderr.to_lowercase().contains("refused"), "{protocol}: {stderr}");
+    }
+    let out = client("http", "not an address")
+        .args(["--count", "1"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a server address"), "{stderr}");
+}

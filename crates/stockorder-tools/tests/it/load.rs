@@ -85,3 +85,42 @@ async fn bad_load_arguments_are_refused_with_a_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--rate"), "{err}");
 }
+
+/// `--addr` takes a URL as the clients do; a run in which every request failed exits 1 and
+/// names the address it tried.
+#[tokio::test]
+async fn a_url_is_an_address_and_a_run_that_fails_everything_exits_1() {
+    let (app, _dir) = server().await;
+    let grpc = format!("http://{}", app.grpc);
+    let s = load(&[
+        "--addr",
+        &grpc,
+        "--protocol",
+        "grpc",
+        "--scenario",
+        "health",
+        "-n",
+        "20",
+        "-c",
+        "2",
+    ])
+    .await;
+    assert_eq!(s["ok"], 20, "{s}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder-tools"))
+        .args(["load", "--addr", &addr, "--scenario", "health", "-n", "5", "-c", "1"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "all 5 requests failed; is a stockorder server listening at {addr}"
+        )),
+        "{stderr}"
+    );
+}
