@@ -15,3 +15,6 @@ pub mod port;
 pub mod processor;
 pub mod service;
 pub mod telemetry;
+
+#[cfg(test)]
+mod testing;

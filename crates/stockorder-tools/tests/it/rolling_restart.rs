@@ -18,15 +18,19 @@ async fn prerequisites() -> Option<String> {
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
     let Some(url) = url else {
-        eprintln!("skipped: set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… for the rolling-restart tests");
+        crate::skip(format_args!(
+            "set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… for the rolling-restart tests"
+        ));
         return None;
     };
     if let Err(e) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-        eprintln!("skipped: PostgreSQL at {url} is not reachable: {e}");
+        crate::skip(format_args!("PostgreSQL at {url} is not reachable: {e}"));
         return None;
     }
     if std::process::Command::new("haproxy").arg("-v").output().is_err() {
-        eprintln!("skipped: haproxy is not installed (apt-get install haproxy; .ci/run does it)");
+        crate::skip(format_args!(
+            "haproxy is not installed (apt-get install haproxy; .ci/run does it)"
+        ));
         return None;
     }
     Some(url)

@@ -54,12 +54,14 @@ impl Hosts {
     fn create(tag: &str, names: &[(&str, u8)]) -> Option<Self> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: network namespaces need root");
+            crate::common::skip(format_args!("network namespaces need root"));
             return None;
         }
         let bridge = format!("sobr{tag}");
         if !ip(&["link", "add", &bridge, "type", "bridge"]) {
-            eprintln!("skipped: cannot create a bridge (iproute2 missing, or not allowed here)");
+            crate::common::skip(format_args!(
+                "cannot create a bridge (iproute2 missing, or not allowed here)"
+            ));
             return None;
         }
         let mut hosts = Self {
@@ -216,7 +218,9 @@ async fn clients(
 async fn a_rolling_restart_across_hosts_with_a_partition_fails_and_loses_nothing() {
     let _alone = crate::heavy().await;
     if std::process::Command::new("haproxy").arg("-v").output().is_err() {
-        eprintln!("skipped: haproxy is not installed (apt-get install haproxy; .ci/run does it)");
+        crate::common::skip(format_args!(
+            "haproxy is not installed (apt-get install haproxy; .ci/run does it)"
+        ));
         return;
     }
     let tag = format!("{}", std::process::id() % 10_000);

@@ -31,7 +31,7 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(size: &str) -> Option<Self> {
         if !is_root() {
-            eprintln!("skipped: mounting a small tmpfs to fill needs root");
+            crate::common::skip(format_args!("mounting a small tmpfs to fill needs root"));
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -41,7 +41,7 @@ impl Tmpfs {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("skipped: cannot mount a tmpfs here");
+            crate::common::skip(format_args!("cannot mount a tmpfs here"));
             return None;
         }
         Some(Self { dir })
@@ -470,11 +470,11 @@ fn main_has_run(pid: u32) -> bool {
 #[tokio::test]
 async fn listeners_take_the_systems_backlog() {
     let Ok(somaxconn) = std::fs::read_to_string("/proc/sys/net/core/somaxconn") else {
-        eprintln!("skipped: no /proc/sys/net/core/somaxconn");
+        crate::common::skip(format_args!("no /proc/sys/net/core/somaxconn"));
         return;
     };
     let Ok(ss) = std::process::Command::new("ss").arg("-V").output() else {
-        eprintln!("skipped: `ss` (iproute2) is not installed");
+        crate::common::skip(format_args!("`ss` (iproute2) is not installed"));
         return;
     };
     drop(ss);
@@ -811,7 +811,9 @@ mod burst {
         // Client and server each hold 2000 sockets.
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
         if hard < 4 * CONNECTIONS as u64 {
-            eprintln!("skipped: the open-file limit ({hard}) is below what 2000 connections need");
+            crate::common::skip(format_args!(
+                "the open-file limit ({hard}) is below what 2000 connections need"
+            ));
             return;
         }
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();

@@ -22,12 +22,14 @@ async fn grpcurl(args: &[&str]) -> Option<Output> {
     {
         Ok(output) => output,
         Err(e) => {
-            eprintln!("SKIPPED: python3 cannot be started ({e}); install Python 3 to run the interop test");
+            crate::common::skip(format_args!(
+                "python3 cannot be started ({e}); install Python 3 to run the interop test"
+            ));
             return None;
         }
     };
     if output.status.code() == Some(3) {
-        eprintln!("SKIPPED: {}", String::from_utf8_lossy(&output.stderr).trim());
+        crate::common::skip(format_args!("{}", String::from_utf8_lossy(&output.stderr).trim()));
         return None;
     }
     Some(output)

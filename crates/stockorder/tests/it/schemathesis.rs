@@ -40,9 +40,9 @@ async fn schemathesis(server: &ServerProcess, workdir: &Path, extra: &[&str]) ->
     match module {
         Ok(output) if !String::from_utf8_lossy(&output.stderr).contains("ModuleNotFoundError") => Some(output),
         _ => {
-            eprintln!(
-                "SKIPPED: schemathesis is not installed; `pip install schemathesis` (or .ci/run) to run this test"
-            );
+            crate::common::skip(format_args!(
+                "schemathesis is not installed; `pip install schemathesis` (or .ci/run) to run this test"
+            ));
             None
         }
     }

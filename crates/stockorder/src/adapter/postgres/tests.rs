@@ -28,13 +28,15 @@ impl TestSchema {
             .or_else(|| std::env::var("DATABASE_URL").ok())
             .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
         let Some(url) = url else {
-            eprintln!("skipped: set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… to run the PostgreSQL tests");
+            crate::testing::skip(format_args!(
+                "set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… to run the PostgreSQL tests"
+            ));
             return None;
         };
         let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("skipped: PostgreSQL at {url} is not reachable: {e}");
+                crate::testing::skip(format_args!("PostgreSQL at {url} is not reachable: {e}"));
                 return None;
             }
         };

@@ -43,7 +43,9 @@ impl Cluster {
     /// In network namespace `netns` (when given), listening on `host:port`.
     pub fn create_in(netns: Option<&str>, host: &str, port: u16) -> Option<Self> {
         if !is_root() {
-            eprintln!("skipped: a private PostgreSQL cluster needs root (to run it as `postgres`)");
+            super::skip(format_args!(
+                "a private PostgreSQL cluster needs root (to run it as `postgres`)"
+            ));
             return None;
         }
         let bin = std::fs::read_dir("/usr/lib/postgresql")
@@ -51,7 +53,9 @@ impl Cluster {
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
             .find(|b| b.join("initdb").exists());
         let Some(bin) = bin else {
-            eprintln!("skipped: no PostgreSQL server binaries under /usr/lib/postgresql/*/bin");
+            super::skip(format_args!(
+                "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
+            ));
             return None;
         };
         let id = |flag: &str| {
@@ -62,7 +66,7 @@ impl Cluster {
                 .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
         };
         let (Some(uid), Some(gid)) = (id("-u"), id("-g")) else {
-            eprintln!("skipped: no `postgres` user to run a cluster as");
+            super::skip(format_args!("no `postgres` user to run a cluster as"));
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -71,7 +75,7 @@ impl Cluster {
             .arg(dir.path())
             .status();
         if !owner.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: cannot hand a directory to the `postgres` user");
+            super::skip(format_args!("cannot hand a directory to the `postgres` user"));
             return None;
         }
         let ok = std::process::Command::new(bin.join("initdb"))
@@ -83,7 +87,7 @@ impl Cluster {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("skipped: initdb failed");
+            super::skip(format_args!("initdb failed"));
             return None;
         }
         // initdb trusts loopback only; a namespace's neighbours connect from the test subnet.
