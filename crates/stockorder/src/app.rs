@@ -50,8 +50,10 @@ pub enum StartupError {
         timeout: Duration,
     },
     /// A listening socket could not be bound.
-    #[error("cannot listen on {addr}")]
+    #[error("cannot listen for {} on {addr}{}", port.protocol(), port.hint(source))]
     Bind {
+        /// Which of the two ports.
+        port: Port,
         /// The address asked for.
         addr: SocketAddr,
         /// What the OS said.
@@ -96,8 +98,46 @@ fn listen_backlog() -> u32 {
         .unwrap_or(4096)
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
-    let failed = |source| StartupError::Bind { addr, source };
+/// The service's two ports, for saying which one a problem is with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The REST API's.
+    Http,
+    /// The gRPC API's.
+    Grpc,
+}
+
+impl Port {
+    fn protocol(self) -> &'static str {
+        match self {
+            Port::Http => "HTTP",
+            Port::Grpc => "gRPC",
+        }
+    }
+
+    /// What to do about `error`, when there is something to say.
+    fn hint(self, error: &std::io::Error) -> String {
+        let setting = match self {
+            Port::Http => "PORT (or --port)",
+            Port::Grpc => "GRPC_PORT (or --grpc-port)",
+        };
+        match error.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!(": the port is in use (another server?); choose another with {setting}, 0 for any free one")
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                format!(": not allowed (ports below 1024 need privileges); choose another with {setting}")
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// Takes the port now, before anything else is touched: a second server started on a port in
+/// use fails here, before it has created or migrated a database. It listens (and the kernel
+/// starts accepting connections) only in [`listen`], once the database is open.
+fn bind(port: Port, addr: SocketAddr) -> Result<tokio::net::TcpSocket, StartupError> {
+    let failed = |source| StartupError::Bind { port, addr, source };
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
@@ -107,18 +147,43 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupErro
     // As std and tokio do for a listener: a restart can bind while old connections linger.
     socket.set_reuseaddr(true).map_err(failed)?;
     socket.bind(addr).map_err(failed)?;
+    Ok(socket)
+}
+
+/// Where the two ports come from.
+enum Sockets {
+    /// Listening already, passed by the service manager (or the previous process).
+    Inherited {
+        http: std::net::TcpListener,
+        grpc: std::net::TcpListener,
+    },
+    /// Bound here, to listen on once the database is open.
+    Bound {
+        http: (SocketAddr, tokio::net::TcpSocket),
+        grpc: (SocketAddr, tokio::net::TcpSocket),
+    },
+}
+
+/// Listens on a socket [`bind`] took.
+fn listen(
+    port: Port,
+    addr: SocketAddr,
+    socket: tokio::net::TcpSocket,
+) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let failed = |source| StartupError::Bind { port, addr, source };
     let listener = socket.listen(listen_backlog()).map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
     Ok((listener, bound))
 }
 
 /// A listening socket from the service manager, as a tokio listener.
-fn adopt(listener: std::net::TcpListener) -> Result<(TcpListener, SocketAddr), StartupError> {
+fn adopt(port: Port, listener: std::net::TcpListener) -> Result<(TcpListener, SocketAddr), StartupError> {
     let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+        port,
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    let listener = TcpListener::from_std(listener).map_err(|source| StartupError::Bind { addr, source })?;
+    let listener = TcpListener::from_std(listener).map_err(|source| StartupError::Bind { port, addr, source })?;
     Ok((listener, addr))
 }
 
@@ -185,6 +250,22 @@ impl Application {
             ..ConnectionLimits::default()
         };
         let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
+        // The ports first: a port in use must fail the start before the database is touched.
+        // Socket activation: the service manager owns the sockets; HOST and the ports are its
+        // business (`stockorder.socket`).
+        let sockets = match crate::lifecycle::activation::inherited_listeners()? {
+            Some((http, grpc)) => Sockets::Inherited { http, grpc },
+            None => {
+                let (http, grpc) = (
+                    SocketAddr::new(args.host, args.port),
+                    SocketAddr::new(args.host, args.grpc_port),
+                );
+                Sockets::Bound {
+                    http: (http, bind(Port::Http, http)?),
+                    grpc: (grpc, bind(Port::Grpc, grpc)?),
+                }
+            }
+        };
         let timeouts = crate::adapter::postgres::Timeouts {
             connect: args.limits.request_timeout.min(Duration::from_secs(5)),
             statement: args.limits.request_timeout,
@@ -202,19 +283,13 @@ impl Application {
             timeout: args.startup_timeout,
         })??;
         tracing::info!(database = %store.describe(), "database ready");
-        let ((http_listener, http_addr), (grpc_listener, grpc_addr)) =
-            match crate::lifecycle::activation::inherited_listeners()? {
-                // Socket activation: the service manager owns the sockets; HOST and the ports are
-                // its business (`stockorder.socket`).
-                Some((http, grpc)) => {
-                    tracing::info!("serving on sockets passed by the service manager");
-                    (adopt(http)?, adopt(grpc)?)
-                }
-                None => (
-                    bind(SocketAddr::new(args.host, args.port)).await?,
-                    bind(SocketAddr::new(args.host, args.grpc_port)).await?,
-                ),
-            };
+        let ((http_listener, http_addr), (grpc_listener, grpc_addr)) = match sockets {
+            Sockets::Inherited { http, grpc } => {
+                tracing::info!("serving on sockets passed by the service manager");
+                (adopt(Port::Http, http)?, adopt(Port::Grpc, grpc)?)
+            }
+            Sockets::Bound { http, grpc } => (listen(Port::Http, http.0, http.1)?, listen(Port::Grpc, grpc.0, grpc.1)?),
+        };
         // Started by an in-place upgrade: until the old process has exited, it may still write
         // to the same database (`run` watches for its exit).
         let upgraded_from = crate::lifecycle::upgrade::upgraded_from();

@@ -6,7 +6,7 @@ use clap::Parser;
 use stockorder::app::Application;
 use stockorder::config::{Cli, Command};
 
-/// Errors end here: printed once with their causes (`error: cannot listen on …: Address in use`)
+/// Errors end here: printed once with their causes (`error: cannot listen for HTTP on …: …`)
 /// and exit code 1, without the backtrace `anyhow` would add under `RUST_BACKTRACE`, since every
 /// error that reaches this point is an expected one with a message for the user.
 fn main() -> ExitCode {

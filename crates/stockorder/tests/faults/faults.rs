@@ -332,6 +332,29 @@ async fn another_applications_file_is_refused_untouched() {
     assert!(!dir.path().join("theirs.db-wal").exists(), "switched to WAL");
 }
 
+/// A second server on a port in use says which port and how to change it, and fails before it
+/// has created (or migrated) a database.
+#[tokio::test]
+async fn a_port_in_use_is_named_and_no_database_is_created() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    for (setting, protocol, hint) in [
+        ("PORT", "HTTP", "PORT (or --port)"),
+        ("GRPC_PORT", "gRPC", "GRPC_PORT (or --grpc-port)"),
+    ] {
+        let (code, said) = run_to_exit(db.to_str().unwrap(), &[(setting, &port)]).await;
+        assert_eq!(code, Some(1), "{said}");
+        assert!(
+            said.contains(&format!("cannot listen for {protocol} on 127.0.0.1:{port}")),
+            "{said}"
+        );
+        assert!(said.contains("in use") && said.contains(hint), "{said}");
+        assert!(!db.exists(), "the database was created before the bind failed: {said}");
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_url_scheme_is_refused() {
     let dir = tempfile::tempdir().unwrap();
