@@ -332,6 +332,31 @@ async fn another_applications_file_is_refused_untouched() {
     assert!(!dir.path().join("theirs.db-wal").exists(), "switched to WAL");
 }
 
+/// A database path whose directory is missing, or is a file, is refused with what is wrong
+/// with the path, not SQLite's "unable to open database file" (error code 14) twice over.
+#[tokio::test]
+async fn a_bad_database_path_says_what_is_wrong_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let missing = dir.path().join("missing");
+    for (db, says) in [
+        (
+            missing.join("orders.db"),
+            format!("the directory {} does not exist", missing.display()),
+        ),
+        (
+            file.join("orders.db"),
+            format!("{} is a file, not a directory", file.display()),
+        ),
+    ] {
+        let (code, said) = run_to_exit(db.to_str().unwrap(), &[]).await;
+        assert_eq!(code, Some(1), "{said}");
+        assert!(said.contains(&says) && said.contains("DATABASE_URL"), "{said}");
+        assert!(!said.contains("Error code 14"), "{said}");
+    }
+}
+
 /// A second server on a port in use says which port and how to change it, and fails before it
 /// has created (or migrated) a database.
 #[tokio::test]

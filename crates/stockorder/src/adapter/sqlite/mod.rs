@@ -36,6 +36,14 @@ pub enum OpenError {
         /// Its missing directory.
         dir: PathBuf,
     },
+    /// What should be the file's directory is a file.
+    #[error("cannot create the SQLite database {path}: {} is a file, not a directory; choose another path in DATABASE_URL", dir.display())]
+    NotADirectory {
+        /// The file.
+        path: PathBuf,
+        /// What should have been its directory.
+        dir: PathBuf,
+    },
     /// The file system holding the database has no room left.
     #[error(
         "cannot open SQLite database {path}: the disk is full ({free} bytes free); free some space and start again"
@@ -85,10 +93,12 @@ impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`, and starts its writer.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            return Err(OpenError::NoDirectory {
-                dir: dir.to_path_buf(),
-                path,
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            let dir = dir.to_path_buf();
+            return Err(if dir.exists() {
+                OpenError::NotADirectory { dir, path }
+            } else {
+                OpenError::NoDirectory { dir, path }
             });
         }
         // SQLite needs to write the file and, beside it, the WAL and its index. Asked of the
