@@ -162,7 +162,12 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
         args.haproxy_config.display()
     );
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    // The replicas' and HAProxy's logs: removed after a run that held, kept after one that did
+    // not (that is when they are read).
+    let dir = tempfile::Builder::new()
+        .prefix("rolling-restart-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
 
     // A schema of its own: the lost-order check reads exactly this run's orders.
     let (admin, connection) = tokio_postgres::connect(&args.database_url, NoTls)
@@ -185,8 +190,15 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     drop(admin);
     let _ = connection.await;
-    let (requests, restarts, clients) = result?;
-    let summary = summarize(&args, requests, restarts, clients, &stored?);
+    let keep_logs = |why: &str| eprintln!("{why}; the logs are kept in {}", dir.keep().display());
+    let (requests, restarts, clients, stored) = match (result, stored) {
+        (Ok((requests, restarts, clients)), Ok(stored)) => (requests, restarts, clients, stored),
+        (Err(e), _) | (_, Err(e)) => {
+            keep_logs("the run did not complete");
+            return Err(e);
+        }
+    };
+    let summary = summarize(&args, requests, restarts, clients, &stored);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -195,6 +207,7 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(if summary.held() {
         std::process::ExitCode::SUCCESS
     } else {
+        keep_logs("the run did not hold");
         std::process::ExitCode::FAILURE
     })
 }
@@ -232,7 +245,7 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
         lb.wait_for(&["rest", "grpc"], &spec.name, true).await?;
     }
     eprintln!(
-        "{REPLICAS} replicas up behind HAProxy (REST 127.0.0.1:{}, gRPC 127.0.0.1:{}); logs in {}",
+        "{REPLICAS} replicas up behind HAProxy (REST 127.0.0.1:{}, gRPC 127.0.0.1:{}); logs in {} (kept if the run fails)",
         ports.http,
         ports.grpc,
         dir.display()

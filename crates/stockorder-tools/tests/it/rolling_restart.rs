@@ -36,7 +36,7 @@ async fn prerequisites() -> Option<String> {
     Some(url)
 }
 
-async fn rolling_restart(url: &str, args: &[&str]) -> (Option<i32>, Value) {
+async fn rolling_restart(url: &str, args: &[&str]) -> (Option<i32>, Value, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder-tools"))
         .arg("rolling-restart")
         .args(["--database-url", url, "--concurrency", "32", "--steady", "1s", "--json"])
@@ -46,8 +46,9 @@ async fn rolling_restart(url: &str, args: &[&str]) -> (Option<i32>, Value) {
         .unwrap();
     let summary: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("no JSON summary; stderr:\n{}", String::from_utf8_lossy(&out.stderr)));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), summary)
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stderr}");
+    (out.status.code(), summary, stderr)
 }
 
 /// The promise: 3 replicas × 2 rounds under 32 clients (half REST, half gRPC), and not
@@ -58,7 +59,11 @@ async fn two_rolling_restarts_under_load_fail_nothing_and_lose_nothing() {
         return;
     };
     let config = repo_file("deploy/haproxy.cfg");
-    let (code, s) = rolling_restart(&url, &["--rounds", "2", "--haproxy-config", config.to_str().unwrap()]).await;
+    let (code, s, said) = rolling_restart(&url, &["--rounds", "2", "--haproxy-config", config.to_str().unwrap()]).await;
+    assert!(
+        !said.contains("the logs are kept"),
+        "a run that held leaves no logs behind: {said}"
+    );
     assert_eq!(s["restarts"].as_array().unwrap().len(), 6, "{s}");
     for r in s["restarts"].as_array().unwrap() {
         assert_eq!(r["exit_code"], 0, "every replica stopped cleanly: {r}");
@@ -96,7 +101,7 @@ async fn without_a_drain_delay_a_balancer_that_does_not_retry_fails_requests() {
         "deploy/haproxy.cfg still has the lines this test edits"
     );
     std::fs::write(&config, no_retries).unwrap();
-    let (code, s) = rolling_restart(
+    let (code, s, said) = rolling_restart(
         &url,
         &[
             "--rounds",
@@ -111,4 +116,19 @@ async fn without_a_drain_delay_a_balancer_that_does_not_retry_fails_requests() {
     assert!(s["failed"].as_u64().unwrap() > 0, "{s}");
     assert_eq!(s["lost"], 0, "failed requests were never acknowledged: {s}");
     assert_eq!(code, Some(1), "{s}");
+    // A run that failed keeps its logs, and says where.
+    let kept = said
+        .lines()
+        .find_map(|l| {
+            l.split_once("the logs are kept in ")
+                .map(|(_, dir)| dir.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no word of the logs: {said}"));
+    let kept = Path::new(&kept);
+    assert!(
+        kept.join("r1.log").is_file() && kept.join("haproxy.log").is_file(),
+        "{}",
+        kept.display()
+    );
+    std::fs::remove_dir_all(kept).unwrap();
 }
