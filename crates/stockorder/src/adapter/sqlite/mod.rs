@@ -122,6 +122,7 @@ impl SqliteStore {
                 source,
             },
         };
+        schema::before_first_connection();
         let mut conn = Connection::open(&path).map_err(open_err)?;
         // The first read maps the file and its WAL index: where a full disk shows first.
         conn.pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))

@@ -118,3 +118,57 @@ async fn idle_reader_snapshots_do_not_hold_the_wal() {
     assert!(wal < 8 * 1024 * 1024, "WAL grew to {wal} bytes");
     store.close().await.unwrap();
 }
+
+/// A double-quoted string is an identifier, on every connection the store opens: a misspelt
+/// column is an error, not a string that happens to compare unequal.
+#[test]
+fn double_quotes_name_columns_not_strings() {
+    let conn = Connection::open_in_memory().unwrap();
+    assert_eq!(
+        conn.query_row(r#"SELECT "no_such_column""#, [], |r| r.get::<_, String>(0))
+            .unwrap(),
+        "no_such_column",
+        "SQLite's lenient default, which the next two checks must not see"
+    );
+    schema::configure_reader(&conn).unwrap();
+    assert!(conn.query_row(r#"SELECT "no_such_column""#, [], |_| Ok(())).is_err());
+    let writer = Connection::open_in_memory().unwrap();
+    schema::configure_writer(&writer).unwrap();
+    assert!(writer.query_row(r#"SELECT "no_such_column""#, [], |_| Ok(())).is_err());
+}
+
+/// SQLite's memory statistics (and the global mutex they take on every allocation) are off in a
+/// process that opens a store. Checked in a fresh process, the only place where SQLite has not
+/// been initialised by another test: this test binary runs itself again with a marker.
+#[test]
+fn memory_statistics_are_off() {
+    const CHILD: &str = "STOCKORDER_SQLITE_MEMSTATUS_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let (_dir, _store) = store();
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (randomblob(100000));")
+            .unwrap();
+        // Non-operational when the statistics are off: it answers 0.
+        assert_eq!(unsafe { rusqlite::ffi::sqlite3_memory_used() }, 0);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "adapter::sqlite::tests::memory_statistics_are_off",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "the child ran the check"
+    );
+}
