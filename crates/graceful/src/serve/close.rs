@@ -2,27 +2,54 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use crate::Readiness;
 use hyper::header::{CONNECTION, HeaderValue};
 use hyper::{Request, Response, Version};
 
-/// Wraps a service so that, from the moment shutdown starts, every HTTP/1 response asks the
-/// client to close the connection. The client then sends its next request on a new connection,
+/// Wraps a service so that, from the moment shutdown starts (readiness draining, or the server
+/// it runs in has stopped accepting), every HTTP/1 response asks the client to close the
+/// connection. The client then sends its next request on a new connection,
 /// which a load balancer routes elsewhere, instead of reusing one that is about to close: the
 /// keep-alive close race cannot happen on a connection that was told to close. Checked when the
 /// response is ready, so a request that began before the trigger is covered too.
 #[derive(Clone)]
 pub struct CloseWhenDraining<S> {
     inner: S,
+    closing: Closer,
+}
+
+/// What says "close": readiness, or the server stopping.
+#[derive(Clone)]
+struct Closer {
     readiness: Readiness,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Closer {
+    fn now(&self) -> bool {
+        self.readiness.is_draining() || self.stopped.load(Ordering::Relaxed)
+    }
 }
 
 impl<S> CloseWhenDraining<S> {
     /// `inner`, answering with `Connection: close` once `readiness` is draining.
     pub fn new(inner: S, readiness: Readiness) -> Self {
-        Self { inner, readiness }
+        Self::or_when(inner, readiness, Arc::default())
+    }
+
+    /// `inner`, answering with `Connection: close` once `readiness` is draining or `stopped`
+    /// is set: a server that stops while its readiness still says ready (it was never told, or
+    /// nobody flips it) closes its keep-alive connections after their next answer instead of
+    /// serving them until the idle grace runs out.
+    pub(super) fn or_when(inner: S, readiness: Readiness, stopped: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            closing: Closer { readiness, stopped },
+        }
     }
 }
 
@@ -40,10 +67,10 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         // HTTP/2 has no Connection header (GOAWAY does this job there).
-        let readiness = (request.version() <= Version::HTTP_11).then(|| self.readiness.clone());
+        let closing = (request.version() <= Version::HTTP_11).then(|| self.closing.clone());
         Closing {
             answer: self.inner.call(request),
-            readiness,
+            closing,
         }
     }
 }
@@ -55,7 +82,7 @@ pin_project_lite::pin_project! {
         #[pin]
         answer: F,
         // Only for HTTP/1 requests.
-        readiness: Option<Readiness>,
+        closing: Option<Closer>,
     }
 }
 
@@ -68,7 +95,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.answer.poll(cx))?;
-        if this.readiness.as_ref().is_some_and(Readiness::is_draining) {
+        if this.closing.as_ref().is_some_and(Closer::now) {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -89,7 +89,8 @@ pub enum Protocol {
 
 /// Serves `service` on `listener` until `stop` resolves, then stops accepting (after taking the
 /// backlog), lets every accepted request finish, and returns when the last connection has
-/// closed. HTTP/1 answers carry `Connection: close` while `readiness` is draining. `limits`
+/// closed. HTTP/1 answers carry `Connection: close` while `readiness` is draining, and in any
+/// case once `stop` has resolved. `limits`
 /// bound what a connection may cost before it sends a request. Dropping the returned future
 /// aborts every connection.
 pub async fn serve<S, B>(
@@ -106,7 +107,8 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let service = CloseWhenDraining::new(service, readiness);
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = CloseWhenDraining::or_when(service, readiness, std::sync::Arc::clone(&stopped));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
@@ -130,6 +132,9 @@ pub async fn serve<S, B>(
             },
         }
     }
+
+    // From now on every HTTP/1 answer says `Connection: close`, readiness or not.
+    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
 
     // Take whatever completed its handshake before the socket closes; closing would reset it.
     // Asked of the kernel directly (a non-blocking accept until it would block): tokio's

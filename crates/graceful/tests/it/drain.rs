@@ -378,3 +378,55 @@ async fn stock_tonic_serve_with_shutdown_breaks_calls() {
     }
     panic!("stock tonic broke no call in 30 shutdowns: the load no longer shows the backlog reset");
 }
+
+/// A server stopped while its readiness still says ready (nobody flipped it, as in a program
+/// that only calls `serve`): a busy keep-alive client is told `Connection: close` on its next
+/// answer, so the server stops within a request or two, not after the idle grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_closes_busy_keep_alive_connections_without_readiness() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let router = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: axum::body::Bytes| async move { body }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let never_drained = graceful::DrainSwitch::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(graceful::serve::serve(
+        listener,
+        router,
+        graceful::serve::Protocol::Http,
+        graceful::serve::ConnectionLimits::default(),
+        never_drained.readiness(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut stream = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    for _ in 0..10 {
+        assert_eq!(exchange(&mut stream).await, Some(false), "answered, keep-alive");
+    }
+    let stopping = Instant::now();
+    stop.send(()).unwrap();
+    let mut answers = 0;
+    let told_to_close = loop {
+        match exchange(&mut stream).await {
+            Some(false) => answers += 1,
+            Some(true) => break true,
+            None => break false,
+        }
+        assert!(answers < 10_000, "never told to close");
+    };
+    assert!(told_to_close, "the connection broke instead of being told to close");
+    drop(stream); // as a client told to close does
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = stopping.elapsed();
+    assert!(
+        took < graceful::serve::IDLE_GRACE / 2,
+        "stopped after {took:?}: the busy connection was served until the idle grace ran out"
+    );
+}
