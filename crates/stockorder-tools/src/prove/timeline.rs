@@ -72,12 +72,33 @@ pub(super) fn render(
     }
     let top = rates.iter().flatten().copied().fold(1.0, f64::max) * 1.15;
 
+    // Marks are numbered on the chart and listed with their times in a strip below it, so
+    // marks a few milliseconds apart (the signal, readiness off, listeners closed) neither hide
+    // each other nor the data; a label that repeats (twenty SIGHUPs) is listed once.
+    let mut legend: Vec<(usize, &str, Vec<f64>)> = Vec::new();
+    let numbers: Vec<usize> = marks
+        .iter()
+        .map(|m| match legend.iter_mut().find(|(_, label, _)| *label == m.label) {
+            Some((n, _, times)) => {
+                times.push(m.at);
+                *n
+            }
+            None => {
+                legend.push((legend.len() + 1, m.label, vec![m.at]));
+                legend.len()
+            }
+        })
+        .collect();
+    let rows = legend.len().div_ceil(3);
+
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (1000, 420)).into_drawing_area();
+        let height = 430 + 26 * rows as u32 + 16;
+        let root = SVGBackend::with_string(&mut svg, (1000, height)).into_drawing_area();
         let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the timeline failed: {e}");
         root.fill(&WHITE).map_err(|e| draw(&e))?;
-        let mut chart = ChartBuilder::on(&root)
+        let (upper, lower) = root.split_vertically(430);
+        let mut chart = ChartBuilder::on(&upper)
             .caption(title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
@@ -88,6 +109,8 @@ pub(super) fn render(
             .configure_mesh()
             .x_desc("seconds since the load started")
             .y_desc("requests per second")
+            .x_label_formatter(&|x| format!("{x:.1}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(|e| draw(&e))?;
         let colours = [GREEN.mix(0.9), RED.mix(0.9), BLUE.mix(0.6)];
@@ -100,23 +123,24 @@ pub(super) fn render(
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
         }
-        // Staggered, so marks close together stay readable; a label that repeats (twenty
-        // SIGHUPs) is written at the same height each time, below the others.
-        let mut heights: Vec<&str> = Vec::new();
-        for mark in marks {
+        // Each mark: a thin line and its number at the top, moved down a row when it would
+        // touch the number of the mark before it.
+        let near = end / 60.0;
+        let mut last: Option<(f64, usize)> = None;
+        for (mark, number) in marks.iter().zip(&numbers) {
             chart
-                .draw_series(LineSeries::new([(mark.at, 0.0), (mark.at, top)], BLACK.mix(0.5)))
+                .draw_series(LineSeries::new([(mark.at, 0.0), (mark.at, top)], BLACK.mix(0.4)))
                 .map_err(|e| draw(&e))?;
-            let row = heights.iter().position(|l| *l == mark.label).unwrap_or_else(|| {
-                heights.push(mark.label);
-                heights.len() - 1
-            });
-            let y = top * (0.97 - 0.07 * row as f64);
+            let row = match last {
+                Some((at, row)) if mark.at - at < near => (row + 1) % 6,
+                _ => 0,
+            };
+            last = Some((mark.at, row));
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!(" {}", mark.label),
-                    (mark.at, y),
-                    ("sans-serif", 13),
+                    format!(" {number}"),
+                    (mark.at, top * (0.98 - 0.05 * row as f64)),
+                    ("sans-serif", 13).into_font().style(FontStyle::Bold),
                 )))
                 .map_err(|e| draw(&e))?;
         }
@@ -127,6 +151,22 @@ pub(super) fn render(
             .border_style(BLACK)
             .draw()
             .map_err(|e| draw(&e))?;
+        // The marks, three to a row, with their times.
+        for (i, (number, label, times)) in legend.iter().enumerate() {
+            let at = match times.as_slice() {
+                [one] => format!("{one:.3} s"),
+                [first, .., last] => format!("{} times, {first:.2}–{last:.2} s", times.len()),
+                [] => String::new(),
+            };
+            let (x, y) = (82 + 310 * (i % 3) as i32, 8 + 26 * (i / 3) as i32);
+            lower
+                .draw(&Text::new(
+                    format!("{number}  {label}  {at}"),
+                    (x, y),
+                    ("sans-serif", 14),
+                ))
+                .map_err(|e| draw(&e))?;
+        }
         root.present().map_err(|e| draw(&e))?;
     }
     std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))
