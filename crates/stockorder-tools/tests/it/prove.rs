@@ -5,16 +5,28 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// The marks drawn on a timeline, read back from the SVG as XML.
+/// The texts of a timeline, read back from the SVG as XML. A mark's entry in the list under
+/// the chart (`3  listeners closed  1.016 s`) is also given as its label alone.
 fn marks(svg: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(svg).unwrap();
     let doc = roxmltree::Document::parse(&text).expect("the timeline is well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
-    doc.descendants()
+    let texts: Vec<String> = doc
+        .descendants()
         .filter(|n| n.has_tag_name("text"))
         .filter_map(|n| n.text())
         .map(|t| t.trim().to_owned())
-        .collect()
+        .collect();
+    let labels: Vec<String> = texts
+        .iter()
+        .filter_map(|t| {
+            let mut parts = t.split("  ");
+            let number = parts.next()?;
+            let label = parts.next()?;
+            number.parse::<u32>().is_ok().then(|| label.to_owned())
+        })
+        .collect();
+    texts.into_iter().chain(labels).collect()
 }
 
 async fn prove(target: &str, svg: &Path) -> (Option<i32>, Value) {
@@ -199,5 +211,8 @@ async fn in_place_upgrades_refuse_and_fail_nothing() {
     );
     assert_sound("serve with upgrades", code, &t);
     let marks = marks(&svg);
-    assert_eq!(marks.iter().filter(|m| *m == "SIGHUP").count(), 5, "{marks:?}");
+    assert!(
+        marks.iter().any(|m| m.contains("  SIGHUP  5 times")),
+        "the five upgrades are one entry, counted: {marks:?}"
+    );
 }
