@@ -9,7 +9,7 @@
 //! sends its FIN, reads and discards what the client still sends until it closes too (or
 //! [`LINGER`] passes), and only then closes.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,10 +24,15 @@ pub(super) const LINGER: Duration = Duration::from_secs(1);
 pub(super) struct Linger(OwnedFd);
 
 impl Linger {
-    /// Duplicates the socket's descriptor; `None` if the process is out of descriptors (the
-    /// connection then closes the ordinary way).
-    pub(super) fn new(stream: &TcpStream) -> Option<Self> {
-        stream.as_fd().try_clone_to_owned().ok().map(Self)
+    /// Duplicates the socket's descriptor (close-on-exec, as std does); `None` if the process
+    /// is out of descriptors (the connection then closes the ordinary way).
+    ///
+    /// # Safety
+    /// `fd` must be an open socket for the duration of the call.
+    pub(super) unsafe fn new(fd: RawFd) -> Option<Self> {
+        // SAFETY: the caller guarantees `fd` is open now; it is only duplicated.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        borrowed.try_clone_to_owned().ok().map(Self)
     }
 
     /// Sends FIN, then discards what the client sends until it closes or [`LINGER`] passes.

@@ -183,8 +183,9 @@ async fn connection<S, B>(
     if !first_byte(&stream, limits.header_read_timeout, drain.clone()).await {
         return;
     }
-    let linger = linger::Linger::new(&stream);
-    let draining = drain.clone();
+    // The socket's descriptor, to take a second handle on at drain (see `linger`). Valid for as
+    // long as `drive` holds the connection, which owns the stream.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let io = TokioIo::new(stream);
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
@@ -200,10 +201,10 @@ async fn connection<S, B>(
                 .timer(TokioTimer::new())
                 .max_header_list_size(header_list);
             let service = TowerToHyperService::new(service);
-            drive(builder.serve_connection(io, service), drain, || {
+            drive(builder.serve_connection(io, service), fd, drain, || {
                 tokio::time::sleep(IDLE_GRACE)
             })
-            .await;
+            .await
         }
         Protocol::Grpc => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -216,19 +217,11 @@ async fn connection<S, B>(
                 inner: service,
                 first: first.clone(),
             });
-            drive(builder.serve_connection(io, service), drain, || async move {
+            drive(builder.serve_connection(io, service), fd, drain, || async move {
                 first.within(IDLE_GRACE).await;
             })
-            .await;
+            .await
         }
-    }
-    // hyper has closed its handle; the socket lives on in `linger`. While draining, the
-    // server closed this connection, so it lingers (see `linger`); otherwise the client
-    // closed first and there is nothing to wait for.
-    if let Some(linger) = linger
-        && *draining.borrow()
-    {
-        linger.close().await;
     }
 }
 
@@ -249,25 +242,35 @@ async fn first_byte(stream: &TcpStream, timeout: Duration, mut drain: watch::Rec
         .unwrap_or(false)
 }
 
-/// Runs one connection; once draining, gives it the `grace` future (started then) to finish on
-/// its own (HTTP/1 answers carry `Connection: close` by then), then asks it to shut down
-/// gracefully and waits.
-async fn drive<C, G>(conn: C, mut drain: watch::Receiver<bool>, grace: impl FnOnce() -> G)
+/// Runs one connection (whose socket is `fd`); once draining, gives it the `grace` future
+/// (started then) to finish on its own (HTTP/1 answers carry `Connection: close` by then), then
+/// asks it to shut down gracefully, waits, and closes the socket lingering (see `linger`).
+async fn drive<C, G>(conn: C, fd: std::os::fd::RawFd, mut drain: watch::Receiver<bool>, grace: impl FnOnce() -> G)
 where
     C: GracefulConnection,
     G: Future<Output = ()>,
 {
     tokio::pin!(conn);
     tokio::select! {
+        // Ended before the drain: the client closed, nothing to linger for.
         _ = conn.as_mut() => return,
         _ = drain.wait_for(|draining| *draining) => {}
     }
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        () = grace() => {}
+    // A second handle on the socket, taken while `conn` still owns it, so the socket outlives
+    // hyper's close. Only from the drain on: until then a connection holds one descriptor.
+    // SAFETY: `fd` is the socket of the stream `conn` owns, and `conn` is alive here.
+    let linger = unsafe { linger::Linger::new(fd) };
+    let ended = tokio::select! {
+        _ = conn.as_mut() => true,
+        () = grace() => false,
+    };
+    if !ended {
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.as_mut().await;
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    if let Some(linger) = linger {
+        linger.close().await;
+    }
 }
 
 impl Shutdown {
