@@ -408,8 +408,9 @@ impl Shutdown {
     pub async fn run(mut self) -> Report {
         let (reason, mut ended_early) = self.wait_for_trigger().await;
         let started = Instant::now();
-        tracing::info!(event = "shutdown.started", reason = %reason, "shutdown started: readiness off");
+        // Readiness first: whoever reads "readiness off" in the log must find it off.
         self.draining.start_draining();
+        tracing::info!(event = "shutdown.started", reason = %reason, "shutdown started: readiness off");
         self.ran = true;
         let overrun_grace = self.watchdog_grace.unwrap_or_default();
         crate::systemd::stopping(&reason, self.deadline + overrun_grace);
