@@ -217,8 +217,13 @@ pub async fn open_desk(args: &ServeArgs) -> Result<(Store, Arc<OrderDesk<Store>>
     let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
     let store = Store::open(&url, args.database_pool_size as usize, Default::default()).await?;
     tracing::info!(database = %store.describe(), "database ready");
-    let desk = OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules).with_metrics(Arc::new(Prometheus));
-    Ok((store, Arc::new(desk)))
+    let desk = desk_over(&store, rules);
+    Ok((store, desk))
+}
+
+/// The order service over `store`: simulated prices, `rules`, Prometheus metrics.
+fn desk_over(store: &Store, rules: crate::domain::RiskRules) -> Arc<OrderDesk<Store>> {
+    Arc::new(OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules).with_metrics(Arc::new(Prometheus)))
 }
 
 impl Application {
@@ -296,9 +301,7 @@ impl Application {
         if upgraded_from.is_some() {
             store.other_process_writes(true);
         }
-        let desk = Arc::new(
-            OrderDesk::new(store.clone(), Arc::new(SimulatedPrices), rules).with_metrics(Arc::new(Prometheus)),
-        );
+        let desk = desk_over(&store, rules);
         let grpc = grpc::services(Arc::clone(&desk))?;
         Ok(Self {
             http_listener,

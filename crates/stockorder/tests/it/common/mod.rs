@@ -506,16 +506,7 @@ pub async fn ready_becomes(base: &str, status: u16, within: Duration) -> bool {
     false
 }
 
-/// Says that the running test cannot run here, and why (with what would enable it); the caller
-/// then returns. Written past the test harness's output capture, so a plain `cargo test` shows
-/// the line although the test counts as passed. With `STOCKORDER_REQUIRE_ALL_TESTS` set
-/// (`.ci/run` sets it, and provides PostgreSQL, HAProxy and the Python clients), a skip is a
-/// failure instead: there it would be a broken set-up passing as green.
-pub fn skip(why: impl std::fmt::Display) {
-    let test = std::thread::current().name().unwrap_or("a test").to_owned();
-    assert!(
-        std::env::var_os("STOCKORDER_REQUIRE_ALL_TESTS").is_none(),
-        "{test} cannot run here: {why} (STOCKORDER_REQUIRE_ALL_TESTS is set, so that is a failure)"
-    );
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("skipped {test}: {why}\n").as_bytes());
-}
+// The same skip() as the crate's unit tests: one definition, compiled into both.
+#[path = "../../../src/testing.rs"]
+mod testing;
+pub(crate) use testing::skip;
