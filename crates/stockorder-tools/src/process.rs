@@ -39,6 +39,25 @@ pub async fn terminated() {
     }
 }
 
+/// A server address as a person types it, `host:port` or `http://host:port` (a trailing `/`
+/// allowed), as `host:port`. The clients and `load` both take either form.
+pub fn host_port(raw: &str) -> Result<String, String> {
+    let rest = match raw.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(_) => return Err(format!("{raw:?}: only http:// is served (plaintext)")),
+        None => raw,
+    };
+    let addr = rest.trim_end_matches('/');
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() => {
+            Ok(addr.to_owned())
+        }
+        _ => Err(format!(
+            "{raw:?} is not a server address (e.g. http://localhost:8082 or localhost:8082)"
+        )),
+    }
+}
+
 /// A port nothing listens on now, for a command that must be told its port. (Another process
 /// could take it before the command binds; the command then fails to start, and says so.)
 pub fn free_port() -> anyhow::Result<u16> {

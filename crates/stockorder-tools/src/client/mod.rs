@@ -268,19 +268,5 @@ async fn order_loop(mut api: impl OrderApi, interval: Duration, count: Option<u6
 
 /// A server URL: `http://host:port`, or `host:port` taken as `http://host:port`.
 fn parse_url(raw: &str) -> Result<String, String> {
-    let url = if raw.contains("://") {
-        raw.to_owned()
-    } else {
-        format!("http://{raw}")
-    };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{raw:?}: only http:// is served (plaintext)"))?;
-    let authority = rest.trim_end_matches('/');
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() => Ok(url),
-        _ => Err(format!(
-            "{raw:?} is not a server address (e.g. http://localhost:8082 or localhost:8082)"
-        )),
-    }
+    crate::process::host_port(raw).map(|addr| format!("http://{addr}"))
 }

@@ -29,7 +29,7 @@ pub use report::{Latency, Outcome, Report};
 pub struct LoadArgs {
     /// Server address, `host:port` or `http://host:port`. Default: the service's own port for
     /// the protocol, 127.0.0.1:8082 for HTTP and 127.0.0.1:50051 for gRPC.
-    #[arg(long, value_parser = parse_addr)]
+    #[arg(long, value_parser = crate::process::host_port)]
     pub addr: Option<String>,
 
     /// Which API to load.
@@ -211,15 +211,6 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<()> {
         args.protocol
     );
     Ok(())
-}
-
-/// `host:port`, or `http://host:port` with the scheme dropped (as the clients take it).
-fn parse_addr(raw: &str) -> Result<String, String> {
-    let addr = raw.strip_prefix("http://").unwrap_or(raw).trim_end_matches('/');
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(addr.to_owned()),
-        _ => Err(format!("{raw:?} is not host:port (e.g. 127.0.0.1:8082)")),
-    }
 }
 
 async fn drive(args: &LoadArgs, addr: &str, ids: Arc<Vec<String>>) -> anyhow::Result<Report> {
