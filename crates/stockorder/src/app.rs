@@ -383,7 +383,7 @@ impl Application {
         plan(self.shutdown_timeout, self.drain_delay)
     }
 
-    /// Serves HTTP and gRPC until `shutdown` is triggered, then follows DESIGN §6:
+    /// Serves HTTP and gRPC until `shutdown` is triggered, then follows the shutdown contract (docs/shutdown.md):
     ///
     /// 1. readiness off: `/ready` 503, gRPC health NOT_SERVING (`/health` stays 200);
     /// 2. the drain delay, still serving;

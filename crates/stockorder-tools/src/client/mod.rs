@@ -38,6 +38,9 @@ pub enum Protocol {
 pub trait DefaultAddr: Clone + Send + Sync + 'static {
     /// The address used when `--addr` is not given.
     const ADDR: &'static str;
+    /// The environment variable that overrides [`Self::ADDR`], so a shell (or the docs'
+    /// generator) points every client and `load` at a server once instead of per command.
+    const ENV: &'static str;
 }
 
 /// `http://localhost:8082`, the service's default HTTP port.
@@ -45,6 +48,7 @@ pub trait DefaultAddr: Clone + Send + Sync + 'static {
 pub struct HttpDefault;
 impl DefaultAddr for HttpDefault {
     const ADDR: &'static str = "http://localhost:8082";
+    const ENV: &'static str = "STOCKORDER_HTTP_ADDR";
 }
 
 /// `http://localhost:50051`, the service's default gRPC port.
@@ -52,13 +56,14 @@ impl DefaultAddr for HttpDefault {
 pub struct GrpcDefault;
 impl DefaultAddr for GrpcDefault {
     const ADDR: &'static str = "http://localhost:50051";
+    const ENV: &'static str = "STOCKORDER_GRPC_ADDR";
 }
 
 /// Options shared by both clients.
 #[derive(Debug, Clone, Args)]
 pub struct ProtocolArgs<D: DefaultAddr> {
     /// Server URL (`http://host:port`; `host:port` works too).
-    #[arg(long, global = true, default_value = D::ADDR, value_parser = parse_url)]
+    #[arg(long, global = true, env = D::ENV, default_value = D::ADDR, value_parser = parse_url)]
     pub addr: String,
 
     /// One call instead of the loop.
@@ -196,35 +201,37 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     match args.protocol {
         Protocol::Http(a) => {
             let api = http::HttpApi::new(&a.addr)?;
-            drive(api, a.call, a.interval, a.count).await
+            drive(api, &a.addr, a.call, a.interval, a.count).await
         }
         Protocol::Grpc(a) => {
             let api = grpc::GrpcApi::new(&a.addr)?;
-            drive(api, a.call, a.interval, a.count).await
+            drive(api, &a.addr, a.call, a.interval, a.count).await
         }
     }
 }
 
 async fn drive(
     mut api: impl OrderApi,
+    addr: &str,
     call: Option<Call>,
     interval: Duration,
     count: Option<u64>,
 ) -> anyhow::Result<()> {
     let answer = match call {
-        None => return order_loop(api, interval, count).await,
+        None => return order_loop(api, addr, interval, count).await,
         Some(Call::Create(order)) => api.create(&order).await,
         Some(Call::Get { id }) => api.get(&id).await,
         Some(Call::List(query)) => api.list(&query).await,
         Some(Call::Cancel { id }) => api.cancel(&id).await,
-    }?;
+    }
+    .map_err(|e| anyhow::anyhow!(explain(&e, addr)))?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 
 /// The original clients' loop: one market order per interval, one line per answer, until
 /// Ctrl+C (or SIGTERM), which cancels the request in flight and ends with exit code 0.
-async fn order_loop(mut api: impl OrderApi, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
+async fn order_loop(mut api: impl OrderApi, addr: &str, interval: Duration, count: Option<u64>) -> anyhow::Result<()> {
     let order = CreateArgs::default();
     let stop = crate::process::terminated();
     tokio::pin!(stop);
@@ -261,8 +268,23 @@ async fn order_loop(mut api: impl OrderApi, interval: Duration, count: Option<u6
     println!("orders sent: {sent}, placed: {ok}, failed: {}", sent - ok);
     match first_error {
         // Every order failed: the exit code says so, with the first reason.
-        Some(e) if ok == 0 => Err(anyhow::anyhow!("no order was placed; the first failure: {e}")),
+        Some(e) if ok == 0 => Err(anyhow::anyhow!("no order was placed: {}", explain(&e, addr))),
         _ => Ok(()),
+    }
+}
+
+/// A failure as the person at the terminal needs it: a refused connection is said as "no
+/// server at ADDR", which is what it nearly always means; anything else as it came.
+fn explain(e: &CallError, addr: &str) -> String {
+    match e {
+        CallError::Transport(text) if text.contains("Connection refused") => {
+            let at = addr
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/');
+            format!("no server at {at} (connection refused); start one, or point --addr at it")
+        }
+        other => other.to_string(),
     }
 }
 

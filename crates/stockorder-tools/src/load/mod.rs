@@ -27,8 +27,9 @@ pub use report::{Latency, Outcome, Report};
 /// Options of `stockorder-tools load`.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Server address, `host:port` or `http://host:port`. Default: the service's own port for
-    /// the protocol, 127.0.0.1:8082 for HTTP and 127.0.0.1:50051 for gRPC.
+    /// Server address, `host:port` or `http://host:port`. Default: `STOCKORDER_HTTP_ADDR` or
+    /// `STOCKORDER_GRPC_ADDR` (as for the clients), else the service's own port for the
+    /// protocol, 127.0.0.1:8082 for HTTP and 127.0.0.1:50051 for gRPC.
     #[arg(long, value_parser = crate::process::host_port)]
     pub addr: Option<String>,
 
@@ -182,13 +183,27 @@ impl Driver {
     }
 }
 
+/// Where `load` goes without `--addr`: the clients' environment variable for the protocol, or
+/// the service's default port.
+fn default_addr(protocol: LoadProtocol) -> anyhow::Result<String> {
+    use crate::client::{DefaultAddr, GrpcDefault, HttpDefault};
+    let (var, fallback) = match protocol {
+        LoadProtocol::Http => (HttpDefault::ENV, "127.0.0.1:8082"),
+        LoadProtocol::Grpc => (GrpcDefault::ENV, "127.0.0.1:50051"),
+    };
+    match std::env::var(var) {
+        Ok(raw) => crate::process::host_port(&raw).map_err(|e| anyhow::anyhow!("{var}: {e}")),
+        Err(_) => Ok(fallback.to_owned()),
+    }
+}
+
 /// Runs the load described by `args` and prints the report.
 pub async fn run(mut args: LoadArgs) -> anyhow::Result<()> {
-    let addr = args.addr.get_or_insert_with(|| match args.protocol {
-        LoadProtocol::Http => "127.0.0.1:8082".to_owned(),
-        LoadProtocol::Grpc => "127.0.0.1:50051".to_owned(),
-    });
-    let addr = addr.clone();
+    let addr = match args.addr.take() {
+        Some(addr) => addr,
+        None => default_addr(args.protocol)?,
+    };
+    args.addr = Some(addr.clone());
     let ids = match args.scenario {
         Scenario::Get | Scenario::Mixed => Driver::new(args.protocol, &addr)?
             .seed(args.seed_orders)

@@ -281,6 +281,10 @@ pub(super) async fn progress(sent: Arc<AtomicU64>, failed: Arc<AtomicU64>, stop:
     tick.tick().await;
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            // The run ended during this second: its figures are in the report, not here.
+            break;
+        }
         let now = sent.load(Ordering::Relaxed);
         eprint!(
             "\r{:>6.1}s  {:>10} requests  {:>8}/s  {:>8} failed",

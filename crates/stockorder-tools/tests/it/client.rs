@@ -156,7 +156,19 @@ async fn a_loop_that_places_nothing_fails_and_says_why() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{protocol}: {stderr}");
         assert!(stderr.starts_with("error: no order was placed"), "{protocol}: {stderr}");
-        assert!(stderr.to_lowercase().contains("refused"), "{protocol}: {stderr}");
+        let bare = addr.trim_start_matches("http://");
+        assert!(
+            stderr.contains(&format!("no server at {bare} (connection refused)")),
+            "{protocol}: {stderr}"
+        );
+        // A one-shot call says the same.
+        let out = client(protocol, &addr).args(["list"]).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{protocol}: {stderr}");
+        assert!(
+            stderr.contains(&format!("no server at {bare}")),
+            "{protocol} list: {stderr}"
+        );
     }
     let out = client("http", "not an address")
         .args(["--count", "1"])

@@ -2,6 +2,7 @@
 //! a real `stockorder` process (built beside this binary by `cargo test --workspace`).
 
 mod client;
+mod docs;
 mod load;
 mod prove;
 mod rolling_restart;

@@ -42,8 +42,8 @@ pub async fn terminate() {
         match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
-                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                    _ = int.recv() => tracing::info!(event = "signal", signal = "SIGINT", "signal received"),
+                    _ = term.recv() => tracing::info!(event = "signal", signal = "SIGTERM", "signal received"),
                 }
             }
             _ => {

@@ -1,7 +1,7 @@
 //! Property tests (proptest) of request parsing and validation, through the real router over a
 //! real SQLite store: whatever bytes, fields, ids or query strings a client sends, the answer is
 //! a documented 2xx/4xx with a JSON body, never a 5xx or a panic, and an order is accepted
-//! exactly when the rules of DESIGN §3 say it is valid.
+//! exactly when the rules of the REST contract (docs/api.md) say it is valid.
 
 use std::sync::Arc;
 
