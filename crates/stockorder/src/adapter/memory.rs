@@ -3,18 +3,22 @@
 //! it runs against SQLite and PostgreSQL, so the double cannot drift from the real stores.
 //! It can also be told to fail, to test how the core handles a storage fault.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::domain::{OrderId, OrderStatus, StockOrder};
-use crate::port::{Fault, Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+use crate::port::{
+    Fault, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, StatusChange, Transition,
+};
 
 #[derive(Default)]
 struct Orders {
     /// By id: ids are time-ordered, so this is creation order.
     by_id: BTreeMap<OrderId, StockOrder>,
-    /// Pending orders the processor has decided to leave resting (out of its queue).
-    resting: HashSet<OrderId>,
+    /// Each order's number in commit order, as SQLite gives it (see [`QueuePosition`]).
+    seq: HashMap<OrderId, i64>,
+    /// The last number given.
+    last_seq: i64,
     /// While set, every call fails with this fault.
     failing: Option<Fault>,
 }
@@ -89,6 +93,9 @@ impl OrderRepository for MemoryRepository {
         {
             return Ok(Inserted::Existing(existing.clone()));
         }
+        orders.last_seq += 1;
+        let seq = orders.last_seq;
+        orders.seq.insert(order.id, seq);
         orders.by_id.insert(order.id, order.clone());
         Ok(Inserted::Created(order))
     }
@@ -117,15 +124,28 @@ impl OrderRepository for MemoryRepository {
         Ok(self.orders()?.change(&change))
     }
 
-    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+    async fn unprocessed(&self, after: QueuePosition, limit: u32) -> Result<Vec<Queued>, RepositoryError> {
         let orders = self.orders()?;
-        Ok(orders
+        let mut queue: Vec<Queued> = orders
             .by_id
             .values()
-            .filter(|o| o.status == OrderStatus::Pending && !orders.resting.contains(&o.id))
-            .take(limit as usize)
-            .cloned()
-            .collect())
+            .filter(|o| o.status == OrderStatus::Pending)
+            .map(|o| Queued {
+                position: QueuePosition {
+                    seq: orders.seq.get(&o.id).copied().unwrap_or_default(),
+                    id: o.id,
+                },
+                order: o.clone(),
+            })
+            .filter(|q| q.position > after)
+            .collect();
+        queue.sort_by_key(|q| q.position);
+        queue.truncate(limit as usize);
+        Ok(queue)
+    }
+
+    async fn reoffer_resting(&self) -> Result<(), RepositoryError> {
+        self.orders().map(drop)
     }
 
     async fn probe(&self) -> Result<(), RepositoryError> {
@@ -137,14 +157,10 @@ impl OrderRepository for MemoryRepository {
         changes: Vec<StatusChange>,
         resting: Vec<OrderId>,
     ) -> Result<Vec<Transition>, RepositoryError> {
+        // Resting orders cost nothing here, as in SQLite: the caller's cursor has passed them.
+        let _ = resting;
         let mut orders = self.orders()?;
-        let transitions = changes.iter().map(|c| orders.change(c)).collect();
-        for id in resting {
-            if orders.by_id.get(&id).is_some_and(|o| o.status == OrderStatus::Pending) {
-                orders.resting.insert(id);
-            }
-        }
-        Ok(transitions)
+        Ok(changes.iter().map(|c| orders.change(c)).collect())
     }
 }
 

@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use crate::domain::{
     ClientOrderId, NewOrder, OrderId, OrderSide, OrderStatus, OrderType, Price, Quantity, StockOrder, Symbol, Timestamp,
 };
-use crate::port::{Inserted, ListQuery, OrderRepository, PageLimit, PageToken, StatusChange, Transition};
+use crate::port::{
+    Inserted, ListQuery, OrderRepository, PageLimit, PageToken, QueuePosition, StatusChange, Transition,
+};
 
 /// A pending market order.
 pub fn order(symbol: &str, side: OrderSide, key: Option<&str>) -> StockOrder {
@@ -176,16 +178,18 @@ pub async fn list_is_newest_first_paged_and_filtered<S: OrderRepository>(store: 
     assert!(store.list(filled, 100).await.unwrap().is_empty());
 }
 
-/// The processor's queue: oldest first; a settled batch leaves it (filled, rejected, or
-/// resting), and a change that lost its race is reported, not applied.
+/// The processor's queue: oldest first, walked by position; a settled batch's changes are
+/// applied conditionally (a change that lost its race is reported, not applied); a resting
+/// order stays pending, and comes back when the queue is walked again from the start after
+/// `reoffer_resting`, while decided orders do not.
 pub async fn the_queue_is_settled_in_one_batch<S: OrderRepository>(store: S) {
     let orders: Vec<StockOrder> = (0..6).map(|_| order("AAPL", OrderSide::Buy, None)).collect();
     for o in &orders {
         store.insert(o.clone()).await.unwrap();
     }
-    let queue = store.unprocessed(100).await.unwrap();
+    let queue = store.unprocessed(QueuePosition::START, 100).await.unwrap();
     assert_eq!(
-        queue.iter().map(|o| o.id).collect::<Vec<_>>(),
+        queue.iter().map(|q| q.order.id).collect::<Vec<_>>(),
         orders.iter().map(|o| o.id).collect::<Vec<_>>(),
         "oldest first"
     );
@@ -221,11 +225,41 @@ pub async fn the_queue_is_settled_in_one_batch<S: OrderRepository>(store: S) {
     let resting = store.get(orders[3].id).await.unwrap().unwrap();
     assert_eq!(resting.status, OrderStatus::Pending, "a resting order stays pending");
 
-    // Left in the queue: the two orders nobody decided, not the resting one. SQLite offers them
-    // again; PostgreSQL leased them with the first claim and offers them only when the lease
-    // runs out (its own tests check that).
-    let left: Vec<OrderId> = store.unprocessed(100).await.unwrap().iter().map(|o| o.id).collect();
-    assert!(left == vec![orders[4].id, orders[5].id] || left.is_empty(), "{left:?}");
+    let positions: Vec<QueuePosition> = queue.iter().map(|q| q.position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions grow: {positions:?}"
+    );
+
+    // Past the last position, nothing until a new order comes; then only that order.
+    let last = positions[positions.len() - 1];
+    assert!(store.unprocessed(last, 100).await.unwrap().is_empty());
+    let later = order("MSFT", OrderSide::Sell, None);
+    store.insert(later.clone()).await.unwrap();
+    let next: Vec<OrderId> = store
+        .unprocessed(last, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.order.id)
+        .collect();
+    assert!(next == vec![later.id] || next.is_empty(), "{next:?}");
+
+    // Walked again from the start after a price move: the resting order and the two nobody
+    // decided, never the decided ones. (PostgreSQL leased the undecided ones with the first
+    // claim and offers them again only when the lease runs out; its own tests check that.)
+    store.reoffer_resting().await.unwrap();
+    let again: Vec<OrderId> = store
+        .unprocessed(QueuePosition::START, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.order.id)
+        .collect();
+    assert!(again.contains(&orders[3].id), "the resting order comes back: {again:?}");
+    for decided in &orders[..3] {
+        assert!(!again.contains(&decided.id), "{again:?}");
+    }
 }
 
 /// Reads right after an acknowledged write see it, however the adapter pools its reads.

@@ -7,7 +7,9 @@ use super::postgres::{self, PostgresStore};
 use super::sqlite::{self, SqliteStore};
 use crate::config::DatabaseUrl;
 use crate::domain::{OrderId, StockOrder};
-use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+use crate::port::{
+    Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, StatusChange, Transition,
+};
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -103,10 +105,17 @@ impl OrderRepository for Store {
         }
     }
 
-    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+    async fn unprocessed(&self, after: QueuePosition, limit: u32) -> Result<Vec<Queued>, RepositoryError> {
         match self {
-            Store::Sqlite(s) => s.unprocessed(limit).await,
-            Store::Postgres(p) => p.unprocessed(limit).await,
+            Store::Sqlite(s) => s.unprocessed(after, limit).await,
+            Store::Postgres(p) => p.unprocessed(after, limit).await,
+        }
+    }
+
+    async fn reoffer_resting(&self) -> Result<(), RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.reoffer_resting().await,
+            Store::Postgres(p) => p.reoffer_resting().await,
         }
     }
 

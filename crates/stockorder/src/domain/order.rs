@@ -15,6 +15,9 @@ use super::{ClientOrderId, OrderSide, OrderStatus, OrderType, Price, Quantity, S
 pub struct OrderId(Uuid);
 
 impl OrderId {
+    /// The all-zero id, below every real one: where a walk over ids starts.
+    pub const NIL: OrderId = OrderId(Uuid::nil());
+
     /// A fresh, time-ordered id (monotonic within this process).
     pub fn generate() -> Self {
         Self(Uuid::now_v7())

@@ -136,6 +136,33 @@ impl RepositoryError {
     }
 }
 
+/// Where an order stands in the processor's queue: its number in commit order, then its id
+/// (orders stored before the numbering existed all have number 0, and are ordered by id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueuePosition {
+    /// Commit order: assigned inside the transaction that stores the order.
+    pub seq: i64,
+    /// Breaks ties between orders with the same `seq`.
+    pub id: OrderId,
+}
+
+impl QueuePosition {
+    /// Before every order: asking from here offers every pending order.
+    pub const START: QueuePosition = QueuePosition {
+        seq: -1,
+        id: OrderId::NIL,
+    };
+}
+
+/// A pending order and where it stands in the processor's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    /// Where the next look at the queue continues from, once this order is taken.
+    pub position: QueuePosition,
+    /// The order.
+    pub order: StockOrder,
+}
+
 /// Durable storage of orders.
 ///
 /// Every write is committed before its future resolves: an `Ok` means the change survives a
@@ -158,12 +185,23 @@ pub trait OrderRepository: Send + Sync + 'static {
     /// Applies a conditional status change.
     fn change_status(&self, change: StatusChange) -> impl Future<Output = Result<Transition, RepositoryError>> + Send;
 
-    /// Up to `limit` pending orders the processor has not decided yet, oldest first: the
-    /// processor's queue. Orders marked resting are not in it. A store shared by several
-    /// processes (PostgreSQL) leases what it returns, so concurrent callers get disjoint
-    /// batches, and offers an order again only once the lease runs out unsettled; a store with
-    /// one process (SQLite) leaves that to the processor's own bookkeeping.
-    fn unprocessed(&self, limit: u32) -> impl Future<Output = Result<Vec<StockOrder>, RepositoryError>> + Send;
+    /// Up to `limit` pending orders after `after` in the processor's queue, in queue order,
+    /// each with its position. SQLite and the in-memory store number orders in commit order, so
+    /// a caller that has read up to position P finds every order committed later after P, and
+    /// walks the queue with a cursor; asking from [`QueuePosition::START`] offers every pending
+    /// order again. A store shared by several processes (PostgreSQL) ignores `after`: it leases
+    /// what it returns, so concurrent callers get disjoint batches, offers an order again only
+    /// once the lease runs out unsettled, and leaves out the orders marked resting.
+    fn unprocessed(
+        &self,
+        after: QueuePosition,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Queued>, RepositoryError>> + Send;
+
+    /// Puts the orders decided resting back in the queue (prices moved, so a limit may be
+    /// reached now). Only a store that records resting orders (PostgreSQL) has work to do; the
+    /// others offer them again to a caller asking from [`QueuePosition::START`].
+    fn reoffer_resting(&self) -> impl Future<Output = Result<(), RepositoryError>> + Send;
 
     /// Commits a small write that changes no order, to learn whether writes work again after a
     /// [`Fault`] (a read can succeed while the disk is still full). Called only while storage is
@@ -171,8 +209,10 @@ pub trait OrderRepository: Send + Sync + 'static {
     fn probe(&self) -> impl Future<Output = Result<(), RepositoryError>> + Send;
 
     /// Applies a processor batch in one transaction: each change conditionally (its
-    /// [`Transition`] is returned in the same order), and marks `resting` orders as decided
-    /// (still pending, out of the queue) if they are still pending.
+    /// [`Transition`] is returned in the same order). `resting` are the orders decided to stay
+    /// pending: PostgreSQL marks them out of its shared queue; SQLite and the in-memory store
+    /// write nothing for them (the processor's cursor has passed them), so a resting order
+    /// costs no write, and a batch with no change costs no transaction.
     fn settle(
         &self,
         changes: Vec<StatusChange>,

@@ -3,9 +3,18 @@
 //! The database is the queue (`OrderRepository::unprocessed`): nothing waits only in memory, so
 //! an order accepted before a crash is executed after the restart. Workers wake when an order is
 //! placed (`OrderDesk::new_orders`), so a market order fills within milliseconds, and poll at an
-//! interval as a safety net. Workers claim disjoint batches: a claim and the in-flight set are
-//! kept under one lock, so two workers never decide the same order. Every write is conditional
-//! on the order still being pending, so a cancel racing a fill has exactly one winner.
+//! interval as a safety net.
+//!
+//! The workers walk the queue with one cursor (a [`QueuePosition`], in commit order), claimed
+//! under a lock so two workers never take the same batch. A decision costs a write only when it
+//! changes the order: a limit order that rests stays pending and untouched behind the cursor,
+//! and fills and rejections are written in the batch they were decided in, in one transaction.
+//! The cursor lives in memory: it starts from the beginning at every start, so every order
+//! pending after a restart (crashed or not) is looked at once; it goes back to the beginning
+//! when prices move ([`crate::port::PriceSource::version`]), once a minute as a safety net, and
+//! after a batch whose decisions could not be written. Every write is conditional on the order
+//! still being pending, so looking at an order twice never decides it twice, and a cancel
+//! racing a fill has exactly one winner.
 //!
 //! A storage fault does not stop the processor: a worker that cannot claim or settle waits with
 //! capped, jittered exponential backoff and tries again, logging once when it starts waiting
@@ -14,16 +23,15 @@
 //!
 //! On stop, a worker finishes the batch in hand (its decisions are written) and returns.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::domain::OrderId;
-use crate::port::{OrderError, OrderRepository, RepositoryError};
+use crate::domain::StockOrder;
+use crate::port::{OrderError, OrderRepository, QueuePosition, RepositoryError};
 use crate::service::{Backoff, Executed, OrderDesk};
 
 /// How the processor runs.
@@ -64,11 +72,24 @@ fn classify(e: OrderError) -> Failure {
     }
 }
 
+/// How often the whole queue is looked at again, resting orders included, when nothing else
+/// asks for it: a safety net for prices that moved without saying so, and for orders another
+/// process numbered out of order (an in-place upgrade from a binary that did not number them).
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
+
 struct Shared<R> {
     desk: Arc<OrderDesk<R>>,
     config: ProcessorConfig,
-    /// Orders claimed by a worker and not yet written.
-    in_flight: Mutex<HashSet<OrderId>>,
+    cursor: Mutex<Cursor>,
+}
+
+/// Where the next claim starts, and what sends it back to the beginning.
+struct Cursor {
+    after: QueuePosition,
+    /// The price source's version at the last walk from the beginning.
+    prices: u64,
+    /// When the last walk from the beginning started.
+    since: Instant,
 }
 
 /// Runs `config.workers` workers until `stop` resolves; each finishes its batch in hand, and
@@ -82,10 +103,15 @@ pub async fn run<R: OrderRepository>(
         stop.await;
         return Ok(());
     }
+    let prices = desk.prices_version();
     let shared = Arc::new(Shared {
         desk,
         config,
-        in_flight: Mutex::new(HashSet::new()),
+        cursor: Mutex::new(Cursor {
+            after: QueuePosition::START,
+            prices,
+            since: Instant::now(),
+        }),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = JoinSet::new();
@@ -129,9 +155,11 @@ async fn worker<R: OrderRepository>(
                 if claimed.is_empty() {
                     (full, Ok(Executed::default()))
                 } else {
-                    let ids: Vec<OrderId> = claimed.iter().map(|o| o.id).collect();
                     let executed = shared.desk.execute(claimed).await;
-                    shared.in_flight.lock().await.retain(|id| !ids.contains(id));
+                    if executed.is_err() {
+                        // The batch's decisions may not be written: offer it again.
+                        shared.cursor.lock().await.after = QueuePosition::START;
+                    }
                     (full, executed)
                 }
             }
@@ -183,21 +211,26 @@ async fn worker<R: OrderRepository>(
     Ok(())
 }
 
-/// The next batch no other worker holds, added to the in-flight set under the same lock.
-async fn claim<R: OrderRepository>(shared: &Shared<R>) -> Result<Vec<crate::domain::StockOrder>, OrderError> {
-    let mut in_flight = shared.in_flight.lock().await;
-    let want = shared.config.batch as usize;
-    let candidates = shared
-        .desk
-        .pending_batch((want + in_flight.len()).min(u32::MAX as usize) as u32)
-        .await?;
-    let batch: Vec<_> = candidates
-        .into_iter()
-        .filter(|o| !in_flight.contains(&o.id))
-        .take(want)
-        .collect();
-    in_flight.extend(batch.iter().map(|o| o.id));
-    Ok(batch)
+/// The next batch after the cursor, which moves past it under the same lock, so no other
+/// worker takes it. The cursor goes back to the beginning first when prices moved or the
+/// safety net's minute is up.
+async fn claim<R: OrderRepository>(shared: &Shared<R>) -> Result<Vec<StockOrder>, OrderError> {
+    let mut cursor = shared.cursor.lock().await;
+    let prices = shared.desk.prices_version();
+    if prices != cursor.prices {
+        shared.desk.reoffer_resting().await?;
+        cursor.prices = prices;
+        cursor.after = QueuePosition::START;
+        cursor.since = Instant::now();
+    } else if cursor.since.elapsed() >= RESCAN_EVERY {
+        cursor.after = QueuePosition::START;
+        cursor.since = Instant::now();
+    }
+    let batch = shared.desk.pending_batch(cursor.after, shared.config.batch).await?;
+    if let Some(last) = batch.last() {
+        cursor.after = last.position;
+    }
+    Ok(batch.into_iter().map(|q| q.order).collect())
 }
 
 fn add(totals: &mut Executed, done: Executed) {

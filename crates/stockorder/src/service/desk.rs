@@ -13,7 +13,7 @@ use super::StorageHealth;
 use crate::domain::{Decision, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StockOrder, Timestamp, decide};
 use crate::port::{
     Created, Inserted, ListQuery, NoMetrics, OrderError, OrderMetrics, OrderRepository, OrderService, Page, PageToken,
-    PriceSource, StatusChange, Transition,
+    PriceSource, QueuePosition, Queued, StatusChange, Transition,
 };
 
 /// The order desk: takes orders, answers for them, cancels them, and executes them. Generic over
@@ -92,11 +92,23 @@ impl<R: OrderRepository> OrderDesk<R> {
         &self.new_orders
     }
 
-    /// Up to `limit` orders from the processor's queue, oldest first.
-    pub async fn pending_batch(&self, limit: u32) -> Result<Vec<StockOrder>, OrderError> {
-        let batch = self.repository.unprocessed(limit).await;
+    /// Up to `limit` orders from the processor's queue after `after`, in queue order.
+    pub async fn pending_batch(&self, after: QueuePosition, limit: u32) -> Result<Vec<Queued>, OrderError> {
+        let batch = self.repository.unprocessed(after, limit).await;
         self.storage.after_read(&batch);
         Ok(batch?)
+    }
+
+    /// A number that changes whenever prices may have moved (see [`PriceSource::version`]).
+    pub fn prices_version(&self) -> u64 {
+        self.prices.version()
+    }
+
+    /// Puts the resting orders back in the queue, for a store that takes them out of it.
+    pub async fn reoffer_resting(&self) -> Result<(), OrderError> {
+        let done = self.repository.reoffer_resting().await;
+        self.storage.after_write(&done);
+        Ok(done?)
     }
 
     /// Decides each order at the current price under the rules, and writes every decision in

@@ -9,7 +9,7 @@ use crate::adapter::memory::MemoryRepository;
 use crate::domain::{
     ClientOrderId, NewOrder, OrderId, OrderSide, OrderStatus, OrderType, Price, Quantity, RiskRules, StockOrder, Symbol,
 };
-use crate::port::{Fault, ListQuery, OrderError, OrderMetrics, OrderService, PageLimit, PriceSource};
+use crate::port::{Fault, ListQuery, OrderError, OrderMetrics, OrderService, PageLimit, PriceSource, QueuePosition};
 
 /// Every symbol trades at one price.
 pub(crate) struct FixedPrice(pub(crate) f64);
@@ -70,7 +70,8 @@ async fn a_new_order_is_stored_pending_and_counted() {
     assert!(!created.replayed);
     assert_eq!(created.order.status, OrderStatus::Pending);
     assert_eq!(desk.get(created.order.id).await.unwrap(), created.order);
-    assert_eq!(repository.unprocessed(10).await.unwrap(), [created.order]);
+    let queue = repository.unprocessed(QueuePosition::START, 10).await.unwrap();
+    assert_eq!(queue.into_iter().map(|q| q.order).collect::<Vec<_>>(), [created.order]);
     assert_eq!(*counted.0.lock().unwrap(), [(None, OrderStatus::Pending, 1)]);
 }
 
@@ -202,11 +203,15 @@ async fn execution_fills_at_the_market_rests_limits_below_it_and_loses_to_a_canc
         .await
         .unwrap()
         .order;
-    let batch = desk.pending_batch(10).await.unwrap();
+    let batch = desk.pending_batch(QueuePosition::START, 10).await.unwrap();
     assert_eq!(batch.len(), 4);
+    let last = batch[3].position;
     // The cancel comes between the claim and the decision: it must win.
     desk.cancel(cancelled.id).await.unwrap();
-    let done = desk.execute(batch).await.unwrap();
+    let done = desk
+        .execute(batch.into_iter().map(|q| q.order).collect())
+        .await
+        .unwrap();
     assert_eq!(
         (done.decided, done.filled, done.resting, done.lost_race),
         (4, 2, 1, 1),
@@ -234,8 +239,14 @@ async fn execution_fills_at_the_market_rests_limits_below_it_and_loses_to_a_canc
     );
     assert_eq!(get(cancelled.id).await.status, OrderStatus::Cancelled);
     assert!(
-        desk.pending_batch(10).await.unwrap().is_empty(),
-        "the resting order left the queue"
+        desk.pending_batch(last, 10).await.unwrap().is_empty(),
+        "nothing after the batch"
+    );
+    let again = desk.pending_batch(QueuePosition::START, 10).await.unwrap();
+    assert_eq!(
+        again.into_iter().map(|q| q.order.id).collect::<Vec<_>>(),
+        [below.id],
+        "from the start, only the resting order is still pending"
     );
 }
 

@@ -24,7 +24,9 @@ use tokio_postgres::NoTls;
 
 use crate::adapter::metrics::metrics;
 use crate::domain::{OrderId, StockOrder};
-use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+use crate::port::{
+    Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, StatusChange, Transition,
+};
 use crate::service::Backoff;
 
 pub use schema::MigrationError;
@@ -370,7 +372,9 @@ impl OrderRepository for PostgresStore {
         Ok(transitions.pop().unwrap_or(Transition::NotFound))
     }
 
-    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+    /// `after` is ignored: the lease, not a cursor, keeps replicas' batches apart (see the
+    /// port). The positions returned say only the order within this batch.
+    async fn unprocessed(&self, _after: QueuePosition, limit: u32) -> Result<Vec<Queued>, RepositoryError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(rows::CLAIM)
@@ -385,7 +389,26 @@ impl OrderRepository for PostgresStore {
         )?;
         // RETURNING follows no order; the queue is oldest first.
         claimed.sort_by_key(|o| o.id);
-        Ok(claimed)
+        Ok(claimed
+            .into_iter()
+            .map(|order| Queued {
+                position: QueuePosition { seq: 0, id: order.id },
+                order,
+            })
+            .collect())
+    }
+
+    async fn reoffer_resting(&self) -> Result<(), RepositoryError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(rows::REOFFER_RESTING)
+            .await
+            .map_err(database(Stage::NotCommitting))?;
+        client
+            .execute(&stmt, &[])
+            .await
+            .map_err(database(Stage::Committing))
+            .map(drop)
     }
 
     async fn probe(&self) -> Result<(), RepositoryError> {

@@ -176,6 +176,9 @@ pub(super) const CHANGE_STATUS: &str = concat!(
 pub(super) const MARK_RESTING: &str =
     "UPDATE orders SET rests = true, claimed_until = NULL WHERE id = ANY($1) AND status = 'PENDING'";
 
+/// Puts every resting order back in the processor's queue (prices moved).
+pub(super) const REOFFER_RESTING: &str = "UPDATE orders SET rests = false WHERE status = 'PENDING' AND rests";
+
 /// Claims up to `$1` orders of the processor's queue, oldest first, for `$2` seconds. Rows
 /// another replica is claiming right now are skipped, not waited for; rows whose lease ran out
 /// (their replica died) are claimable again.

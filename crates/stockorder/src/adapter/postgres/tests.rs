@@ -117,19 +117,26 @@ async fn claims_from_several_replicas_are_disjoint() {
         .iter()
         .map(|r| {
             let r = r.clone();
-            tokio::spawn(async move { r.unprocessed(40).await.unwrap() })
+            tokio::spawn(async move { r.unprocessed(QueuePosition::START, 40).await.unwrap() })
         })
         .collect();
     let mut seen = std::collections::HashSet::new();
     let mut total = 0;
     for c in claims {
-        for o in c.await.unwrap() {
-            assert!(seen.insert(o.id), "order {} claimed twice", o.id);
+        for q in c.await.unwrap() {
+            assert!(seen.insert(q.order.id), "order {} claimed twice", q.order.id);
             total += 1;
         }
     }
     assert_eq!(total, 90, "together they claimed the whole queue");
-    assert!(replicas[1].unprocessed(100).await.unwrap().is_empty(), "all leased");
+    assert!(
+        replicas[1]
+            .unprocessed(QueuePosition::START, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "all leased"
+    );
 
     // A replica dies holding its batch: let the leases run out (moved into the past here).
     let (client, connection) = tokio_postgres::connect(&schema.url, NoTls).await.unwrap();
@@ -141,7 +148,11 @@ async fn claims_from_several_replicas_are_disjoint() {
         ))
         .await
         .unwrap();
-    assert_eq!(replicas[2].unprocessed(100).await.unwrap().len(), 90, "reclaimed");
+    assert_eq!(
+        replicas[2].unprocessed(QueuePosition::START, 100).await.unwrap().len(),
+        90,
+        "reclaimed"
+    );
     drop(schema);
 }
 
@@ -177,11 +188,14 @@ async fn several_replicas_fill_each_order_exactly_once() {
             tokio::spawn(async move {
                 let (mut filled, mut lost_race) = (0, 0);
                 loop {
-                    let batch = desk.pending_batch(25).await.unwrap();
+                    let batch = desk.pending_batch(QueuePosition::START, 25).await.unwrap();
                     if batch.is_empty() {
                         return (filled, lost_race);
                     }
-                    let done = desk.execute(batch).await.unwrap();
+                    let done = desk
+                        .execute(batch.into_iter().map(|q| q.order).collect())
+                        .await
+                        .unwrap();
                     filled += done.filled;
                     lost_race += done.lost_race;
                 }

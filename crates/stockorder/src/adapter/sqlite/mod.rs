@@ -13,7 +13,9 @@ use std::sync::Arc;
 use rusqlite::{Connection, MAIN_DB};
 
 use crate::domain::{OrderId, StockOrder};
-use crate::port::{Inserted, ListQuery, OrderRepository, RepositoryError, StatusChange, Transition};
+use crate::port::{
+    Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, StatusChange, Transition,
+};
 
 pub use schema::MigrationError;
 
@@ -194,11 +196,16 @@ impl OrderRepository for SqliteStore {
         self.inner.writer.change_status(change).await
     }
 
-    async fn unprocessed(&self, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {
+    async fn unprocessed(&self, after: QueuePosition, limit: u32) -> Result<Vec<Queued>, RepositoryError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.readers.with(|conn| rows::unprocessed(conn, limit)))
+        tokio::task::spawn_blocking(move || inner.readers.with(|conn| rows::unprocessed(conn, after, limit)))
             .await
             .map_err(|e| RepositoryError::Database(Box::new(e)))?
+    }
+
+    async fn reoffer_resting(&self) -> Result<(), RepositoryError> {
+        // Resting orders never left `orders_queue`: asking from the start offers them again.
+        Ok(())
     }
 
     async fn probe(&self) -> Result<(), RepositoryError> {
@@ -208,9 +215,10 @@ impl OrderRepository for SqliteStore {
     async fn settle(
         &self,
         changes: Vec<StatusChange>,
-        resting: Vec<OrderId>,
+        _resting: Vec<OrderId>,
     ) -> Result<Vec<Transition>, RepositoryError> {
-        self.inner.writer.settle(changes, resting).await
+        // Resting orders are left as they are: the processor's cursor has passed them.
+        self.inner.writer.settle(changes).await
     }
 }
 

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use crate::domain::{ClientOrderId, OrderId, Price, Quantity, StockOrder, Symbol, Timestamp};
-use crate::port::ListQuery;
+use crate::port::{ListQuery, QueuePosition, Queued};
 
 /// The order columns in the order `order_from_row` reads them, as a literal so the fixed
 /// statements below are `&'static str`: a GET looks its statement up in the cache without
@@ -65,11 +65,12 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<StockOrder> {
     })
 }
 
-pub(super) fn insert(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> {
+/// Stores `o` as number `seq` of the processor's queue (see [`Sequence`]).
+pub(super) fn insert(conn: &Connection, o: &StockOrder, seq: i64) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(concat!(
         "INSERT INTO orders (",
         columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ", seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     ))?;
     stmt.execute(params![
         o.id.as_uuid().as_bytes(),
@@ -86,8 +87,43 @@ pub(super) fn insert(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> 
         o.fill_price.map(Price::get),
         o.filled_at.map(|t| t.unix_micros()),
         o.cancelled_at.map(|t| t.unix_micros()),
+        seq,
     ])?;
     Ok(())
+}
+
+/// Orders' numbers in commit order, given inside the open write transaction: the last number
+/// is read from `order_seq` at the transaction's first insert and written back before it
+/// commits, one read and one write per transaction however many orders it holds. The write
+/// lock is held from `BEGIN IMMEDIATE` to `COMMIT`, so numbers follow commit order, across
+/// processes too: a reader that has seen number N will see every later commit above N.
+#[derive(Debug, Default)]
+pub(super) struct Sequence {
+    /// The last number given in this transaction, once one has been.
+    last: Option<i64>,
+}
+
+impl Sequence {
+    /// The next number.
+    pub(super) fn next(&mut self, conn: &Connection) -> rusqlite::Result<i64> {
+        let last = match self.last {
+            Some(last) => last,
+            None => conn
+                .prepare_cached("SELECT last FROM order_seq WHERE id = 1")?
+                .query_row([], |row| row.get(0))?,
+        };
+        self.last = Some(last + 1);
+        Ok(last + 1)
+    }
+
+    /// Writes the last number given back, before the commit; nothing when none was given.
+    pub(super) fn store(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if let Some(last) = self.last.take() {
+            conn.prepare_cached("UPDATE order_seq SET last = ?1 WHERE id = 1")?
+                .execute([last])?;
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn by_id(conn: &Connection, id: OrderId) -> rusqlite::Result<Option<StockOrder>> {
@@ -132,21 +168,25 @@ pub(super) fn change_status(
     .optional()
 }
 
-/// Takes a pending order out of the processor's queue, leaving it pending (a resting limit).
-pub(super) fn mark_resting(conn: &Connection, id: OrderId) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached("UPDATE orders SET rests = 1 WHERE id = ?1 AND status = 'PENDING'")?;
-    stmt.execute([id.as_uuid().as_bytes()])?;
-    Ok(())
-}
-
-/// The processor's queue, oldest first (an index seek on `orders_unprocessed`).
-pub(super) fn unprocessed(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<StockOrder>> {
+/// Up to `limit` pending orders after `after` in queue order, each with its position: a seek
+/// into `orders_queue`, which holds the pending orders only.
+pub(super) fn unprocessed(conn: &Connection, after: QueuePosition, limit: u32) -> rusqlite::Result<Vec<Queued>> {
     let mut stmt = conn.prepare_cached(concat!(
         "SELECT ",
         columns!(),
-        " FROM orders WHERE status = 'PENDING' AND rests = 0 ORDER BY id LIMIT ?1"
+        ", seq FROM orders INDEXED BY orders_queue
+         WHERE status = 'PENDING' AND (seq, id) > (?1, ?2) ORDER BY seq, id LIMIT ?3"
     ))?;
-    let rows = stmt.query_map([limit], order_from_row)?;
+    let rows = stmt.query_map(params![after.seq, after.id.as_uuid().as_bytes(), limit], |row| {
+        let order = order_from_row(row)?;
+        Ok(Queued {
+            position: QueuePosition {
+                seq: row.get(14)?,
+                id: order.id,
+            },
+            order,
+        })
+    })?;
     rows.collect()
 }
 

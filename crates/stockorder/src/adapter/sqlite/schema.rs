@@ -41,6 +41,18 @@ const MIGRATIONS: &[&str] = &[
     // 3: the storage probe: while writes fail, the service commits this one row now and then to
     // learn when they work again, without touching an order.
     "CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
+    // 4: the processor's queue without a write per resting order. Every order gets `seq`, its
+    // number in commit order, given inside the write transaction from `order_seq` (so orders
+    // of another process writing the same file, as in an in-place upgrade, are numbered in the
+    // same sequence). The queue is `orders_queue`, every pending order by (seq, id); the
+    // processor walks it with a cursor, and a resting order stays in it untouched, behind the
+    // cursor. Orders stored before this migration keep seq 0 and come first, by id. `rests`
+    // and `orders_unprocessed` are no longer used.
+    "ALTER TABLE orders ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX orders_unprocessed;
+    CREATE INDEX orders_queue ON orders (seq, id) WHERE status = 'PENDING';
+    CREATE TABLE order_seq (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+    INSERT INTO order_seq (id, last) VALUES (1, 0);",
 ];
 
 /// The schema version this binary writes.

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::errors::{self, again};
 use super::rows;
-use crate::domain::{OrderId, StockOrder};
+use crate::domain::StockOrder;
 use crate::port::{Inserted, RepositoryError, StatusChange, Transition};
 
 /// The most requests committed in one transaction; bounds the latency a batch adds to its first
@@ -62,7 +62,7 @@ enum Command {
 enum Write {
     Insert(StockOrder, Reply<Inserted>),
     ChangeStatus(StatusChange, Reply<Transition>),
-    Settle(Vec<StatusChange>, Vec<OrderId>, Reply<Vec<Transition>>),
+    Settle(Vec<StatusChange>, Reply<Vec<Transition>>),
     /// A write that changes no order: does committing work?
     Probe(Reply<()>),
 }
@@ -81,7 +81,7 @@ impl Outcome {
         match write {
             Write::Insert(_, reply) => Outcome::Insert(reply, Err(RepositoryError::Closed)),
             Write::ChangeStatus(_, reply) => Outcome::ChangeStatus(reply, Err(RepositoryError::Closed)),
-            Write::Settle(_, _, reply) => Outcome::Settle(reply, Err(RepositoryError::Closed)),
+            Write::Settle(_, reply) => Outcome::Settle(reply, Err(RepositoryError::Closed)),
             Write::Probe(reply) => Outcome::Probe(reply, Err(RepositoryError::Closed)),
         }
     }
@@ -159,13 +159,13 @@ impl Writer {
             .await
     }
 
-    pub(super) async fn settle(
-        &self,
-        changes: Vec<StatusChange>,
-        resting: Vec<OrderId>,
-    ) -> Result<Vec<Transition>, RepositoryError> {
-        self.call(|reply| Command::Write(Write::Settle(changes, resting, reply)))
-            .await
+    /// The processor's decisions, in one transaction with whatever else is queued. A batch
+    /// of resting orders only changes nothing, and costs no transaction.
+    pub(super) async fn settle(&self, changes: Vec<StatusChange>) -> Result<Vec<Transition>, RepositoryError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call(|reply| Command::Write(Write::Settle(changes, reply))).await
     }
 
     pub(super) async fn probe(&self) -> Result<(), RepositoryError> {
@@ -257,14 +257,27 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
         return;
     }
     let mut outcomes = Vec::with_capacity(writes);
+    let mut sequence = rows::Sequence::default();
     let mut pending = batch.drain(..);
     for write in pending.by_ref() {
-        outcomes.push(apply(conn, write));
+        outcomes.push(apply(conn, write, &mut sequence));
         // Some errors (disk full, I/O error) make SQLite roll the whole transaction back. The
         // writes applied so far are gone, and the rest must not run outside a transaction.
         if conn.is_autocommit() {
             break;
         }
+    }
+    // The numbers given to this batch's orders, stored with them. Should that fail, nothing
+    // of the batch may commit: the next batch would give the same numbers again.
+    if !conn.is_autocommit()
+        && let Err(e) = sequence.store(conn)
+    {
+        let cause = errors::on(conn)(e);
+        tracing::debug!(writes, error = %cause, "cannot store the order sequence; rolling the batch back");
+        let _ = control(conn, "ROLLBACK");
+        outcomes.into_iter().for_each(|o| o.fail(&cause));
+        pending.map(Outcome::not_applied).for_each(|o| o.fail(&cause));
+        return;
     }
     if conn.is_autocommit() {
         // The statement that failed last says why (a full disk, say).
@@ -298,27 +311,20 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
     }
 }
 
-fn apply(conn: &Connection, write: Write) -> Outcome {
+fn apply(conn: &Connection, write: Write, sequence: &mut rows::Sequence) -> Outcome {
     match write {
-        Write::Insert(order, reply) => Outcome::Insert(reply, insert(conn, order)),
+        Write::Insert(order, reply) => Outcome::Insert(reply, insert(conn, order, sequence)),
         Write::ChangeStatus(change, reply) => Outcome::ChangeStatus(reply, change_status(conn, &change)),
-        Write::Settle(changes, resting, reply) => Outcome::Settle(reply, settle(conn, &changes, &resting)),
+        Write::Settle(changes, reply) => Outcome::Settle(reply, settle(conn, &changes)),
         Write::Probe(reply) => Outcome::Probe(reply, rows::probe(conn).map_err(errors::on(conn))),
     }
 }
 
-fn settle(
-    conn: &Connection,
-    changes: &[StatusChange],
-    resting: &[OrderId],
-) -> Result<Vec<Transition>, RepositoryError> {
-    for &id in resting {
-        rows::mark_resting(conn, id).map_err(errors::on(conn))?;
-    }
+fn settle(conn: &Connection, changes: &[StatusChange]) -> Result<Vec<Transition>, RepositoryError> {
     changes.iter().map(|change| change_status(conn, change)).collect()
 }
 
-fn insert(conn: &Connection, order: StockOrder) -> Result<Inserted, RepositoryError> {
+fn insert(conn: &Connection, order: StockOrder, sequence: &mut rows::Sequence) -> Result<Inserted, RepositoryError> {
     // The writer is the only writer, so check-then-insert cannot race; the UNIQUE constraint
     // stays as the last line of defence.
     if let Some(key) = &order.client_order_id
@@ -326,7 +332,8 @@ fn insert(conn: &Connection, order: StockOrder) -> Result<Inserted, RepositoryEr
     {
         return Ok(Inserted::Existing(existing));
     }
-    rows::insert(conn, &order).map_err(errors::on(conn))?;
+    let seq = sequence.next(conn).map_err(errors::on(conn))?;
+    rows::insert(conn, &order, seq).map_err(errors::on(conn))?;
     Ok(Inserted::Created(order))
 }
 
