@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 async fn main() -> anyhow::Result<()> {
     // Configuration: the service's own flags and environment, and the lesson's pace.
     let cli = Cli::parse();
-    stockorder::telemetry::init(&cli.log);
+    let _log = stockorder::telemetry::init(&cli.log);
     let args = cli.serve;
     let scale = match std::env::var("DEMO_SLEEP_SCALE") {
         Ok(raw) => raw

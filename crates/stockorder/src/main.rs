@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    stockorder::telemetry::init(&cli.log);
+    let _log = stockorder::telemetry::init(&cli.log);
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,

@@ -125,6 +125,8 @@ pub struct Metrics {
     db_batch: Family<BackendLabels, Histogram, fn() -> Histogram>,
     db_commit: Family<BackendLabels, Histogram, fn() -> Histogram>,
     draining: Gauge,
+    /// Log lines dropped because stdout fell behind, brought up to date at each scrape.
+    log_dropped: Counter,
     phase_budget: Family<PhaseLabels, Seconds>,
     component_took: Family<ComponentLabels, Seconds>,
 }
@@ -208,6 +210,7 @@ impl Metrics {
             db_batch: Family::new_with_constructor(batch_histogram),
             db_commit: Family::new_with_constructor(latency_histogram),
             draining: Gauge::default(),
+            log_dropped: Counter::default(),
             phase_budget: Family::default(),
             component_took: Family::default(),
             registry: Registry::with_prefix("stockorder"),
@@ -271,6 +274,11 @@ impl Metrics {
             "1 once shutdown has started (readiness off), 0 before",
             m.draining.clone(),
         );
+        m.registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the queue to stdout was full (logging never blocks a request)",
+            m.log_dropped.clone(),
+        );
         m.registry.register_with_unit(
             "shutdown_phase_budget",
             "Longest each shutdown phase may take, as configured",
@@ -288,6 +296,14 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        // Two scrapes at once must not both add the same drops.
+        static CATCHING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = CATCHING_UP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dropped = crate::telemetry::dropped_lines();
+        let counted = self.log_dropped.get();
+        if dropped > counted {
+            self.log_dropped.inc_by(dropped - counted);
+        }
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail; an encoding error would be a bug in a label type.
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

@@ -9,7 +9,7 @@ pub trait PriceSource: Send + Sync + 'static {
     fn price(&self, symbol: &Symbol) -> Price;
 
     /// A number that changes whenever prices may have moved. The processor looks at resting
-    /// limit orders again only when it changes (or, as a safety net, once a minute), so a
+    /// limit orders again only when it changes (or, as a safety net, every ten minutes), so a
     /// source whose prices never move (the simulated one) costs no re-examination at all.
     fn version(&self) -> u64 {
         0

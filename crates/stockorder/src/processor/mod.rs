@@ -11,7 +11,7 @@
 //! and fills and rejections are written in the batch they were decided in, in one transaction.
 //! The cursor lives in memory: it starts from the beginning at every start, so every order
 //! pending after a restart (crashed or not) is looked at once; it goes back to the beginning
-//! when prices move ([`crate::port::PriceSource::version`]), once a minute as a safety net, and
+//! when prices move ([`crate::port::PriceSource::version`]), every ten minutes as a safety net, and
 //! after a batch whose decisions could not be written. Every write is conditional on the order
 //! still being pending, so looking at an order twice never decides it twice, and a cancel
 //! racing a fill has exactly one winner.
@@ -75,7 +75,7 @@ fn classify(e: OrderError) -> Failure {
 /// How often the whole queue is looked at again, resting orders included, when nothing else
 /// asks for it: a safety net for prices that moved without saying so, and for orders another
 /// process numbered out of order (an in-place upgrade from a binary that did not number them).
-const RESCAN_EVERY: Duration = Duration::from_secs(60);
+const RESCAN_EVERY: Duration = Duration::from_secs(600);
 
 struct Shared<R> {
     desk: Arc<OrderDesk<R>>,
@@ -213,7 +213,7 @@ async fn worker<R: OrderRepository>(
 
 /// The next batch after the cursor, which moves past it under the same lock, so no other
 /// worker takes it. The cursor goes back to the beginning first when prices moved or the
-/// safety net's minute is up.
+/// safety net's ten minutes are up.
 async fn claim<R: OrderRepository>(shared: &Shared<R>) -> Result<Vec<StockOrder>, OrderError> {
     let mut cursor = shared.cursor.lock().await;
     let prices = shared.desk.prices_version();
