@@ -25,6 +25,15 @@ fn market_order() -> proto::CreateOrderRequest {
     }
 }
 
+/// A buy limit far below AAPL's simulated price: it rests.
+fn resting_order() -> proto::CreateOrderRequest {
+    proto::CreateOrderRequest {
+        order_type: proto::OrderType::Limit.into(),
+        price: 1.5,
+        ..market_order()
+    }
+}
+
 impl GrpcDriver {
     /// A driver for `addr` (host:port). Each driver gets its own connection (established on
     /// first use), so concurrency means connections, as with HTTP.
@@ -43,6 +52,7 @@ impl GrpcDriver {
     pub async fn send(&mut self, call: Call, id: &str) -> Outcome {
         let status = match call {
             Call::Create => self.orders.create_order(market_order()).await.err(),
+            Call::CreateResting => self.orders.create_order(resting_order()).await.err(),
             Call::Get => self
                 .orders
                 .get_order(proto::GetOrderRequest { order_id: id.into() })

@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 use super::{Call, Outcome};
 
 const ORDER_BODY: &str = r#"{"symbol":"AAPL","order_type":"MARKET","order_side":"BUY","quantity":100}"#;
+/// A buy limit far below AAPL's simulated price (203.87): it rests.
+const RESTING_BODY: &str = r#"{"symbol":"AAPL","order_type":"LIMIT","order_side":"BUY","quantity":100,"price":1.5}"#;
 
 /// One worker's connection to the REST API.
 pub struct HttpDriver {
@@ -31,6 +33,7 @@ impl HttpDriver {
     pub async fn send(&mut self, call: Call, id: &str) -> Outcome {
         let req = match call {
             Call::Create => request(&self.addr, "POST", "/api/orders", Some(ORDER_BODY)),
+            Call::CreateResting => request(&self.addr, "POST", "/api/orders", Some(RESTING_BODY)),
             Call::Get => request(&self.addr, "GET", &format!("/api/orders/{id}"), None),
             Call::List => request(&self.addr, "GET", "/api/orders?limit=100", None),
             Call::Health => request(&self.addr, "GET", "/health", None),

@@ -81,6 +81,9 @@ pub enum LoadProtocol {
 pub enum Scenario {
     /// Place a market order (`POST /api/orders`, `CreateOrder`).
     Create,
+    /// Place a limit order far below the market, which rests: the write path without the
+    /// processor's fill.
+    CreateResting,
     /// Read orders created up front (`GET /api/orders/{id}`, `GetOrder`).
     Get,
     /// The first page of 100 (`GET /api/orders?limit=100`, `ListOrders`).
@@ -97,6 +100,8 @@ pub enum Scenario {
 pub enum Call {
     /// Place a market order.
     Create,
+    /// Place a limit order that rests.
+    CreateResting,
     /// Read one order by id.
     Get,
     /// The first page of 100.
@@ -110,6 +115,7 @@ impl Call {
     pub fn name(self) -> &'static str {
         match self {
             Call::Create => "create",
+            Call::CreateResting => "create-resting",
             Call::Get => "get",
             Call::List => "list",
             Call::Health => "health",
@@ -122,6 +128,7 @@ impl Scenario {
     fn pick(self, n: u64) -> Call {
         match self {
             Scenario::Create => Call::Create,
+            Scenario::CreateResting => Call::CreateResting,
             Scenario::Get => Call::Get,
             Scenario::List => Call::List,
             Scenario::Health => Call::Health,
