@@ -9,6 +9,7 @@
 //! acknowledged is *unacknowledged*. The exit
 //! code is 1 when anything accepted failed, was lost, or is unaccounted for, so CI can use it.
 
+mod live;
 pub(crate) mod tally;
 mod timeline;
 
@@ -88,6 +89,20 @@ pub struct ProveArgs {
     /// readiness off, listeners closed, database closed and exit marked.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+
+    /// Serve a web page that shows the run as it happens (requests per second by outcome, the
+    /// shutdown's moments, the counters, then the verdict and the server's report), with a
+    /// button that sends the signal. On ADDR (`host:port`), or a free port on 127.0.0.1; the
+    /// URL is printed. The page stays up after the run until Ctrl+C. To decide the moment
+    /// yourself, give a long `--signal-after` (e.g. `10m`) and press the button.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    pub live: Option<String>,
+
+    /// The lesson in one command: the same load and signal through demo_1, demo_2, demo_3 and
+    /// serve, one after another, each tally printed. Exit code 0 when demo_2 broke requests
+    /// and the other three broke none. With `--live`, the page stacks the four timelines.
+    #[arg(long)]
+    pub compare: bool,
 
     /// With `--target command`: where the command serves (host:port). Without it, `prove`
     /// picks a free port and passes it in `PORT` (or `GRPC_PORT` with `--protocol grpc`).
@@ -184,6 +199,58 @@ impl Target {
 
 /// Runs the proof and prints the tally; the exit code says whether it held.
 pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
+    let live = match &args.live {
+        Some(addr) => {
+            let (live, url) = live::Live::serve(addr).await?;
+            eprintln!("live page at {url}");
+            Some((live, url))
+        }
+        None => None,
+    };
+    let held = if args.compare {
+        // The lesson, in one command: the same load through each target, one after another.
+        // It holds when demo_2 fails and the other three hold.
+        anyhow::ensure!(
+            args.target == Target::Serve && args.command.is_empty() && args.upgrade_every.is_none(),
+            "--compare runs demo_1, demo_2, demo_3 and serve itself: leave out --target, --upgrade-every and a command"
+        );
+        let mut as_expected = true;
+        for target in [Target::Demo1, Target::Demo2, Target::Demo3, Target::Serve] {
+            let board = live.as_ref().map(|(l, _)| l.next_run());
+            let held = run_one(&ProveArgs { target, ..args.clone() }, board).await?;
+            as_expected &= held == (target != Target::Demo2);
+            println!();
+        }
+        eprintln!(
+            "{}",
+            if as_expected {
+                "as expected: demo_2 broke requests, demo_1, demo_3 and serve broke none"
+            } else {
+                "NOT as expected: see the tallies above"
+            }
+        );
+        as_expected
+    } else {
+        run_one(&args, live.as_ref().map(|(l, _)| l.next_run())).await?
+    };
+    if let Some((_, url)) = live {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        eprintln!("the run is over; the live page stays at {url} until Ctrl+C");
+        crate::process::terminated().await;
+    }
+    Ok(if held {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// One proof run: starts the target, loads it, signals it, prints the tally, and says whether
+/// it held. `board` is the live page's, when there is one.
+async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::Result<bool> {
+    let page = board.is_some();
+    let board = board.unwrap_or_default();
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let db = dir.path().join("orders.db");
     let name = match args.target {
@@ -204,7 +271,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let mut child = args
         .target
-        .command(&args)?
+        .command(args)?
         .env("HOST", "127.0.0.1")
         .env("PORT", http_port.to_string())
         .env("GRPC_PORT", grpc_port.to_string())
@@ -227,6 +294,10 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         LoadProtocol::Http => "http",
         LoadProtocol::Grpc => "grpc",
     };
+    // When the load started, on the wall clock: the log's timestamps are placed on the load's
+    // clock with it.
+    let load_started = Arc::new(std::sync::OnceLock::<time::OffsetDateTime>::new());
+    let (live_board, live_started) = (Arc::clone(&board), Arc::clone(&load_started));
     let reader = tokio::spawn(async move {
         let mut addr_tx = Some(addr_tx);
         let mut lines = BufReader::new(stdout).lines();
@@ -245,6 +316,10 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
             {
                 let _ = upgraded_tx.send(nix::unistd::Pid::from_raw(pid as i32));
             }
+            let at = live_started
+                .get()
+                .and_then(|started| timeline::seconds_since(&v, *started));
+            live_board.log_line(&v, at);
             log.push(v);
         }
         log
@@ -275,12 +350,18 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let started = Instant::now();
     let started_wall = time::OffsetDateTime::now_utc();
+    let _ = load_started.set(started_wall);
+    board.start(
+        format!("prove {name} ({} clients)", protocol_name(args.protocol)),
+        started,
+    );
     let exited = Arc::new(AtomicBool::new(false));
     let mut clients = JoinSet::new();
     for _ in 0..args.concurrency {
         let driver = Driver::new(args.protocol, &addr)?;
         let (exited, timeout) = (Arc::clone(&exited), args.request_timeout);
-        clients.spawn(client(driver, started, exited, timeout));
+        let board = page.then(|| Arc::clone(&board));
+        clients.spawn(client(driver, started, exited, timeout, board));
     }
 
     let target = nix::unistd::Pid::from_raw(pid as i32);
@@ -301,12 +382,14 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
                 "upgrade {i}: SIGHUP at {:.2}s; pid {current} → {next}",
                 at.as_secs_f64()
             );
+            board.mark(at.as_secs_f64(), "SIGHUP");
             upgrade_marks.push(at);
             current = next;
         }
         tokio::time::sleep(every).await;
         let signalled = started.elapsed();
         nix::sys::signal::kill(current, args.signal.signal()).context("cannot signal the target")?;
+        board.mark(signalled.as_secs_f64(), signal_label(args.signal));
         eprintln!(
             "sent {:?} to pid {current} at {:.2}s",
             args.signal.signal(),
@@ -320,9 +403,14 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
         let _ = child.wait().await;
         (signalled, None)
     } else {
-        tokio::time::sleep(args.signal_after).await;
+        // At --signal-after, or when the live page's button asks.
+        tokio::select! {
+            () = tokio::time::sleep(args.signal_after) => {}
+            () = board.signal_requested(), if page => eprintln!("the live page asked for the signal"),
+        }
         let signalled = started.elapsed();
         nix::sys::signal::kill(target, args.signal.signal()).context("cannot signal the target")?;
+        board.mark(signalled.as_secs_f64(), signal_label(args.signal));
         eprintln!("sent {:?} at {:.2}s", args.signal.signal(), signalled.as_secs_f64());
         // The impatient operator: a second signal while the first shutdown runs.
         let second = args.second_signal_after.map(|after| {
@@ -344,6 +432,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let exit_after = started.elapsed();
     exited.store(true, Ordering::Release);
+    board.mark(exit_after.as_secs_f64(), "exit");
 
     let mut requests = Vec::new();
     while let Some(done) = clients.join_next().await {
@@ -388,11 +477,7 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
             0,
             timeline::Mark {
                 at: signalled.as_secs_f64(),
-                label: if args.signal == SignalName::Term {
-                    "SIGTERM"
-                } else {
-                    "SIGINT"
-                },
+                label: signal_label(args.signal),
             },
         );
         marks.push(timeline::Mark {
@@ -415,11 +500,17 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         print!("{tally}");
     }
-    Ok(if tally.held() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
+    let mut verdict = serde_json::to_value(&tally)?;
+    verdict["held"] = tally.held().into();
+    board.finish(verdict);
+    Ok(tally.held())
+}
+
+fn signal_label(signal: SignalName) -> &'static str {
+    match signal {
+        SignalName::Term => "SIGTERM",
+        SignalName::Int => "SIGINT",
+    }
 }
 
 pub(crate) fn protocol_name(protocol: LoadProtocol) -> &'static str {
@@ -455,20 +546,28 @@ pub(crate) async fn place_orders(
     mut driver: Driver,
     started: Instant,
     timeout: Duration,
+    board: Option<Arc<live::Board>>,
     mut next: impl FnMut(Outcome) -> Next,
 ) -> Vec<Request> {
     let mut requests = Vec::new();
     loop {
         let sent = started.elapsed();
+        if let Some(board) = &board {
+            board.sending();
+        }
         let (outcome, id) = tokio::time::timeout(timeout, driver.place_order())
             .await
             .unwrap_or((Outcome::TimedOut, None));
-        requests.push(Request {
+        let request = Request {
             sent,
             answered: started.elapsed(),
             outcome,
             id,
-        });
+        };
+        if let Some(board) = &board {
+            board.answered(&request);
+        }
+        requests.push(request);
         match next(outcome) {
             Next::Send => {}
             Next::Pause(pause) => tokio::time::sleep(pause).await,
@@ -479,8 +578,14 @@ pub(crate) async fn place_orders(
 
 /// `prove`'s client: places orders until, after the target has exited, its connection is
 /// refused.
-async fn client(driver: Driver, started: Instant, exited: Arc<AtomicBool>, timeout: Duration) -> Vec<Request> {
-    place_orders(driver, started, timeout, move |outcome| match outcome {
+async fn client(
+    driver: Driver,
+    started: Instant,
+    exited: Arc<AtomicBool>,
+    timeout: Duration,
+    board: Option<Arc<live::Board>>,
+) -> Vec<Request> {
+    place_orders(driver, started, timeout, board, move |outcome| match outcome {
         Outcome::Refused if exited.load(Ordering::Acquire) => Next::Stop,
         // Refused before the target is gone (it stopped listening first): try again shortly
         // rather than spin.

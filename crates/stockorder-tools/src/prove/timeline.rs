@@ -25,12 +25,15 @@ pub(super) struct Mark {
     pub label: &'static str,
 }
 
+/// When a log line was written, in seconds since the load started.
+pub(super) fn seconds_since(line: &Value, load_started: OffsetDateTime) -> Option<f64> {
+    let ts = OffsetDateTime::parse(line["timestamp"].as_str()?, &Rfc3339).ok()?;
+    Some((ts - load_started).as_seconds_f64())
+}
+
 /// The shutdown's moments as the target logged them, placed on the load's clock.
 pub(super) fn marks_from_log(log: &[Value], load_started: OffsetDateTime) -> Vec<Mark> {
-    let at = |line: &Value| {
-        let ts = OffsetDateTime::parse(line["timestamp"].as_str()?, &Rfc3339).ok()?;
-        Some((ts - load_started).as_seconds_f64())
-    };
+    let at = |line: &Value| seconds_since(line, load_started);
     let first = |label: &'static str, pick: &dyn Fn(&Value) -> bool| {
         log.iter()
             .find(|l| pick(l))

@@ -275,13 +275,19 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
         };
         let driver = Driver::new(protocol, &addr)?;
         let stop = Arc::clone(&stop);
-        clients.spawn(place_orders(driver, started, Duration::from_secs(10), move |_| {
-            if stop.load(Ordering::Relaxed) {
-                Next::Stop
-            } else {
-                Next::Send
-            }
-        }));
+        clients.spawn(place_orders(
+            driver,
+            started,
+            Duration::from_secs(10),
+            None,
+            move |_| {
+                if stop.load(Ordering::Relaxed) {
+                    Next::Stop
+                } else {
+                    Next::Send
+                }
+            },
+        ));
     }
 
     tokio::time::sleep(args.steady).await;

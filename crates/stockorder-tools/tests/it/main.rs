@@ -3,6 +3,7 @@
 
 mod client;
 mod docs;
+mod live;
 mod load;
 mod prove;
 mod rolling_restart;
