@@ -94,7 +94,8 @@ pub struct ProveArgs {
     /// shutdown's moments, the counters, then the verdict and the server's report), with a
     /// button that sends the signal. On ADDR (`host:port`), or a free port on 127.0.0.1; the
     /// URL is printed. The page stays up after the run until Ctrl+C. To decide the moment
-    /// yourself, give a long `--signal-after` (e.g. `10m`) and press the button.
+    /// yourself, give a long `--signal-after` (e.g. `10m`) and press the button. Anyone who
+    /// can reach ADDR can press it too: keep it on loopback unless the room is yours.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
     pub live: Option<String>,
 
