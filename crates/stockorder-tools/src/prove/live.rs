@@ -10,9 +10,8 @@
 //!
 //! Data reaches it by Server-Sent Events from this process's own axum server: every 100 ms,
 //! the whole state as one JSON object (a few kilobytes per run), so a page that connects late,
-//! or misses an event, is whole again at the next one. The counters are counted the way the
-//! tally counts (an order id means acknowledged, [`Outcome::never_accepted`] means refused,
-//! anything else failed), from the same requests, so the page's final counts equal the tally.
+//! or misses an event, is whole again at the next one. The counters use the tally's own
+//! rule ([`Request::class`]) on the same requests, so the page's final counts equal the tally.
 //! Recording a request costs the clients an atomic add and, once per request, a short lock on
 //! the chart's bins: nothing waits for the page.
 
@@ -31,7 +30,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 
-use super::tally::Request;
+use super::tally::{Class, Request};
 
 /// The chart's resolution: one bin per 100 ms of the run.
 const BIN: Duration = Duration::from_millis(100);
@@ -97,16 +96,12 @@ impl Board {
 
     /// A request's outcome is known: counted as the tally counts it.
     pub(crate) fn answered(&self, request: &Request) {
-        let kind = if request.id.is_some() {
-            self.acknowledged.fetch_add(1, Ordering::Relaxed);
-            0
-        } else if request.outcome.never_accepted() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            2
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            1
+        let (counter, kind) = match request.class() {
+            Class::Acknowledged => (&self.acknowledged, 0),
+            Class::Failed => (&self.failed, 1),
+            Class::NeverAccepted => (&self.refused, 2),
         };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let bin = (request.answered.as_millis() / BIN.as_millis()) as usize;
         let mut bins = lock(&self.bins);

@@ -22,6 +22,30 @@ pub(crate) struct Request {
     pub id: Option<String>,
 }
 
+/// What a request counts as in a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Its order id came back: placed and confirmed.
+    Acknowledged,
+    /// Refused at connect, or turned away unprocessed: safe to retry.
+    NeverAccepted,
+    /// Accepted but not acknowledged.
+    Failed,
+}
+
+impl Request {
+    /// How the tally, and the live page, count this request.
+    pub(crate) fn class(&self) -> Class {
+        if self.id.is_some() {
+            Class::Acknowledged
+        } else if self.outcome.never_accepted() {
+            Class::NeverAccepted
+        } else {
+            Class::Failed
+        }
+    }
+}
+
 /// Every request classified by what its client saw, and checked against the orders stored:
 /// the part of a verdict that `prove` and `rolling-restart` share.
 #[derive(Debug)]
@@ -50,10 +74,12 @@ impl Accounting {
         for r in requests {
             sent += 1;
             *outcomes.entry(r.outcome.label()).or_insert(0) += 1;
-            if let Some(id) = r.id.as_deref() {
-                acked.insert(id);
-            } else if r.outcome.never_accepted() {
-                never_accepted += 1;
+            match (r.class(), r.id.as_deref()) {
+                (Class::Acknowledged, Some(id)) => {
+                    acked.insert(id);
+                }
+                (Class::NeverAccepted, _) => never_accepted += 1,
+                _ => {}
             }
         }
         Self {

@@ -34,14 +34,6 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use stockorder_tools::service::Server;
 
-/// The repository's root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// What a marker asks for: `run` or `no server`, then any of `figures`, `postgres` (the
 /// commands get `TEST_DATABASE_URL` or `DATABASE_URL` for any `postgres://…` they name, and the
 /// block is skipped without one) and `haproxy` (skipped without it).
@@ -82,21 +74,14 @@ impl Kind {
 
     /// Why the block cannot run here, if it cannot.
     fn missing(self) -> Option<String> {
-        if self.postgres && postgres_url().is_none() {
+        if self.postgres && crate::postgres_url().is_none() {
             return Some("set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… to run it".into());
         }
-        if self.haproxy && which("haproxy").is_none() {
+        if self.haproxy && crate::installed("haproxy").is_none() {
             return Some("haproxy is not installed (apt-get install haproxy)".into());
         }
         None
     }
-}
-
-fn postgres_url() -> Option<String> {
-    ["TEST_DATABASE_URL", "DATABASE_URL"]
-        .into_iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|u| u.starts_with("postgres"))
 }
 
 /// One generated block: where its body starts and ends (line indexes, fences excluded).
@@ -259,8 +244,8 @@ struct Context {
 impl Context {
     fn new(http: String, grpc: String) -> Self {
         let shims = tempfile::tempdir().unwrap();
-        if which("grpcurl").is_none() {
-            let script = root().join("crates/stockorder/tests/interop/grpcurl.py");
+        if crate::installed("grpcurl").is_none() {
+            let script = crate::repo_root().join("crates/stockorder/tests/interop/grpcurl.py");
             let shim = shims.path().join("grpcurl");
             std::fs::write(&shim, format!("#!/bin/sh\nexec python3 {} \"$@\"\n", script.display())).unwrap();
             let mut permissions = std::fs::metadata(&shim).unwrap().permissions();
@@ -282,7 +267,7 @@ impl Context {
         let cwd = tempfile::tempdir().unwrap();
         // What the tools read relative to the repository's root (rolling-restart's HAProxy
         // configuration), as a reader running the commands there has it.
-        std::os::unix::fs::symlink(root().join("deploy"), cwd.path().join("deploy")).unwrap();
+        std::os::unix::fs::symlink(crate::repo_root().join("deploy"), cwd.path().join("deploy")).unwrap();
         Self {
             path,
             bin,
@@ -300,7 +285,7 @@ impl Context {
         let mut command = self
             .with_ids(command)
             .replace("target/release/", &format!("{}/", self.bin.display()));
-        if let Some(url) = postgres_url() {
+        if let Some(url) = crate::postgres_url() {
             command = POSTGRES.replace_all(&command, regex::NoExpand(&url)).into_owned();
         }
         for (port, addr) in [("8082", &self.http), ("50051", &self.grpc)] {
@@ -387,12 +372,6 @@ fn bin_dir() -> PathBuf {
         })
 }
 
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
 /// A block's body as it should read, and the differences found against what it reads now.
 async fn regenerate(kind: Kind, body: &[&str], cx: &mut Context) -> (Vec<String>, Vec<String>) {
     let mut written = Vec::new();
@@ -436,7 +415,7 @@ fn indent(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_outputs_in_the_docs_match_a_real_run() {
     let write = std::env::var("STOCKORDER_DOCS").is_ok_and(|v| v == "write");
-    let root = root();
+    let root = crate::repo_root();
     let mut files = vec![root.join("README.md")];
     let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
         .unwrap()
@@ -523,7 +502,7 @@ async fn command_outputs_in_the_docs_match_a_real_run() {
 
 /// Whether the file's grpcurl commands (if any) can run here.
 fn can_run_grpcurl(lines: &[&str]) -> bool {
-    if !lines.iter().any(|l| l.starts_with("$ grpcurl")) || which("grpcurl").is_some() {
+    if !lines.iter().any(|l| l.starts_with("$ grpcurl")) || crate::installed("grpcurl").is_some() {
         return true;
     }
     std::process::Command::new("python3")

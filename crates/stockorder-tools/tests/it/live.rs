@@ -21,16 +21,10 @@ struct Browser {
 /// WebDriver's key for an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-fn installed(program: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
 impl Browser {
     /// A new browser, or `None` (with the skip said) where Chromium or its driver is missing.
     async fn start() -> Option<Browser> {
-        let (Some(driver), Some(chromium)) = (installed("chromedriver"), installed("chromium")) else {
+        let (Some(driver), Some(chromium)) = (crate::installed("chromedriver"), crate::installed("chromium")) else {
             crate::skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)");
             return None;
         };
@@ -245,8 +239,9 @@ async fn prove_live(target: &str, extra: &[&str]) -> LiveRun {
 }
 
 impl LiveRun {
-    /// Ends the run (the page stays up until then) and returns its JSON tally and stderr.
-    async fn end(mut self) -> (Value, String) {
+    /// Ends the run (the page stays up until then) and returns the JSON tallies it printed
+    /// (one, or four with `--compare`), its exit code and its stderr.
+    async fn end(mut self) -> (Vec<Value>, Option<i32>, String) {
         let pid = nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
         let mut out = String::new();
@@ -257,10 +252,20 @@ impl LiveRun {
             .read_to_string(&mut out)
             .await
             .unwrap();
-        self.child.wait().await.unwrap();
+        let status = self.child.wait().await.unwrap();
         let stderr = self.stderr.await.unwrap();
-        let tally = serde_json::from_str(&out).unwrap_or_else(|e| panic!("no JSON tally ({e}): {out}\n{stderr}"));
-        (tally, stderr)
+        let tallies = serde_json::Deserializer::from_str(&out)
+            .into_iter()
+            .collect::<Result<Vec<Value>, _>>()
+            .unwrap_or_else(|e| panic!("no JSON tallies ({e}): {out}\n{stderr}"));
+        (tallies, status.code(), stderr)
+    }
+
+    /// [`Self::end`] for a single run: its one tally, and stderr.
+    async fn end_one(self) -> (Value, String) {
+        let (mut tallies, _, stderr) = self.end().await;
+        assert_eq!(tallies.len(), 1, "one run, one tally: {tallies:?}\n{stderr}");
+        (tallies.remove(0), stderr)
     }
 }
 
@@ -323,7 +328,7 @@ async fn the_live_page_shows_demo_2_failing_and_demo_3_holding_with_the_tallys_c
         let page = final_page(&browser).await;
         let marks = marks(&page);
         let verdict = page["verdict"].as_str().unwrap_or_default();
-        let (tally, stderr) = run.end().await;
+        let (tally, stderr) = run.end_one().await;
         assert_page_equals_tally(target, &page, &tally);
         for mark in ["SIGTERM", "database closed", "exit"] {
             assert!(
@@ -369,7 +374,7 @@ async fn the_pages_button_sends_the_signal() {
     let page = final_page(&browser).await;
     let marks = marks(&page);
     let rows = page["report_rows"].as_u64().unwrap_or(0);
-    let (tally, stderr) = run.end().await;
+    let (tally, stderr) = run.end_one().await;
     assert!(stderr.contains("the live page asked for the signal"), "{stderr}");
     assert!(has_mark(&marks, "SIGTERM") && has_mark(&marks, "exit"), "{marks:?}");
     assert!(rows >= 3, "the server's report, one row per component: {rows}");
@@ -385,7 +390,7 @@ async fn the_comparison_puts_the_four_runs_side_by_side() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let mut run = prove_live(
+    let run = prove_live(
         "serve",
         &["--compare", "--signal-after", "1s", "--demo-sleep-scale", "0.1"],
     )
@@ -413,17 +418,9 @@ async fn the_comparison_puts_the_four_runs_side_by_side() {
     browser.screenshot("live-compare.png").await;
     let rows = browser.rows().await;
     let charts = browser.all("#stack canvas").await.len();
-    let pid = nix::unistd::Pid::from_raw(run.child.id().unwrap() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let mut out = String::new();
-    run.child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
-    let status = run.child.wait().await.unwrap();
-    let tallies: Vec<Value> = serde_json::Deserializer::from_str(&out)
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(tallies.len(), 4, "{out}");
-    assert_eq!(status.code(), Some(0), "demo_2 failed and the others held: {rows:?}");
+    let (tallies, code, stderr) = run.end().await;
+    assert_eq!(tallies.len(), 4, "{tallies:?}\n{stderr}");
+    assert_eq!(code, Some(0), "demo_2 failed and the others held: {rows:?}");
     assert_eq!(charts, 4, "one timeline per run");
     for (row, tally) in rows.iter().zip(&tallies) {
         let target = tally["target"].as_str().unwrap();

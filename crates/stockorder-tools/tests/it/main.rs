@@ -8,6 +8,32 @@ mod load;
 mod prove;
 mod rolling_restart;
 
+use std::path::{Path, PathBuf};
+
+/// The repository's root, where the docs and `deploy/` are.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The PostgreSQL the tests may use: `TEST_DATABASE_URL`, else `DATABASE_URL`, when it is a
+/// `postgres://` (or `postgresql://`) URL.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+}
+
+/// Where `program` is on `PATH`, if it is installed.
+pub fn installed(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
 /// Says that the running test cannot run here, and why (with what would enable it); the caller
 /// then returns. Written past the test harness's output capture, so a plain `cargo test` shows
 /// the line although the test counts as passed. With `STOCKORDER_REQUIRE_ALL_TESTS` set

@@ -8,16 +8,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    crate::repo_root().join(path)
 }
 
 /// `DATABASE_URL` when it names a reachable PostgreSQL and `haproxy` is installed.
 async fn prerequisites() -> Option<String> {
-    let url = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
-    let Some(url) = url else {
+    let Some(url) = crate::postgres_url() else {
         crate::skip(format_args!(
             "set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… for the rolling-restart tests"
         ));
