@@ -21,7 +21,7 @@ use crate::port::RepositoryError;
 
 /// Connections kept open. Reads are short and run on the runtime's worker threads (one per
 /// core) plus a few blocking threads for list pages, so a handful is enough.
-const SLOTS: usize = 8;
+pub(super) const SLOTS: usize = 8;
 
 /// The number of commits the writer has made. Shared by the writer (which bumps it after each
 /// commit, before answering) and the readers (which reuse a snapshot only while it is unchanged).

@@ -172,3 +172,66 @@ fn memory_statistics_are_off() {
         "the child ran the check"
     );
 }
+
+/// A cached statement is used again as compiled: none of the store's statements is compiled
+/// anew on each use (see `rows::opaque`). Each runs several times, each time in its own
+/// transaction, as the writer and the readers run them.
+#[test]
+fn cached_statements_are_not_compiled_again() {
+    use crate::adapter::repository_suite::change;
+    use crate::port::QueuePosition;
+    use rusqlite::StatementStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
+    schema::configure_writer(&conn).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    let queries: Vec<ListQuery> = (0..16u8)
+        .map(|mask| ListQuery {
+            status: (mask & 1 != 0).then_some(OrderStatus::Pending),
+            symbol: (mask & 2 != 0).then(|| Symbol::parse("AAPL").unwrap()),
+            side: (mask & 4 != 0).then_some(OrderSide::Buy),
+            page_token: (mask & 8 != 0).then(|| PageToken::after(OrderId::generate())),
+            ..ListQuery::default()
+        })
+        .collect();
+    for round in 0..5 {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut sequence = rows::Sequence::default();
+        let o = order("AAPL", OrderSide::Buy, Some(&format!("key-{round}")));
+        rows::insert(&conn, &o, sequence.next(&conn).unwrap()).unwrap();
+        sequence.store(&conn).unwrap();
+        assert!(
+            rows::by_client_order_id(&conn, o.client_order_id.as_ref().unwrap())
+                .unwrap()
+                .is_some()
+        );
+        assert!(rows::by_id(&conn, o.id).unwrap().is_some());
+        assert!(
+            rows::change_status(&conn, &change(o.id, OrderStatus::Filled))
+                .unwrap()
+                .is_some()
+        );
+        rows::probe(&conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        rows::unprocessed(&conn, QueuePosition::START, 10 + round).unwrap();
+        for q in &queries {
+            rows::list(&conn, q, 20 + round).unwrap();
+        }
+    }
+    let mut statements = vec![
+        rows::INSERT.to_owned(),
+        rows::BY_ID.to_owned(),
+        rows::BY_CLIENT_ORDER_ID.to_owned(),
+        rows::CHANGE_STATUS.to_owned(),
+        rows::UNPROCESSED.to_owned(),
+    ];
+    statements.extend(queries.iter().map(|q| rows::list_sql(q, 1).0));
+    for sql in statements {
+        let compiled = conn
+            .prepare_cached(&sql)
+            .unwrap()
+            .get_status(StatementStatus::RePrepare);
+        // Once at most: the first use binds values the planner had not seen.
+        assert!(compiled <= 1, "compiled again {compiled} times in 5 uses: {sql}");
+    }
+}
