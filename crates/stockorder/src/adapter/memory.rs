@@ -152,15 +152,14 @@ impl OrderRepository for MemoryRepository {
         self.orders().map(drop)
     }
 
-    async fn settle(
-        &self,
-        changes: Vec<StatusChange>,
-        resting: Vec<OrderId>,
-    ) -> Result<Vec<Transition>, RepositoryError> {
+    async fn settle(&self, changes: Vec<StatusChange>, resting: Vec<OrderId>) -> Result<Vec<bool>, RepositoryError> {
         // Resting orders cost nothing here, as in SQLite: the caller's cursor has passed them.
         let _ = resting;
         let mut orders = self.orders()?;
-        Ok(changes.iter().map(|c| orders.change(c)).collect())
+        Ok(changes
+            .iter()
+            .map(|c| matches!(orders.change(c), Transition::Applied(_)))
+            .collect())
     }
 }
 

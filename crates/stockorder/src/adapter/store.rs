@@ -126,11 +126,7 @@ impl OrderRepository for Store {
         }
     }
 
-    async fn settle(
-        &self,
-        changes: Vec<StatusChange>,
-        resting: Vec<OrderId>,
-    ) -> Result<Vec<Transition>, RepositoryError> {
+    async fn settle(&self, changes: Vec<StatusChange>, resting: Vec<OrderId>) -> Result<Vec<bool>, RepositoryError> {
         match self {
             Store::Sqlite(s) => s.settle(changes, resting).await,
             Store::Postgres(p) => p.settle(changes, resting).await,

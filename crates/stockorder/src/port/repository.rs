@@ -208,8 +208,10 @@ pub trait OrderRepository: Send + Sync + 'static {
     /// failing.
     fn probe(&self) -> impl Future<Output = Result<(), RepositoryError>> + Send;
 
-    /// Applies a processor batch in one transaction: each change conditionally (its
-    /// [`Transition`] is returned in the same order). `resting` are the orders decided to stay
+    /// Applies a processor batch in one transaction: each change conditionally. Returns, in the
+    /// same order, whether each change was applied (false: the order was no longer pending, or
+    /// is gone). Only that: the caller holds the orders it decided, and reading each changed
+    /// row back cost the one writer of SQLite a third of a fill. `resting` are the orders decided to stay
     /// pending: PostgreSQL marks them out of its shared queue; SQLite and the in-memory store
     /// write nothing for them (the processor's cursor has passed them), so a resting order
     /// costs no write, and a batch with no change costs no transaction.
@@ -217,5 +219,5 @@ pub trait OrderRepository: Send + Sync + 'static {
         &self,
         changes: Vec<StatusChange>,
         resting: Vec<OrderId>,
-    ) -> impl Future<Output = Result<Vec<Transition>, RepositoryError>> + Send;
+    ) -> impl Future<Output = Result<Vec<bool>, RepositoryError>> + Send;
 }

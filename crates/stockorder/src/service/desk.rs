@@ -118,6 +118,8 @@ impl<R: OrderRepository> OrderDesk<R> {
         let now = Timestamp::now();
         let mut changes = Vec::with_capacity(orders.len());
         let mut resting = Vec::new();
+        // How long each decided order waited, for the metric once its decision is written.
+        let mut waited = Vec::with_capacity(orders.len());
         let mut done = Executed {
             decided: orders.len(),
             ..Executed::default()
@@ -141,6 +143,7 @@ impl<R: OrderRepository> OrderDesk<R> {
                     continue;
                 }
             };
+            waited.push(now.unix_micros().saturating_sub(order.created_at.unix_micros()));
             changes.push(StatusChange {
                 id: order.id,
                 from: OrderStatus::Pending,
@@ -151,22 +154,21 @@ impl<R: OrderRepository> OrderDesk<R> {
             });
         }
         done.resting = resting.len();
+        let filled: Vec<bool> = changes.iter().map(|c| c.to == OrderStatus::Filled).collect();
         let settled = self.repository.settle(changes, resting).await;
         self.storage.after_write(&settled);
-        for transition in settled? {
-            match transition {
-                Transition::Applied(o) => {
-                    if o.status == OrderStatus::Filled {
-                        done.filled += 1;
-                    } else {
-                        done.rejected += 1;
-                    }
-                    let waited = now.unix_micros().saturating_sub(o.created_at.unix_micros());
-                    self.metrics
-                        .processor_lag(Duration::from_micros(waited.max(0).unsigned_abs()));
-                }
-                Transition::Refused(_) | Transition::NotFound => done.lost_race += 1,
+        for ((applied, filled), waited) in settled?.into_iter().zip(filled).zip(waited) {
+            if !applied {
+                done.lost_race += 1;
+                continue;
             }
+            if filled {
+                done.filled += 1;
+            } else {
+                done.rejected += 1;
+            }
+            self.metrics
+                .processor_lag(Duration::from_micros(waited.max(0).unsigned_abs()));
         }
         self.metrics
             .transitions(Some(OrderStatus::Pending), OrderStatus::Filled, done.filled as u64);

@@ -424,11 +424,7 @@ impl OrderRepository for PostgresStore {
             .map(drop)
     }
 
-    async fn settle(
-        &self,
-        changes: Vec<StatusChange>,
-        resting: Vec<OrderId>,
-    ) -> Result<Vec<Transition>, RepositoryError> {
+    async fn settle(&self, changes: Vec<StatusChange>, resting: Vec<OrderId>) -> Result<Vec<bool>, RepositoryError> {
         let mut client = self.client().await?;
         let started = Instant::now();
         let tx = client.transaction().await.map_err(database(Stage::NotCommitting))?;
@@ -445,7 +441,10 @@ impl OrderRepository for PostgresStore {
         }
         tx.commit().await.map_err(database(Stage::Committing))?;
         metrics().db_commit("postgres", changes.len() + resting.len(), started.elapsed());
-        Ok(transitions)
+        Ok(transitions
+            .iter()
+            .map(|t| matches!(t, Transition::Applied(_)))
+            .collect())
     }
 }
 

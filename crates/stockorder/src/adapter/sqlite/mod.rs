@@ -212,11 +212,7 @@ impl OrderRepository for SqliteStore {
         self.inner.writer.probe().await
     }
 
-    async fn settle(
-        &self,
-        changes: Vec<StatusChange>,
-        _resting: Vec<OrderId>,
-    ) -> Result<Vec<Transition>, RepositoryError> {
+    async fn settle(&self, changes: Vec<StatusChange>, _resting: Vec<OrderId>) -> Result<Vec<bool>, RepositoryError> {
         // Resting orders are left as they are: the processor's cursor has passed them.
         self.inner.writer.settle(changes).await
     }

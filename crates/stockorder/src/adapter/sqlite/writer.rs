@@ -62,7 +62,7 @@ enum Command {
 enum Write {
     Insert(StockOrder, Reply<Inserted>),
     ChangeStatus(StatusChange, Reply<Transition>),
-    Settle(Vec<StatusChange>, Reply<Vec<Transition>>),
+    Settle(Vec<StatusChange>, Reply<Vec<bool>>),
     /// A write that changes no order: does committing work?
     Probe(Reply<()>),
 }
@@ -71,7 +71,7 @@ enum Write {
 enum Outcome {
     Insert(Reply<Inserted>, Result<Inserted, RepositoryError>),
     ChangeStatus(Reply<Transition>, Result<Transition, RepositoryError>),
-    Settle(Reply<Vec<Transition>>, Result<Vec<Transition>, RepositoryError>),
+    Settle(Reply<Vec<bool>>, Result<Vec<bool>, RepositoryError>),
     Probe(Reply<()>, Result<(), RepositoryError>),
 }
 
@@ -161,7 +161,7 @@ impl Writer {
 
     /// The processor's decisions, in one transaction with whatever else is queued. A batch
     /// of resting orders only changes nothing, and costs no transaction.
-    pub(super) async fn settle(&self, changes: Vec<StatusChange>) -> Result<Vec<Transition>, RepositoryError> {
+    pub(super) async fn settle(&self, changes: Vec<StatusChange>) -> Result<Vec<bool>, RepositoryError> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
@@ -320,8 +320,11 @@ fn apply(conn: &Connection, write: Write, sequence: &mut rows::Sequence) -> Outc
     }
 }
 
-fn settle(conn: &Connection, changes: &[StatusChange]) -> Result<Vec<Transition>, RepositoryError> {
-    changes.iter().map(|change| change_status(conn, change)).collect()
+fn settle(conn: &Connection, changes: &[StatusChange]) -> Result<Vec<bool>, RepositoryError> {
+    changes
+        .iter()
+        .map(|change| rows::settle(conn, change).map_err(errors::on(conn)))
+        .collect()
 }
 
 fn insert(conn: &Connection, order: StockOrder, sequence: &mut rows::Sequence) -> Result<Inserted, RepositoryError> {
