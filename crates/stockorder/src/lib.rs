@@ -15,6 +15,7 @@ pub mod port;
 pub mod processor;
 pub mod service;
 pub mod telemetry;
+pub mod timefmt;
 
 #[cfg(test)]
 mod testing;
