@@ -15,7 +15,6 @@ pub mod port;
 pub mod processor;
 pub mod service;
 pub mod telemetry;
-pub mod timefmt;
 
 #[cfg(test)]
 mod testing;

@@ -18,8 +18,6 @@ use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::timefmt::{Fraction, Rfc3339};
-
 /// The time as tracing-subscriber's `SystemTime` timer writes it: RFC 3339 in UTC with
 /// microseconds, `2026-12-05T18:11:16.264071Z`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,7 +25,25 @@ pub struct Rfc3339Micros;
 
 impl FormatTime for Rfc3339Micros {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        w.write_str(Rfc3339::new(time::OffsetDateTime::now_utc(), Fraction::Micros).as_str())
+        let now = time::OffsetDateTime::now_utc();
+        let mut line = *b"0000-00-00T00:00:00.000000Z";
+        digits(&mut line[0..4], now.year().unsigned_abs());
+        digits(&mut line[5..7], u32::from(u8::from(now.month())));
+        digits(&mut line[8..10], u32::from(now.day()));
+        digits(&mut line[11..13], u32::from(now.hour()));
+        digits(&mut line[14..16], u32::from(now.minute()));
+        digits(&mut line[17..19], u32::from(now.second()));
+        digits(&mut line[20..26], now.microsecond());
+        // Invariant: only ASCII digits were written into an ASCII template.
+        w.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Writes `value` into `out` as decimal digits, zero-padded to its length.
+fn digits(out: &mut [u8], mut value: u32) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 

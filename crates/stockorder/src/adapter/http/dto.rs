@@ -5,7 +5,6 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::{RawOrder, StockOrder};
-use crate::timefmt::serde_rfc3339;
 
 // Every field is optional in Rust so that a missing one is reported by domain validation with
 // its name, not as a generic deserialisation error; the schema attributes state what validation
@@ -123,9 +122,8 @@ pub struct ListParams {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Order)]
 pub struct OrderBody<'a> {
-    #[schema(value_type = String, format = Uuid)]
-    #[serde(serialize_with = "hyphenated")]
-    id: uuid::Uuid,
+    #[schema(format = Uuid)]
+    id: String,
     symbol: &'a str,
     #[schema(value_type = OrderTypeSchema)]
     order_type: &'static str,
@@ -137,9 +135,9 @@ pub struct OrderBody<'a> {
     price: Option<f64>,
     #[schema(value_type = OrderStatusSchema)]
     status: &'static str,
-    #[serde(with = "serde_rfc3339")]
+    #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
-    #[serde(with = "serde_rfc3339")]
+    #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
@@ -147,22 +145,16 @@ pub struct OrderBody<'a> {
     client_order_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fill_price: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", with = "serde_rfc3339::option")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     filled_at: Option<OffsetDateTime>,
-    #[serde(skip_serializing_if = "Option::is_none", with = "serde_rfc3339::option")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     cancelled_at: Option<OffsetDateTime>,
-}
-
-/// An id as its hyphenated text, written from a stack buffer (a `String` per order costs an
-/// allocation for every row of a page).
-fn hyphenated<S: serde::Serializer>(id: &uuid::Uuid, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
 }
 
 impl<'a> From<&'a StockOrder> for OrderBody<'a> {
     fn from(o: &'a StockOrder) -> Self {
         OrderBody {
-            id: *o.id.as_uuid(),
+            id: o.id.to_string(),
             symbol: o.symbol.as_str(),
             order_type: o.order_type.as_str(),
             order_side: o.order_side.as_str(),
