@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::schema;
+use super::{rows, schema};
 use crate::port::RepositoryError;
 
 /// Connections kept open. Reads are short and run on the runtime's worker threads (one per
@@ -53,7 +53,7 @@ impl Reader {
         if self.snapshot.take().is_some() {
             // Ending a read-only transaction cannot lose anything; if it fails, the connection
             // is in an unknown state and `with` will see the error on its next use.
-            let _ = self.conn.execute_batch("COMMIT");
+            let _ = rows::control(&self.conn, "COMMIT");
         }
     }
 
@@ -66,7 +66,7 @@ impl Reader {
         self.end_snapshot();
         // DEFERRED: the snapshot is taken by the first read, which comes after `now` was
         // loaded, so it includes every commit counted in `now`.
-        self.conn.execute_batch("BEGIN DEFERRED")?;
+        rows::control(&self.conn, "BEGIN DEFERRED")?;
         self.snapshot = Some(now);
         Ok(())
     }

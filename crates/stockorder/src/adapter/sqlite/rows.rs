@@ -89,6 +89,16 @@ pub(super) const INSERT: &str = concat!(
     ", seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
 );
 
+/// Runs one of the fixed transaction-control statements (`BEGIN …`, `COMMIT`, `ROLLBACK`)
+/// from the statement cache.
+///
+/// Why not `execute_batch` or rusqlite's `Transaction`: they compile the statement from its
+/// text every time, and the writer's batches and the readers' snapshots (a read renews its
+/// snapshot after every commit) run these all the time.
+pub(super) fn control(conn: &Connection, sql: &'static str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Stores `o` as number `seq` of the processor's queue (see [`Sequence`]).
 pub(super) fn insert(conn: &Connection, o: &StockOrder, seq: i64) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(INSERT)?;

@@ -235,14 +235,6 @@ fn take(cmd: Command, batch: &mut Vec<Write>, closing: &mut Option<oneshot::Send
     }
 }
 
-/// Runs one of the fixed transaction-control statements from the statement cache.
-///
-/// Why not rusqlite's `Transaction`: it prepares `BEGIN IMMEDIATE` and `COMMIT` from their text
-/// on every batch, and this thread is the one serial section of every write.
-fn control(conn: &Connection, sql: &'static str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(drop)
-}
-
 /// Runs the batch in one transaction and answers every caller after the commit.
 fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience, after_commit: &dyn Fn()) {
     if batch.is_empty() {
@@ -250,7 +242,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
     }
     let started = std::time::Instant::now();
     let writes = batch.len();
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+    if let Err(e) = rows::control(conn, "BEGIN IMMEDIATE") {
         let cause = errors::on(conn)(e);
         patience.after(conn, cause.fault() == Some(crate::port::Fault::Locked));
         batch.drain(..).map(Outcome::not_applied).for_each(|o| o.fail(&cause));
@@ -274,7 +266,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
     {
         let cause = errors::on(conn)(e);
         tracing::debug!(writes, error = %cause, "cannot store the order sequence; rolling the batch back");
-        let _ = control(conn, "ROLLBACK");
+        let _ = rows::control(conn, "ROLLBACK");
         outcomes.into_iter().for_each(|o| o.fail(&cause));
         pending.map(Outcome::not_applied).for_each(|o| o.fail(&cause));
         return;
@@ -292,7 +284,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
         pending.map(Outcome::not_applied).for_each(|o| o.fail(&cause));
         return;
     }
-    match control(conn, "COMMIT") {
+    match rows::control(conn, "COMMIT") {
         Ok(()) => {
             patience.after(conn, false);
             after_commit();
@@ -304,7 +296,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
             tracing::debug!(error = %cause, writes, "sqlite commit failed");
             // Nothing of this batch may stay half-applied for the next one to commit.
             if !conn.is_autocommit() {
-                let _ = control(conn, "ROLLBACK");
+                let _ = rows::control(conn, "ROLLBACK");
             }
             outcomes.into_iter().for_each(|o| o.fail(&cause));
         }
