@@ -123,35 +123,30 @@ struct Fields<'w> {
 }
 
 impl Fields<'_> {
-    /// Writes one field; `value` writes its value once the separator and name are out.
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    /// Writes the separator, then what `write` writes; after an error, nothing more.
+    fn next(&mut self, write: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
-        self.result = (|| {
-            if !self.first {
-                self.w.write_char(' ')?;
-            }
-            self.first = false;
-            let name = field.name();
-            self.w.write_str(name.strip_prefix("r#").unwrap_or(name))?;
-            self.w.write_char('=')?;
-            value(&mut self.w)
-        })();
+        let separator = if self.first { Ok(()) } else { self.w.write_char(' ') };
+        self.first = false;
+        self.result = separator.and_then(|()| write(&mut self.w));
+    }
+
+    /// Writes one field: `name=` and the value `value` writes.
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        let name = field.name();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        self.next(|w| {
+            w.write_str(name)?;
+            w.write_char('=')?;
+            value(w)
+        });
     }
 
     /// Writes the message: bare, with terminal control characters escaped.
     fn message(&mut self, message: &dyn fmt::Debug) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = (|| {
-            if !self.first {
-                self.w.write_char(' ')?;
-            }
-            self.first = false;
-            write!(Sanitized(&mut self.w), "{message:?}")
-        })();
+        self.next(|w| write!(Sanitized(w), "{message:?}"));
     }
 }
 
