@@ -1,38 +1,37 @@
 //! Logging, set up once per process.
 //!
-//! Lines are formatted on the thread that logs them, then handed to one writer thread through
-//! a bounded queue (tracing-appender's non-blocking writer), which writes them to stdout in
-//! batches. A request never waits for stdout: every request is logged at `info`, and a
-//! synchronous write per line from the runtime's workers cost 10–25% of the throughput. If
-//! stdout cannot keep up and the queue fills, lines are dropped rather than blocking requests,
-//! and counted: `stockorder_log_lines_dropped_total`, and a warning when the process exits.
+//! Lines are formatted on the thread that logs them, then appended to a buffer that one writer
+//! thread writes to stdout every few milliseconds ([`batches`]). A request never waits for
+//! stdout: every request is logged at `info`, and a synchronous write per line from the
+//! runtime's workers cost 10–25% of the throughput. If stdout cannot keep up and the buffer
+//! fills, lines are dropped rather than blocking requests, and counted:
+//! `stockorder_log_lines_dropped_total`, and a warning when the process exits.
 
+mod batches;
 mod text;
 
 use std::sync::OnceLock;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
+use batches::{Batches, Flush};
 
-/// Lines the queue can hold before new ones are dropped: about a quarter of a second of
-/// stdout not keeping up at 60k requests/s. Not tracing-appender's default of 128 000: the
-/// queue's slots are allocated and touched up front, and that many took 4 MB of the idle
-/// process (15.8 MB against 11.7 MB, over the 15 MB it is held to).
-const QUEUE_LINES: usize = 16_384;
+/// Bytes of lines the buffer holds before new ones are dropped: about a quarter of a second of
+/// stdout not keeping up at 60k requests/s. Only what is pending takes memory.
+const BUFFER_BYTES: usize = 4 << 20;
 
-/// The writer's count of dropped lines, once logging is set up.
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+/// The writer, once logging is set up: its count of dropped lines.
+static WRITER: OnceLock<Batches> = OnceLock::new();
 
-/// Log lines dropped so far because the queue to stdout was full.
+/// Log lines dropped so far because the buffer to stdout was full.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    WRITER.get().map_or(0, Batches::dropped)
 }
 
-/// Keeps the log writer running; dropping it writes out what is queued (at the end of `main`).
+/// Keeps the log writer running; dropping it writes out what is pending (at the end of `main`).
 #[must_use = "the log is flushed when this is dropped: keep it until the process ends"]
-pub struct LogGuard(Option<WorkerGuard>);
+pub struct LogGuard(Option<Flush>);
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
@@ -44,18 +43,18 @@ impl Drop for LogGuard {
     }
 }
 
-/// stdout as the writer thread uses it: buffered, flushed each time the queue is empty, so a
-/// burst of lines is a few writes instead of one per line.
+/// stdout as the writer thread uses it: its file descriptor, unbuffered, since each write is a
+/// whole batch already (std's `Stdout` would add a lock and a line buffer).
 fn stdout_writer() -> Box<dyn std::io::Write + Send> {
     use std::os::fd::AsFd;
     match std::io::stdout().as_fd().try_clone_to_owned() {
-        Ok(fd) => Box::new(std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::from(fd))),
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
         Err(_) => Box::new(std::io::stdout()),
     }
 }
 
 /// Installs the global subscriber: lines to stdout (where process supervisors collect them), as
-/// text or JSON, filtered by `RUST_LOG`, through the non-blocking writer. An unparsable filter
+/// text or JSON, filtered by `RUST_LOG`, through the batching writer. An unparsable filter
 /// falls back to `info` with a warning rather than silencing the log. Keep the guard until the
 /// process ends.
 pub fn init(args: &LogArgs) -> LogGuard {
@@ -65,11 +64,15 @@ pub fn init(args: &LogArgs) -> LogGuard {
     };
     // Colour only for a person at a terminal; escape codes in a log file are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUE_LINES)
-        .lossy(true)
-        .thread_name("log writer")
-        .finish(stdout_writer());
+    // A process that cannot start one more thread will fail at the runtime's next; it says so
+    // on stderr, and drops (and counts) every line.
+    let (writer, flush) = match Batches::spawn(stdout_writer(), BUFFER_BYTES) {
+        Ok((writer, flush)) => (writer, Some(flush)),
+        Err(e) => {
+            eprintln!("warning: cannot start the log writer thread ({e}); the log is off");
+            (Batches::discard(), None)
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -89,9 +92,10 @@ pub fn init(args: &LogArgs) -> LogGuard {
     };
     let guard = match installed {
         Ok(()) => {
-            let _ = DROPPED.set(writer.error_counter());
-            Some(guard)
+            let _ = WRITER.set(writer);
+            flush
         }
+        // Not installed: this writer serves nobody, and its thread stops with `flush`.
         Err(_) => None,
     };
     if let Some(e) = bad_filter {
