@@ -12,6 +12,10 @@
 //! A request never waits for stdout: past [`Batches::spawn`]'s limit, lines are dropped and
 //! counted, not queued, and the count is reported (`stockorder_log_lines_dropped_total`, and a
 //! warning at exit).
+//!
+//! An `ERROR` line is the exception: it is written at once, after everything logged before
+//! it. Errors are rare, and the last one may come just before the process ends without
+//! flushing (the shutdown watchdog's `shutdown.overrun` is followed by `exit(1)`).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +29,20 @@ use tracing_subscriber::fmt::MakeWriter;
 /// hundred a second), and on how late a line reaches stdout.
 pub const GATHER: Duration = Duration::from_millis(5);
 
+/// Writes `bytes` to stdout. A failing stdout (closed pipe, full disk) cannot be reported
+/// through the log itself, and must not stop the service: the lines are lost, as they would be
+/// in the pipe.
+fn write_out(out: &mut dyn Write, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        let _ = out.write_all(bytes).and_then(|()| out.flush());
+    }
+}
+
 /// What the logging threads and the writer thread share.
-#[derive(Debug)]
 struct Shared {
     pending: Mutex<Pending>,
+    /// stdout. Locked after `pending` when both are held, never the other way round.
+    out: Mutex<Box<dyn Write + Send>>,
     /// Signalled when the first line arrives in an empty buffer, and at close.
     wake: Condvar,
     /// Bytes the buffer may hold; a line that does not fit is dropped.
@@ -43,9 +57,33 @@ struct Pending {
 }
 
 impl Shared {
+    fn new(out: Box<dyn Write + Send>, limit: usize) -> Self {
+        Shared {
+            pending: Mutex::new(Pending::default()),
+            out: Mutex::new(out),
+            wake: Condvar::new(),
+            limit,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     /// The buffer; a thread that panicked while holding it left whole lines, so it stays usable.
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// stdout, for one write. Taken while `pending` is still held, so that lines taken from the
+    /// buffer reach stdout before any taken after them.
+    fn out(&self) -> MutexGuard<'_, Box<dyn Write + Send>> {
+        self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,6 +92,8 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Batches {
     shared: Arc<Shared>,
+    /// Write at once: the writer for an `ERROR` line.
+    urgent: bool,
 }
 
 /// Dropped, writes out everything logged so far and stops the writer thread.
@@ -67,35 +107,26 @@ impl Batches {
     /// Starts the writer thread over `out`, holding up to `limit` bytes of lines not yet
     /// written.
     pub fn spawn(out: impl Write + Send + 'static, limit: usize) -> io::Result<(Batches, Flush)> {
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending::default()),
-            wake: Condvar::new(),
-            limit,
-            dropped: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(Box::new(out), limit));
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("log writer".into())
-                .spawn(move || run(&shared, out))?
+                .spawn(move || run(&shared))?
         };
         let flush = Flush {
             shared: Arc::clone(&shared),
             thread: Some(thread),
         };
-        Ok((Batches { shared }, flush))
+        Ok((Batches { shared, urgent: false }, flush))
     }
 
     /// A writer without a thread, for when none can be started: it drops every line, and
     /// counts it.
     pub fn discard() -> Batches {
         Batches {
-            shared: Arc::new(Shared {
-                pending: Mutex::new(Pending::default()),
-                wake: Condvar::new(),
-                limit: 0,
-                dropped: AtomicU64::new(0),
-            }),
+            shared: Arc::new(Shared::new(Box::new(io::sink()), 0)),
+            urgent: false,
         }
     }
 
@@ -110,6 +141,15 @@ impl Write for Batches {
     /// part, and never a wait.
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let mut pending = self.shared.pending();
+        if self.urgent && self.shared.limit > 0 {
+            // What came before it first, then the line; both under the buffer's lock, so no
+            // line logged meanwhile can come between.
+            let mut out = self.shared.out();
+            write_out(&mut **out, &pending.lines);
+            write_out(&mut **out, line);
+            pending.lines.clear();
+            return Ok(line.len());
+        }
         if pending.lines.len() + line.len() > self.shared.limit {
             drop(pending);
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -135,6 +175,13 @@ impl<'a> MakeWriter<'a> for Batches {
     fn make_writer(&'a self) -> Batches {
         self.clone()
     }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Batches {
+        Batches {
+            shared: Arc::clone(&self.shared),
+            urgent: *meta.level() == tracing::Level::ERROR,
+        }
+    }
 }
 
 impl Flush {
@@ -158,10 +205,10 @@ impl Drop for Flush {
 
 /// The writer thread: waits for lines, writes all that gathered, lets more gather, again;
 /// at close, writes what is left and returns.
-fn run(shared: &Shared, mut out: impl Write) {
+fn run(shared: &Shared) {
     let mut batch = Vec::new();
     loop {
-        let closing = {
+        let (closing, mut out) = {
             let mut pending = shared.pending();
             while pending.lines.is_empty() && !pending.closing {
                 pending = shared
@@ -171,16 +218,16 @@ fn run(shared: &Shared, mut out: impl Write) {
             }
             // The emptied buffer goes back, keeping its capacity: no allocation in the steady state.
             std::mem::swap(&mut pending.lines, &mut batch);
-            pending.closing
+            (pending.closing, shared.out())
         };
-        // A failing stdout (closed pipe, full disk) cannot be reported through the log itself,
-        // and must not stop the service: the lines are lost, as they would be in the pipe.
-        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        write_out(&mut **out, &batch);
+        drop(out);
         batch.clear();
         if closing {
             // Lines logged while that batch was written.
-            let rest = std::mem::take(&mut shared.pending().lines);
-            let _ = out.write_all(&rest).and_then(|()| out.flush());
+            let mut pending = shared.pending();
+            write_out(&mut **shared.out(), &pending.lines);
+            pending.lines.clear();
             return;
         }
         std::thread::sleep(GATHER);
@@ -294,6 +341,26 @@ mod tests {
         let text = sink.text();
         assert_eq!(text.lines().count(), 4, "{text}");
         assert!(text.ends_with("a line of twenty-six byte\n"), "{text}");
+    }
+
+    /// An `ERROR` line reaches stdout before the event returns, after every line logged before
+    /// it; the others wait for the writer thread.
+    #[test]
+    fn an_error_line_is_written_at_once_after_what_came_before() {
+        let sink = Sink::default();
+        let (writer, flush) = Batches::spawn(sink.clone(), 1 << 16).unwrap();
+        let subscriber = tracing_subscriber::fmt()
+            .without_time()
+            .with_ansi(false)
+            .with_target(false)
+            .with_writer(writer)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("before");
+            tracing::error!("the error");
+            assert_eq!(sink.text(), " INFO before\nERROR the error\n");
+        });
+        drop(flush);
     }
 
     #[test]
