@@ -13,9 +13,11 @@
 //! counted, not queued, and the count is reported (`stockorder_log_lines_dropped_total`, and a
 //! warning at exit).
 //!
-//! An `ERROR` line is the exception: it is written at once, after everything logged before
-//! it. Errors are rare, and the last one may come just before the process ends without
-//! flushing (the shutdown watchdog's `shutdown.overrun` is followed by `exit(1)`).
+//! An `ERROR` line does not wait for the gather: it wakes the writer thread, which writes it
+//! with everything before it at once. Errors are rare, and the last one may come just before
+//! the process ends without flushing (the shutdown watchdog's `shutdown.overrun` is followed by
+//! `exit(1)`). It is still the writer thread that writes it: a logging thread never waits for
+//! stdout, which may be a pipe whose reader has stalled.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,28 +43,34 @@ fn write_out(out: &mut dyn Write, bytes: &[u8]) {
 /// What the logging threads and the writer thread share.
 struct Shared {
     pending: Mutex<Pending>,
-    /// stdout. Locked after `pending` when both are held, never the other way round.
+    /// stdout, owned by the writer thread (behind a lock only to be shared with it).
     out: Mutex<Box<dyn Write + Send>>,
-    /// Signalled when the first line arrives in an empty buffer, and at close.
+    /// Signalled when the first line arrives in an empty buffer, at an `ERROR` line, and at
+    /// close.
     wake: Condvar,
     /// Bytes the buffer may hold; a line that does not fit is dropped.
     limit: usize,
+    /// How long lines gather after a write: [`GATHER`] (tests lengthen it).
+    gather: Duration,
     dropped: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Pending {
     lines: Vec<u8>,
+    /// An `ERROR` line is among `lines`: write without waiting out the gather.
+    urgent: bool,
     closing: bool,
 }
 
 impl Shared {
-    fn new(out: Box<dyn Write + Send>, limit: usize) -> Self {
+    fn new(out: Box<dyn Write + Send>, limit: usize, gather: Duration) -> Self {
         Shared {
             pending: Mutex::new(Pending::default()),
             out: Mutex::new(out),
             wake: Condvar::new(),
             limit,
+            gather,
             dropped: AtomicU64::new(0),
         }
     }
@@ -72,8 +80,7 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// stdout, for one write. Taken while `pending` is still held, so that lines taken from the
-    /// buffer reach stdout before any taken after them.
+    /// stdout, for one write.
     fn out(&self) -> MutexGuard<'_, Box<dyn Write + Send>> {
         self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -92,7 +99,7 @@ impl std::fmt::Debug for Shared {
 #[derive(Debug, Clone)]
 pub struct Batches {
     shared: Arc<Shared>,
-    /// Write at once: the writer for an `ERROR` line.
+    /// The writer for an `ERROR` line: wakes the writer thread.
     urgent: bool,
 }
 
@@ -107,7 +114,11 @@ impl Batches {
     /// Starts the writer thread over `out`, holding up to `limit` bytes of lines not yet
     /// written.
     pub fn spawn(out: impl Write + Send + 'static, limit: usize) -> io::Result<(Batches, Flush)> {
-        let shared = Arc::new(Shared::new(Box::new(out), limit));
+        Self::start(out, limit, GATHER)
+    }
+
+    fn start(out: impl Write + Send + 'static, limit: usize, gather: Duration) -> io::Result<(Batches, Flush)> {
+        let shared = Arc::new(Shared::new(Box::new(out), limit, gather));
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -125,7 +136,7 @@ impl Batches {
     /// counts it.
     pub fn discard() -> Batches {
         Batches {
-            shared: Arc::new(Shared::new(Box::new(io::sink()), 0)),
+            shared: Arc::new(Shared::new(Box::new(io::sink()), 0, GATHER)),
             urgent: false,
         }
     }
@@ -141,24 +152,16 @@ impl Write for Batches {
     /// part, and never a wait.
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let mut pending = self.shared.pending();
-        if self.urgent && self.shared.limit > 0 {
-            // What came before it first, then the line; both under the buffer's lock, so no
-            // line logged meanwhile can come between.
-            let mut out = self.shared.out();
-            write_out(&mut **out, &pending.lines);
-            write_out(&mut **out, line);
-            pending.lines.clear();
-            return Ok(line.len());
-        }
         if pending.lines.len() + line.len() > self.shared.limit {
             drop(pending);
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(line.len());
         }
-        let first = pending.lines.is_empty();
+        let wake = pending.lines.is_empty() || self.urgent;
         pending.lines.extend_from_slice(line);
+        pending.urgent |= self.urgent;
         drop(pending);
-        if first {
+        if wake {
             self.shared.wake.notify_one();
         }
         Ok(line.len())
@@ -203,12 +206,12 @@ impl Drop for Flush {
     }
 }
 
-/// The writer thread: waits for lines, writes all that gathered, lets more gather, again;
-/// at close, writes what is left and returns.
+/// The writer thread: waits for lines, writes all that gathered, lets more gather (unless an
+/// `ERROR` line came), again; at close, writes what is left and returns.
 fn run(shared: &Shared) {
     let mut batch = Vec::new();
     loop {
-        let (closing, mut out) = {
+        let closing = {
             let mut pending = shared.pending();
             while pending.lines.is_empty() && !pending.closing {
                 pending = shared
@@ -218,19 +221,33 @@ fn run(shared: &Shared) {
             }
             // The emptied buffer goes back, keeping its capacity: no allocation in the steady state.
             std::mem::swap(&mut pending.lines, &mut batch);
-            (pending.closing, shared.out())
+            pending.urgent = false;
+            pending.closing
         };
-        write_out(&mut **out, &batch);
-        drop(out);
+        write_out(&mut **shared.out(), &batch);
         batch.clear();
         if closing {
             // Lines logged while that batch was written.
-            let mut pending = shared.pending();
-            write_out(&mut **shared.out(), &pending.lines);
-            pending.lines.clear();
+            let rest = std::mem::take(&mut shared.pending().lines);
+            write_out(&mut **shared.out(), &rest);
             return;
         }
-        std::thread::sleep(GATHER);
+        gather(shared);
+    }
+}
+
+/// Lets lines gather for [`GATHER`], or less if an `ERROR` line or the close comes.
+fn gather(shared: &Shared) {
+    let until = std::time::Instant::now() + shared.gather;
+    let mut pending = shared.pending();
+    while !pending.urgent && !pending.closing {
+        let Some(left) = until.checked_duration_since(std::time::Instant::now()) else {
+            return;
+        };
+        pending = match shared.wake.wait_timeout(pending, left) {
+            Ok((pending, _)) => pending,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
     }
 }
 
@@ -343,23 +360,41 @@ mod tests {
         assert!(text.ends_with("a line of twenty-six byte\n"), "{text}");
     }
 
-    /// An `ERROR` line reaches stdout before the event returns, after every line logged before
-    /// it; the others wait for the writer thread.
+    /// An `ERROR` line cuts the gather short: with a gather of a minute, the writer thread
+    /// writes it (after what came before it) as soon as it is logged.
     #[test]
-    fn an_error_line_is_written_at_once_after_what_came_before() {
-        let sink = Sink::default();
-        let (writer, flush) = Batches::spawn(sink.clone(), 1 << 16).unwrap();
+    fn an_error_line_cuts_the_gather_short() {
+        /// A stdout that tells the test about each write.
+        struct Told(std::sync::mpsc::Sender<Vec<u8>>);
+        impl Write for Told {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let _ = self.0.send(buf.to_vec());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (told, writes) = std::sync::mpsc::channel();
+        let (writer, flush) = Batches::start(Told(told), 1 << 16, Duration::from_secs(60)).unwrap();
         let subscriber = tracing_subscriber::fmt()
             .without_time()
             .with_ansi(false)
             .with_target(false)
             .with_writer(writer)
             .finish();
+        let within = Duration::from_secs(10);
         tracing::subscriber::with_default(subscriber, || {
+            // Into an idle writer: written at once, and the minute's gather begins.
+            tracing::info!("first");
+            assert_eq!(writes.recv_timeout(within).unwrap(), b" INFO first\n");
             tracing::info!("before");
             tracing::error!("the error");
-            assert_eq!(sink.text(), " INFO before\nERROR the error\n");
         });
+        assert_eq!(
+            String::from_utf8(writes.recv_timeout(within).unwrap()).unwrap(),
+            " INFO before\nERROR the error\n"
+        );
         drop(flush);
     }
 

@@ -204,7 +204,7 @@ pub(super) fn settle(conn: &Connection, change: &crate::port::StatusChange) -> r
     Ok(changed == 1)
 }
 
-/// The parameters of [`status_change`].
+/// The parameters of [`CHANGE_STATUS`] and [`SETTLE`].
 fn change_params(change: &crate::port::StatusChange) -> impl rusqlite::Params + '_ {
     (
         change.to.as_str(),
