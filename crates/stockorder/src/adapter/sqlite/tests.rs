@@ -199,7 +199,10 @@ fn cached_statements_are_not_compiled_again() {
         let mut sequence = rows::Sequence::default();
         let o = order("AAPL", OrderSide::Buy, Some(&format!("key-{round}")));
         rows::insert(&conn, &o, sequence.next(&conn).unwrap()).unwrap();
+        let settled = order("AAPL", OrderSide::Buy, None);
+        rows::insert(&conn, &settled, sequence.next(&conn).unwrap()).unwrap();
         sequence.store(&conn).unwrap();
+        assert!(rows::settle(&conn, &change(settled.id, OrderStatus::Filled)).unwrap());
         assert!(
             rows::by_client_order_id(&conn, o.client_order_id.as_ref().unwrap())
                 .unwrap()
@@ -223,6 +226,7 @@ fn cached_statements_are_not_compiled_again() {
         rows::BY_ID.to_owned(),
         rows::BY_CLIENT_ORDER_ID.to_owned(),
         rows::CHANGE_STATUS.to_owned(),
+        rows::SETTLE.to_owned(),
         rows::UNPROCESSED.to_owned(),
     ];
     statements.extend(queries.iter().map(|q| rows::list_sql(q, 1).0));
