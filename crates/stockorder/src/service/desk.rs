@@ -118,8 +118,9 @@ impl<R: OrderRepository> OrderDesk<R> {
         let now = Timestamp::now();
         let mut changes = Vec::with_capacity(orders.len());
         let mut resting = Vec::new();
-        // How long each decided order waited, for the metric once its decision is written.
-        let mut waited = Vec::with_capacity(orders.len());
+        // For each change: whether it fills, and how long its order waited (for the metric
+        // once the decision is written).
+        let mut decided = Vec::with_capacity(orders.len());
         let mut done = Executed {
             decided: orders.len(),
             ..Executed::default()
@@ -143,7 +144,8 @@ impl<R: OrderRepository> OrderDesk<R> {
                     continue;
                 }
             };
-            waited.push(now.unix_micros().saturating_sub(order.created_at.unix_micros()));
+            let waited = now.unix_micros().saturating_sub(order.created_at.unix_micros());
+            decided.push((to == OrderStatus::Filled, waited));
             changes.push(StatusChange {
                 id: order.id,
                 from: OrderStatus::Pending,
@@ -154,10 +156,9 @@ impl<R: OrderRepository> OrderDesk<R> {
             });
         }
         done.resting = resting.len();
-        let filled: Vec<bool> = changes.iter().map(|c| c.to == OrderStatus::Filled).collect();
         let settled = self.repository.settle(changes, resting).await;
         self.storage.after_write(&settled);
-        for ((applied, filled), waited) in settled?.into_iter().zip(filled).zip(waited) {
+        for (applied, (filled, waited)) in settled?.into_iter().zip(decided) {
             if !applied {
                 done.lost_race += 1;
                 continue;

@@ -94,11 +94,17 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// The writer every log line goes through (a `MakeWriter` for the fmt layer, which writes each
-/// formatted line with one `write_all`). Cheap to clone.
+/// The writer every log line goes through: a `MakeWriter` for the fmt layer, which asks it for
+/// a [`Line`] per event and writes the formatted line with one `write_all`. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Batches {
     shared: Arc<Shared>,
+}
+
+/// One event's writer, borrowed from [`Batches`]: no reference count is touched per line.
+#[derive(Debug)]
+pub struct Line<'a> {
+    shared: &'a Shared,
     /// The writer for an `ERROR` line: wakes the writer thread.
     urgent: bool,
 }
@@ -129,7 +135,7 @@ impl Batches {
             shared: Arc::clone(&shared),
             thread: Some(thread),
         };
-        Ok((Batches { shared, urgent: false }, flush))
+        Ok((Batches { shared }, flush))
     }
 
     /// A writer without a thread, for when none can be started: it drops every line, and
@@ -137,7 +143,6 @@ impl Batches {
     pub fn discard() -> Batches {
         Batches {
             shared: Arc::new(Shared::new(Box::new(io::sink()), 0, GATHER)),
-            urgent: false,
         }
     }
 
@@ -147,7 +152,7 @@ impl Batches {
     }
 }
 
-impl Write for Batches {
+impl Write for Line<'_> {
     /// Takes the whole of `line` or, when the buffer is full, drops the whole of it: never a
     /// part, and never a wait.
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
@@ -173,15 +178,18 @@ impl Write for Batches {
 }
 
 impl<'a> MakeWriter<'a> for Batches {
-    type Writer = Batches;
+    type Writer = Line<'a>;
 
-    fn make_writer(&'a self) -> Batches {
-        self.clone()
+    fn make_writer(&'a self) -> Line<'a> {
+        Line {
+            shared: &self.shared,
+            urgent: false,
+        }
     }
 
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Batches {
-        Batches {
-            shared: Arc::clone(&self.shared),
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line<'a> {
+        Line {
+            shared: &self.shared,
             urgent: *meta.level() == tracing::Level::ERROR,
         }
     }
@@ -284,10 +292,13 @@ mod tests {
         let (writer, flush) = Batches::spawn(sink.clone(), 1 << 20).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let mut writer = writer.clone();
+                let writer = writer.clone();
                 std::thread::spawn(move || {
                     for i in 0..2_000 {
-                        writer.write_all(format!("thread {t} line {i}\n").as_bytes()).unwrap();
+                        writer
+                            .make_writer()
+                            .write_all(format!("thread {t} line {i}\n").as_bytes())
+                            .unwrap();
                     }
                 })
             })
@@ -342,14 +353,15 @@ mod tests {
             gate: Some(gate),
             sink: sink.clone(),
         };
-        let (mut writer, flush) = Batches::spawn(out, 100).unwrap();
+        let (writer, flush) = Batches::spawn(out, 100).unwrap();
         writer
+            .make_writer()
             .write_all(b"first line, which the writer takes and is stuck on\n")
             .unwrap();
         stuck.recv().unwrap();
         let line = b"a line of twenty-six byte\n";
         for _ in 0..10 {
-            writer.write_all(line).unwrap();
+            writer.make_writer().write_all(line).unwrap();
         }
         // 100 bytes hold three of them; the other seven were dropped, at once.
         assert_eq!(writer.dropped(), 7);
@@ -401,8 +413,8 @@ mod tests {
     #[test]
     fn a_line_logged_just_before_the_close_is_written() {
         let sink = Sink::default();
-        let (mut writer, flush) = Batches::spawn(sink.clone(), 1 << 16).unwrap();
-        writer.write_all(b"last words\n").unwrap();
+        let (writer, flush) = Batches::spawn(sink.clone(), 1 << 16).unwrap();
+        writer.make_writer().write_all(b"last words\n").unwrap();
         drop(flush);
         assert_eq!(sink.text(), "last words\n");
     }

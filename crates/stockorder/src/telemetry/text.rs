@@ -262,7 +262,7 @@ impl<T: fmt::Display> fmt::Display for Escaped<T> {
 impl<T: fmt::Display> fmt::Debug for Escaped<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // tracing-subscriber writes each source as the Debug of a Display: the text, unquoted.
-        write!(Sanitized(f), "{}", self.0)
+        fmt::Display::fmt(self, f)
     }
 }
 
