@@ -3,6 +3,7 @@
 
 mod errors;
 mod readers;
+mod recent;
 mod rows;
 mod schema;
 mod writer;
@@ -89,6 +90,7 @@ struct Inner {
     path: PathBuf,
     writer: writer::Writer,
     readers: Arc<readers::ReadPool>,
+    recent: Arc<recent::Recent>,
 }
 
 impl SqliteStore {
@@ -144,14 +146,24 @@ impl SqliteStore {
         let commits = readers::Commits::default();
         let readers = Arc::new(readers::ReadPool::new(path.clone(), commits.clone()));
         let pool = Arc::clone(&readers);
+        let recent = Arc::new(recent::Recent::new(commits.clone()));
+        let cache = Arc::clone(&recent);
         // Readers reuse a snapshot while nothing has been committed (see `readers`): count the
         // commit before any caller hears of it, then end the snapshots it made stale.
-        let writer = writer::Writer::spawn(conn, move || {
+        // The cache follows the commit after the count moved (see `recent`), before any caller
+        // hears of it.
+        let writer = writer::Writer::spawn(conn, move |changes| {
             commits.bump();
+            changes.for_each(|change| cache.committed(change));
             pool.release_stale();
         })?;
         Ok(Self {
-            inner: Arc::new(Inner { path, writer, readers }),
+            inner: Arc::new(Inner {
+                path,
+                writer,
+                readers,
+                recent,
+            }),
         })
     }
 
@@ -162,8 +174,10 @@ impl SqliteStore {
 
     /// Says whether another process may be writing to this file right now (an in-place
     /// upgrade's overlap): readers then start a fresh snapshot for every read, since the
-    /// commit count they otherwise rely on only sees this process's commits.
+    /// commit count they otherwise rely on only sees this process's commits, and the cache of
+    /// recent orders is off, as only this process's writer keeps it current.
     pub fn other_process_writes(&self, yes: bool) {
+        self.inner.recent.set_enabled(!yes);
         self.inner.readers.set_shared(yes);
     }
 
@@ -171,6 +185,7 @@ impl SqliteStore {
     /// WAL is checkpointed into the main file, and the connection is closed. Later calls on any
     /// clone answer [`RepositoryError::Closed`]. Call it after the servers have stopped.
     pub async fn close(&self) -> Result<(), RepositoryError> {
+        self.inner.recent.close();
         self.inner.readers.close();
         self.inner.writer.close().await
     }
@@ -182,7 +197,15 @@ impl OrderRepository for SqliteStore {
     }
 
     async fn get(&self, id: OrderId) -> Result<Option<StockOrder>, RepositoryError> {
-        self.inner.readers.with(|conn| rows::by_id(conn, id))
+        if let Some(order) = self.inner.recent.get(id) {
+            return Ok(Some(order));
+        }
+        let seen = self.inner.recent.before_read();
+        let order = self.inner.readers.with(|conn| rows::by_id(conn, id))?;
+        if let Some(order) = &order {
+            self.inner.recent.offer(order, seen);
+        }
+        Ok(order)
     }
 
     async fn list(&self, query: ListQuery, limit: u32) -> Result<Vec<StockOrder>, RepositoryError> {

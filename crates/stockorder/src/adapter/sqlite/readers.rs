@@ -34,7 +34,8 @@ impl Commits {
         self.0.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    fn now(&self) -> u64 {
+    /// The commits counted so far.
+    pub(super) fn now(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
 }

@@ -108,7 +108,9 @@ async fn idle_reader_snapshots_do_not_hold_the_wal() {
     let (dir, store) = store();
     let first = order("AAPL", OrderSide::Buy, None);
     store.insert(first.clone()).await.unwrap();
-    store.get(first.id).await.unwrap(); // a reader now holds a snapshot
+    // A read of the file (an id the cache of recent orders cannot answer): a reader now holds
+    // a snapshot.
+    assert_eq!(store.get(OrderId::generate()).await.unwrap(), None);
     for _ in 0..3000 {
         store.insert(order("AAPL", OrderSide::Buy, None)).await.unwrap();
     }
@@ -270,4 +272,110 @@ fn every_point_statement_is_an_index_seek() {
             "{sql} => {plan}"
         );
     }
+}
+
+/// The orders the store keeps in memory (`recent`) are the orders in the file, after every kind
+/// of write: an insert, the same key again, a cancel, a refused cancel, the processor's fill.
+#[tokio::test]
+async fn the_orders_kept_in_memory_are_those_in_the_file() {
+    use crate::adapter::repository_suite::{cancel, change};
+    let (dir, store) = store();
+    let keyed = order("AAPL", OrderSide::Buy, Some("memo-1"));
+    let cancelled = order("MSFT", OrderSide::Sell, None);
+    let filled = order("GOOGL", OrderSide::Buy, None);
+    for o in [&keyed, &cancelled, &filled] {
+        store.insert(o.clone()).await.unwrap();
+    }
+    let mut again = order("AAPL", OrderSide::Buy, Some("memo-1"));
+    again.id = OrderId::generate();
+    assert_eq!(store.insert(again).await.unwrap(), Inserted::Existing(keyed.clone()));
+    store.change_status(cancel(cancelled.id)).await.unwrap();
+    store.change_status(cancel(cancelled.id)).await.unwrap(); // refused: cancelled already
+    let fill = change(filled.id, OrderStatus::Filled);
+    assert_eq!(store.settle(vec![fill], Vec::new()).await.unwrap(), vec![true]);
+
+    let file = Connection::open(dir.path().join("orders.db")).unwrap();
+    for id in [keyed.id, cancelled.id, filled.id] {
+        // Twice: a read that missed the cache may have added the order to it.
+        for _ in 0..2 {
+            assert_eq!(store.get(id).await.unwrap(), rows::by_id(&file, id).unwrap());
+        }
+    }
+    assert_eq!(store.get(filled.id).await.unwrap().unwrap().status, OrderStatus::Filled);
+    assert_eq!(
+        store.get(cancelled.id).await.unwrap().unwrap().status,
+        OrderStatus::Cancelled
+    );
+    store.close().await.unwrap();
+}
+
+/// While another process may write to the file (an upgrade's overlap), its changes are seen at
+/// once: nothing is answered from memory, then or after.
+#[tokio::test]
+async fn changes_by_another_process_are_seen_while_it_may_write() {
+    let (dir, store) = store();
+    let o = order("AAPL", OrderSide::Buy, None);
+    store.insert(o.clone()).await.unwrap();
+    assert_eq!(store.get(o.id).await.unwrap().unwrap().status, OrderStatus::Pending);
+    store.other_process_writes(true);
+    let other = Connection::open(dir.path().join("orders.db")).unwrap();
+    other
+        .execute(
+            "UPDATE orders SET status = 'CANCELLED' WHERE id = ?1",
+            [o.id.as_uuid().as_bytes()],
+        )
+        .unwrap();
+    assert_eq!(store.get(o.id).await.unwrap().unwrap().status, OrderStatus::Cancelled);
+    store.other_process_writes(false);
+    assert_eq!(store.get(o.id).await.unwrap().unwrap().status, OrderStatus::Cancelled);
+    store.close().await.unwrap();
+}
+
+/// Reads racing a change never leave an old order behind: once the change is acknowledged,
+/// every read sees it, however the readers' cache additions interleaved with the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_after_an_acknowledged_change_sees_it_despite_racing_reads() {
+    use crate::adapter::repository_suite::{cancel, change};
+    let (_dir, store) = store();
+    for round in 0..500 {
+        let o = order("RACE", OrderSide::Buy, None);
+        store.insert(o.clone()).await.unwrap();
+        store.other_process_writes(false); // empties the cache: the readers below read the file
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, stop) = (store.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        store.get(o.id).await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let to = if round % 2 == 0 {
+            store.change_status(cancel(o.id)).await.unwrap();
+            OrderStatus::Cancelled
+        } else {
+            store
+                .settle(vec![change(o.id, OrderStatus::Filled)], Vec::new())
+                .await
+                .unwrap();
+            OrderStatus::Filled
+        };
+        for _ in 0..20 {
+            assert_eq!(store.get(o.id).await.unwrap().unwrap().status, to, "round {round}");
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert_eq!(
+            store.get(o.id).await.unwrap().unwrap().status,
+            to,
+            "round {round}, after"
+        );
+    }
+    store.close().await.unwrap();
 }

@@ -13,6 +13,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::errors::{self, again};
+use super::recent::Committed;
 use super::rows;
 use crate::domain::StockOrder;
 use crate::port::{Inserted, RepositoryError, StatusChange, Transition};
@@ -71,17 +72,34 @@ enum Write {
 enum Outcome {
     Insert(Reply<Inserted>, Result<Inserted, RepositoryError>),
     ChangeStatus(Reply<Transition>, Result<Transition, RepositoryError>),
-    Settle(Reply<Vec<bool>>, Result<Vec<bool>, RepositoryError>),
+    /// The changes are kept to tell [`Committed`] which orders they touched.
+    Settle(Reply<Vec<bool>>, Result<Vec<bool>, RepositoryError>, Vec<StatusChange>),
     Probe(Reply<()>, Result<(), RepositoryError>),
 }
 
 impl Outcome {
+    /// What this write changed, once its transaction has committed.
+    fn committed(&self, mut each: impl FnMut(Committed<'_>)) {
+        match self {
+            Outcome::Insert(_, Ok(Inserted::Created(order) | Inserted::Existing(order)))
+            | Outcome::ChangeStatus(_, Ok(Transition::Applied(order) | Transition::Refused(order))) => {
+                each(Committed::Order(order))
+            }
+            Outcome::Settle(_, Ok(applied), changes) => changes
+                .iter()
+                .zip(applied)
+                .filter(|(_, applied)| **applied)
+                .for_each(|(change, _)| each(Committed::Changed(change.id))),
+            _ => {}
+        }
+    }
+
     /// A write the transaction never ran (it could not begin); only its caller remains.
     fn not_applied(write: Write) -> Self {
         match write {
             Write::Insert(_, reply) => Outcome::Insert(reply, Err(RepositoryError::Closed)),
             Write::ChangeStatus(_, reply) => Outcome::ChangeStatus(reply, Err(RepositoryError::Closed)),
-            Write::Settle(_, reply) => Outcome::Settle(reply, Err(RepositoryError::Closed)),
+            Write::Settle(changes, reply) => Outcome::Settle(reply, Err(RepositoryError::Closed), changes),
             Write::Probe(reply) => Outcome::Probe(reply, Err(RepositoryError::Closed)),
         }
     }
@@ -91,7 +109,7 @@ impl Outcome {
         match self {
             Outcome::Insert(_, Err(e))
             | Outcome::ChangeStatus(_, Err(e))
-            | Outcome::Settle(_, Err(e))
+            | Outcome::Settle(_, Err(e), _)
             | Outcome::Probe(_, Err(e)) => Some(e),
             _ => None,
         }
@@ -102,7 +120,7 @@ impl Outcome {
         match self {
             Outcome::Insert(reply, result) => drop(reply.send(result)),
             Outcome::ChangeStatus(reply, result) => drop(reply.send(result)),
-            Outcome::Settle(reply, result) => drop(reply.send(result)),
+            Outcome::Settle(reply, result, _) => drop(reply.send(result)),
             Outcome::Probe(reply, result) => drop(reply.send(result)),
         }
     }
@@ -113,9 +131,22 @@ impl Outcome {
         match self {
             Outcome::Insert(reply, _) => drop(reply.send(Err(again(cause)))),
             Outcome::ChangeStatus(reply, _) => drop(reply.send(Err(again(cause)))),
-            Outcome::Settle(reply, _) => drop(reply.send(Err(again(cause)))),
+            Outcome::Settle(reply, ..) => drop(reply.send(Err(again(cause)))),
             Outcome::Probe(reply, _) => drop(reply.send(Err(again(cause)))),
         }
+    }
+}
+
+/// What runs after each successful commit, before any of its callers is answered.
+type AfterCommit = dyn Fn(Changes<'_>);
+
+/// The orders a committed transaction changed.
+pub(super) struct Changes<'a>(&'a [Outcome]);
+
+impl Changes<'_> {
+    /// Calls `each` for every change, in the order they were made.
+    pub(super) fn for_each(&self, mut each: impl FnMut(Committed<'_>)) {
+        self.0.iter().for_each(|outcome| outcome.committed(&mut each));
     }
 }
 
@@ -129,7 +160,10 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread on an open, migrated connection. `after_commit` runs after
     /// each successful commit and before any of its callers is answered.
-    pub(super) fn spawn(conn: Connection, after_commit: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+    pub(super) fn spawn(
+        conn: Connection,
+        after_commit: impl Fn(Changes<'_>) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -191,7 +225,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit: &dyn Fn()) {
+fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit: &AfterCommit) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut patience = Patience::default();
     let mut closing = None;
@@ -236,7 +270,7 @@ fn take(cmd: Command, batch: &mut Vec<Write>, closing: &mut Option<oneshot::Send
 }
 
 /// Runs the batch in one transaction and answers every caller after the commit.
-fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience, after_commit: &dyn Fn()) {
+fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience, after_commit: &AfterCommit) {
     if batch.is_empty() {
         return;
     }
@@ -287,7 +321,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
     match rows::control(conn, "COMMIT") {
         Ok(()) => {
             patience.after(conn, false);
-            after_commit();
+            after_commit(Changes(&outcomes));
             crate::adapter::metrics::metrics().db_commit("sqlite", writes, started.elapsed());
             outcomes.into_iter().for_each(Outcome::send);
         }
@@ -307,7 +341,10 @@ fn apply(conn: &Connection, write: Write, sequence: &mut rows::Sequence) -> Outc
     match write {
         Write::Insert(order, reply) => Outcome::Insert(reply, insert(conn, order, sequence)),
         Write::ChangeStatus(change, reply) => Outcome::ChangeStatus(reply, change_status(conn, &change)),
-        Write::Settle(changes, reply) => Outcome::Settle(reply, settle(conn, &changes)),
+        Write::Settle(changes, reply) => {
+            let applied = settle(conn, &changes);
+            Outcome::Settle(reply, applied, changes)
+        }
         Write::Probe(reply) => Outcome::Probe(reply, rows::probe(conn).map_err(errors::on(conn))),
     }
 }
@@ -383,7 +420,7 @@ mod tests {
             batch.push(Write::Insert(o.clone(), reply));
             answers.push(answer);
         }
-        commit(&mut conn, &mut batch, &mut Patience::default(), &|| {});
+        commit(&mut conn, &mut batch, &mut Patience::default(), &|_| {});
 
         assert!(conn.is_autocommit(), "a transaction was left open");
         let (mut kept, mut refused) = (0, 0);
