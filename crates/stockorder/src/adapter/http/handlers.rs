@@ -6,9 +6,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::HttpState;
 use super::dto::{CreateOrderBody, ListParams, MessageBody, OrderBody, StatusBody};
 use super::error::{ApiError, ErrorBody};
+use super::{HttpState, json};
 use crate::domain::{OrderId, RawOrder, Symbol, ValidationError, parse_variant};
 use crate::port::{CANCELLED_MESSAGE, ListQuery, OrderService, PageLimit, PageToken};
 
@@ -81,12 +81,7 @@ pub async fn create_order<S: OrderService>(
     };
     let location = HeaderValue::try_from(format!("/api/orders/{}", created.order.id))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok((
-        status,
-        [(header::LOCATION, location)],
-        Json(OrderBody::from(&created.order)),
-    )
-        .into_response())
+    Ok((status, [(header::LOCATION, location)], json::order(&created.order)?).into_response())
 }
 
 /// One order.
@@ -103,7 +98,7 @@ pub async fn get_order<S: OrderService>(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let order = state.service.get(id.parse::<OrderId>()?).await?;
-    Ok(Json(OrderBody::from(&order)).into_response())
+    json::order(&order)
 }
 
 /// Orders, newest first, one page at a time.
@@ -120,8 +115,7 @@ pub async fn list_orders<S: OrderService>(
     let Query(params) = params?;
     let query = list_query(&params)?;
     let page = state.service.list(query.clone()).await?;
-    let body: Vec<OrderBody<'_>> = page.orders.iter().map(OrderBody::from).collect();
-    let mut response = Json(body).into_response();
+    let mut response = json::orders(&page.orders)?;
     if let Some(next) = page.next {
         let link = next_link(&query, next);
         if let Ok(value) = HeaderValue::try_from(link) {

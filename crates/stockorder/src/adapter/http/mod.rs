@@ -4,6 +4,7 @@
 mod dto;
 mod error;
 mod handlers;
+mod json;
 mod openapi;
 mod protocol;
 
