@@ -436,14 +436,13 @@ impl Application {
         // client's mistake, so "failures" stay at debug; storage errors are logged at error
         // where they happen.
         let grpc_service = ServiceBuilder::new()
-            .layer(request_id::set())
+            .layer(request_id::RequestIdLayer)
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(request_id::span)
                     .on_response(LogResponse)
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
-            .layer(request_id::propagate())
             .layer(ObserveLayer::<grpc::Grpc>::new())
             .layer(AdmissionLayer::<grpc::Grpc>::new(&self.http_options.limits))
             .service(routes.prepare());

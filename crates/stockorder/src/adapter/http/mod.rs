@@ -81,9 +81,13 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
         .route("/ready", get(handlers::ready::<S>))
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))
+        // The body limit where a body is read: every other request skips its layer (and the
+        // map insertion it costs each request).
         .route(
             "/api/orders",
-            post(handlers::create_order::<S>).get(handlers::list_orders::<S>),
+            post(handlers::create_order::<S>)
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+                .get(handlers::list_orders::<S>),
         )
         .route("/api/orders/{id}", get(handlers::get_order::<S>))
         .route("/api/orders/{id}/cancel", post(handlers::cancel_order::<S>));
@@ -98,7 +102,7 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
         // log span, then the request id the span and the answer carry.
         .layer(
             ServiceBuilder::new()
-                .layer(request_id::set())
+                .layer(request_id::RequestIdLayer)
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(request_id::span)
@@ -108,10 +112,8 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
                         // default (ERROR for every 5xx) would flood the log with the former.
                         .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
                 )
-                .layer(request_id::propagate())
                 .layer(ObserveLayer::<Rest>::new())
-                .layer(AdmissionLayer::<Rest>::new(&options.limits))
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+                .layer(AdmissionLayer::<Rest>::new(&options.limits)),
         )
         .with_state(HttpState(Arc::new(StateInner {
             service,
