@@ -10,8 +10,9 @@
 //! Label values come from closed sets (route templates, gRPC methods that exist, status names),
 //! never from client input, so no request can make the series grow without bound.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{LazyLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -114,6 +115,10 @@ pub struct Metrics {
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    /// The two series of each label set of `http_requests` and `http_duration`, looked up
+    /// once: the families hash their labels with SipHash under a lock each, twice per
+    /// request (~1k instructions, callgrind); here it is one lookup with a fast hash.
+    http_series: RwLock<HashMap<HttpLabels, (Counter, Histogram), foldhash::fast::FixedState>>,
     grpc_requests: Family<GrpcLabels, Counter>,
     grpc_duration: Family<GrpcLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<ProtocolLabels, Gauge>,
@@ -200,6 +205,7 @@ impl Metrics {
         let mut m = Self {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
+            http_series: RwLock::default(),
             grpc_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(latency_histogram),
             in_flight,
@@ -322,8 +328,23 @@ impl Metrics {
     /// Records one answered HTTP request. `route` is the route template, not the path.
     pub fn http_request(&self, method: &'static str, route: &'static str, status: u16, took: Duration) {
         let labels = HttpLabels { method, route, status };
-        self.http_requests.get_or_create(&labels).inc();
-        self.http_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        let record = |(count, duration): &(Counter, Histogram)| {
+            count.inc();
+            duration.observe(took.as_secs_f64());
+        };
+        // A poisoned lock only means a panic while it was held; the map is whole.
+        if let Some(series) = self.http_series.read().unwrap_or_else(|p| p.into_inner()).get(&labels) {
+            return record(series);
+        }
+        let series = (
+            self.http_requests.get_or_create_owned(&labels),
+            self.http_duration.get_or_create_owned(&labels),
+        );
+        record(&series);
+        self.http_series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(labels, series);
     }
 
     /// Records one answered gRPC call. `method` is the full path of a method that exists.

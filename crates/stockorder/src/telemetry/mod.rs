@@ -8,7 +8,7 @@
 //! `stockorder_log_lines_dropped_total`, and a warning when the process exits.
 
 mod batches;
-mod text;
+pub(crate) mod text;
 
 use std::sync::OnceLock;
 

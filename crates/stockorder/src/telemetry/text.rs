@@ -26,14 +26,17 @@ pub struct Rfc3339Micros;
 impl FormatTime for Rfc3339Micros {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
         let now = time::OffsetDateTime::now_utc();
+        // The date once: `month()` and `day()` would each work it out from the day of the year.
+        let (year, month, day) = now.to_calendar_date();
+        let (hour, minute, second, micros) = now.to_hms_micro();
         let mut line = *b"0000-00-00T00:00:00.000000Z";
-        digits(&mut line[0..4], now.year().unsigned_abs());
-        digits(&mut line[5..7], u32::from(u8::from(now.month())));
-        digits(&mut line[8..10], u32::from(now.day()));
-        digits(&mut line[11..13], u32::from(now.hour()));
-        digits(&mut line[14..16], u32::from(now.minute()));
-        digits(&mut line[17..19], u32::from(now.second()));
-        digits(&mut line[20..26], now.microsecond());
+        digits(&mut line[0..4], year.unsigned_abs());
+        digits(&mut line[5..7], u32::from(u8::from(month)));
+        digits(&mut line[8..10], u32::from(day));
+        digits(&mut line[11..13], u32::from(hour));
+        digits(&mut line[14..16], u32::from(minute));
+        digits(&mut line[17..19], u32::from(second));
+        digits(&mut line[20..26], micros);
         // Invariant: only ASCII digits were written into an ASCII template.
         w.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
     }
@@ -210,7 +213,7 @@ impl Visit for Fields<'_> {
 
 /// A string in its `Debug` form. Most values (paths, ids, symbols) have nothing to escape and
 /// are written in one piece.
-fn quoted(w: &mut Writer<'_>, value: &str) -> fmt::Result {
+fn quoted(w: &mut impl fmt::Write, value: &str) -> fmt::Result {
     if value
         .bytes()
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')

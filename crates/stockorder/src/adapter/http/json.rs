@@ -12,7 +12,6 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use time::format_description::well_known::Rfc3339;
 
 use super::ApiError;
 #[cfg(test)]
@@ -110,19 +109,44 @@ fn number(out: &mut Vec<u8>, n: f64) {
     out.extend_from_slice(zmij::Buffer::new().format_finite(n).as_bytes());
 }
 
-/// An RFC 3339 timestamp in quotes, as `time::serde::rfc3339` writes it.
+/// An RFC 3339 timestamp in quotes, as `time::serde::rfc3339` writes it: UTC as `Z`, the
+/// fraction of a second without trailing zeros, and none for a whole second. Written from a
+/// template rather than with `time`'s formatter, which writes it in ~15 small pieces.
 fn instant(out: &mut Vec<u8>, at: Timestamp) -> Result<(), ApiError> {
-    out.push(b'"');
-    at.as_datetime().format_into(out, &Rfc3339).map_err(|e| {
-        // Only a year outside 0–9999 cannot be written (a corrupt row): the same 500 that
-        // serde's serialiser gave.
-        ApiError::new(
+    let at = at.as_datetime();
+    let (year, month, day) = at.to_calendar_date();
+    let Ok(year @ 0..=9999) = u32::try_from(year) else {
+        // A corrupt row: the same 500 that serde's serialiser gave.
+        return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot write a timestamp: {e}"),
-        )
-    })?;
-    out.push(b'"');
+            format!("cannot write the timestamp {at}: its year is outside 0-9999"),
+        ));
+    };
+    let mut text = *b"\"0000-00-00T00:00:00.000000000";
+    digits(&mut text[1..5], year);
+    digits(&mut text[6..8], u32::from(u8::from(month)));
+    digits(&mut text[9..11], u32::from(day));
+    digits(&mut text[12..14], u32::from(at.hour()));
+    digits(&mut text[15..17], u32::from(at.minute()));
+    digits(&mut text[18..20], u32::from(at.second()));
+    let nanos = at.nanosecond();
+    let end = if nanos == 0 {
+        20
+    } else {
+        digits(&mut text[21..30], nanos);
+        30 - text[21..30].iter().rev().take_while(|&&d| d == b'0').count()
+    };
+    out.extend_from_slice(&text[..end]);
+    out.extend_from_slice(b"Z\"");
     Ok(())
+}
+
+/// Writes `value` into `out` as decimal digits, zero-padded to its length.
+fn digits(out: &mut [u8], mut value: u32) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +180,21 @@ mod tests {
         full.created_at = Timestamp::from_unix_micros(0).unwrap();
         full.updated_at = Timestamp::from_unix_micros(253_402_300_799_999_999).unwrap(); // 9999-12-31
         all.push(full);
+        for micros in [
+            1,
+            10,
+            120,
+            999_999,
+            1_000_001,
+            86_399_999_999,
+            -1,
+            -62_167_219_200_000_000,
+        ] {
+            let mut at = order("TIME", OrderSide::Buy, None);
+            at.created_at = Timestamp::from_unix_micros(micros).unwrap(); // year 0 for the last
+            at.updated_at = Timestamp::from_unix_micros(1_764_000_000_000_000 + micros.abs() % 1_000_000).unwrap();
+            all.push(at);
+        }
         let mut empty_description = plain.clone();
         empty_description.description = Some(String::new());
         empty_description.price = Some(Price::parse(1.0).unwrap());

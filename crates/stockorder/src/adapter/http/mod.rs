@@ -16,10 +16,8 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use graceful::Readiness;
 use tower::ServiceBuilder;
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
-use tracing::Level;
 
-use crate::adapter::middleware::access_log::LogResponse;
+use crate::adapter::middleware::access_log::AccessLogLayer;
 use crate::adapter::middleware::admission::{AdmissionLayer, Limits};
 use crate::adapter::middleware::observe::ObserveLayer;
 use crate::adapter::middleware::request_id;
@@ -103,15 +101,7 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
         .layer(
             ServiceBuilder::new()
                 .layer(request_id::RequestIdLayer)
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_id::span)
-                        .on_response(LogResponse)
-                        // A 503 while draining or while storage fails is planned, and a real
-                        // storage error is logged at error where it happens: tower-http's
-                        // default (ERROR for every 5xx) would flood the log with the former.
-                        .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-                )
+                .layer(AccessLogLayer)
                 .layer(ObserveLayer::<Rest>::new())
                 .layer(AdmissionLayer::<Rest>::new(&options.limits)),
         )
