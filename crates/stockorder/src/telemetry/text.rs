@@ -108,36 +108,59 @@ where
 pub struct TextFields;
 
 impl<'w> FormatFields<'w> for TextFields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut visitor = Fields {
-            w: writer,
-            first: true,
-            result: Ok(()),
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        // The fields are written into a reused buffer, then into the line in one piece: each
+        // write through `Writer` is a dynamic call, and a field is four to six writes; and a
+        // span's fields go into a new `String` that would otherwise grow several times.
+        thread_local! {
+            static PENDING: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let write = |pending: &mut String| {
+            pending.clear();
+            let mut visitor = Fields {
+                w: pending,
+                first: true,
+                result: Ok(()),
+            };
+            fields.record(&mut visitor);
+            visitor.result
         };
-        fields.record(&mut visitor);
-        visitor.result
+        PENDING.with(|pending| match pending.try_borrow_mut() {
+            Ok(mut pending) => {
+                write(&mut pending)?;
+                writer.write_str(&pending)
+            }
+            // A field's `Display` logged an event of its own: this buffer is in use.
+            Err(_) => {
+                let mut own = String::new();
+                write(&mut own)?;
+                writer.write_str(&own)
+            }
+        })
     }
 }
 
-struct Fields<'w> {
-    w: Writer<'w>,
+struct Fields<'a> {
+    w: &'a mut String,
     first: bool,
     result: fmt::Result,
 }
 
 impl Fields<'_> {
     /// Writes the separator, then what `write` writes; after an error, nothing more.
-    fn next(&mut self, write: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn next(&mut self, write: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
-        let separator = if self.first { Ok(()) } else { self.w.write_char(' ') };
+        if !self.first {
+            self.w.push(' ');
+        }
         self.first = false;
-        self.result = separator.and_then(|()| write(&mut self.w));
+        self.result = write(self.w);
     }
 
     /// Writes one field: `name=` and the value `value` writes.
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         let name = field.name();
         let name = name.strip_prefix("r#").unwrap_or(name);
         self.next(|w| {
