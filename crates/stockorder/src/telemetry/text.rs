@@ -16,7 +16,7 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 /// The time as tracing-subscriber's `SystemTime` timer writes it: RFC 3339 in UTC with
 /// microseconds, `2026-12-05T18:11:16.264071Z`.
@@ -79,27 +79,34 @@ where
             Level::WARN => "  WARN ",
             Level::ERROR => " ERROR ",
         })?;
-        if let Some(scope) = ctx.event_scope() {
-            let mut seen = false;
-            for span in scope.from_root() {
-                w.write_str(span.metadata().name())?;
-                if let Some(fields) = span.extensions().get::<FormattedFields<TextFields>>()
-                    && !fields.is_empty()
-                {
-                    w.write_char('{')?;
-                    w.write_str(fields)?;
-                    w.write_char('}')?;
-                }
-                w.write_char(':')?;
-                seen = true;
-            }
-            if seen {
-                w.write_char(' ')?;
-            }
+        if let Some(span) = ctx.parent_span() {
+            spans(&span, &mut w)?;
+            w.write_char(' ')?;
         }
         ctx.format_fields(w.by_ref(), event)?;
         w.write_char('\n')
     }
+}
+
+/// Writes `span` after the spans it is in, the outermost first: `outer{…}:inner{…}:`. Walks up
+/// by recursion: tracing-subscriber's `Scope::from_root` gathers the scope into a 16-slot
+/// `SmallVec` for every line, most of the cost of writing a request's span (callgrind).
+fn spans<S>(span: &SpanRef<'_, S>, w: &mut Writer<'_>) -> fmt::Result
+where
+    S: for<'a> LookupSpan<'a>,
+{
+    if let Some(parent) = span.parent() {
+        spans(&parent, w)?;
+    }
+    w.write_str(span.metadata().name())?;
+    if let Some(fields) = span.extensions().get::<FormattedFields<TextFields>>()
+        && !fields.is_empty()
+    {
+        w.write_char('{')?;
+        w.write_str(fields)?;
+        w.write_char('}')?;
+    }
+    w.write_char(':')
 }
 
 /// Fields as tracing-subscriber's default visitor writes them: `name=value` separated by

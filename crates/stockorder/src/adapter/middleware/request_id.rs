@@ -96,7 +96,9 @@ where
     }
 }
 
-/// The log span of one request (inside [`RequestIdLayer`]): method, path and its id, so every event logged while handling
+/// The log span of one request (inside [`RequestIdLayer`]): method, path and its id (the
+/// fields docs/log-events.md names; not the HTTP version, which costs a field per line and
+/// tells an operator little), so every event logged while handling
 /// it (the answer's status and latency, an error) names the request.
 pub fn span<B>(request: &Request<B>) -> tracing::Span {
     let id = request
@@ -108,7 +110,6 @@ pub fn span<B>(request: &Request<B>) -> tracing::Span {
         "request",
         method = %request.method(),
         uri = %request.uri(),
-        version = ?request.version(),
         request_id = %id,
     )
 }
