@@ -315,17 +315,17 @@ impl fmt::Display for Sources<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) use captured::Captured;
+
+#[cfg(test)]
+mod captured {
     use std::sync::{Arc, Mutex};
 
-    use tracing::{debug, error, info, info_span, trace, warn};
     use tracing_subscriber::fmt::MakeWriter;
-
-    use super::*;
 
     /// Lines written by a subscriber, kept for the test to read.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -347,10 +347,18 @@ mod tests {
     }
 
     impl Captured {
-        fn text(&self) -> String {
+        /// Everything written so far.
+        pub(crate) fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::{debug, error, info, info_span, trace, warn};
+
+    use super::*;
 
     /// One fixed time for both formatters.
     struct FixedTime;

@@ -121,38 +121,14 @@ where
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::sync::{Arc, Mutex};
 
     use axum::body::Body;
     use axum::http::StatusCode;
     use tower::{Layer, Service, ServiceExt};
-    use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
     use crate::adapter::middleware::request_id::RequestIdLayer;
-    use crate::telemetry::text::{TextFields, TextLine};
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Captured {
-        type Writer = Captured;
-
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
+    use crate::telemetry::text::{Captured, TextFields, TextLine};
 
     /// An event logged while a request is handled, and the request's own line, both name the
     /// request (method, path, id) through its span; a 5xx is a failure at debug.
@@ -184,7 +160,7 @@ mod tests {
         let response = service.ready().await.unwrap().call(request).await.unwrap();
         assert_eq!(response.headers()["x-request-id"], "abc-1");
 
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let text = lines.text();
         let request = "request{method=GET uri=/api/orders/1?x=y request_id=abc-1}: ";
         let expect = [
             "DEBUG ".to_owned() + request + "started processing request",
