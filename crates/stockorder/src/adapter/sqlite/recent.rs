@@ -129,8 +129,11 @@ impl Recent {
     pub(super) fn committed(&self, change: Committed<'_>) {
         match change {
             Committed::Order(order) => {
+                let mut shard = self.shard(order.id);
+                // Under the shard's lock, like `offer`: `set_enabled(false)` clears each shard
+                // after switching off, so nothing put here outlives the switch.
                 if self.enabled.load(Ordering::Acquire) {
-                    self.shard(order.id).put(order);
+                    shard.put(order);
                 }
             }
             Committed::Changed(id) => {
@@ -143,13 +146,24 @@ impl Recent {
     /// again (emptied again: what was read meanwhile may be stale) once it no longer may.
     /// Bumps the commit count, so a read under way as this happens adds nothing.
     pub(super) fn set_enabled(&self, yes: bool) {
-        self.enabled
-            .store(yes && !self.closed.load(Ordering::Acquire), Ordering::Release);
+        let yes = yes && !self.closed.load(Ordering::Acquire);
+        // Off before emptying, on after: no entry from before the switch is ever served.
+        if !yes {
+            self.enabled.store(false, Ordering::Release);
+        }
         self.commits.bump();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             shard.orders.clear();
             shard.arrivals.clear();
+        }
+        if yes {
+            self.enabled.store(true, Ordering::Release);
+            // A `close` that raced this switch stays in force: it set `closed` before turning
+            // the cache off, so either that comes after the line above or this sees it.
+            if self.closed.load(Ordering::Acquire) {
+                self.enabled.store(false, Ordering::Release);
+            }
         }
     }
 }
