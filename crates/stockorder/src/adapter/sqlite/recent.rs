@@ -20,8 +20,8 @@
 //! ~12k (an SQLite seek and 14 decoded columns).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use super::readers::Commits;
 use crate::domain::{OrderId, StockOrder};
@@ -90,13 +90,10 @@ impl Recent {
         }
     }
 
-    fn shard(&self, id: OrderId) -> std::sync::MutexGuard<'_, Shard> {
-        // The last bytes of a UUIDv7 are random: a fair spread. A poisoned shard only means a
-        // panic while it was held; its map is whole (no operation leaves it half-changed).
+    fn shard(&self, id: OrderId) -> MutexGuard<'_, Shard> {
+        // The last bytes of a UUIDv7 are random: a fair spread.
         let byte = id.as_uuid().as_bytes()[15] as usize;
-        self.shards[byte % SHARDS]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[byte % SHARDS])
     }
 
     /// The order, if it is kept.
@@ -153,7 +150,7 @@ impl Recent {
         }
         self.commits.bump();
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut shard = lock(shard);
             shard.orders.clear();
             shard.arrivals.clear();
         }
@@ -166,14 +163,18 @@ impl Recent {
             }
         }
     }
-}
 
-impl Recent {
     /// Switches the cache off for good: a closed store answers no read, not even from memory.
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.set_enabled(false);
     }
+}
+
+/// A shard, locked. A poisoned one only means a panic while it was held; its map is whole (no
+/// operation leaves it half-changed).
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
