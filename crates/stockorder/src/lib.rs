@@ -13,6 +13,7 @@ pub mod domain;
 pub mod lifecycle;
 pub mod port;
 pub mod processor;
+mod rfc3339;
 pub mod service;
 pub mod telemetry;
 

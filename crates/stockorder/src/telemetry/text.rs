@@ -18,6 +18,8 @@ use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
+use crate::rfc3339;
+
 /// The time as tracing-subscriber's `SystemTime` timer writes it: RFC 3339 in UTC with
 /// microseconds, `2026-12-05T18:11:16.264071Z`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,27 +28,11 @@ pub struct Rfc3339Micros;
 impl FormatTime for Rfc3339Micros {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
         let now = time::OffsetDateTime::now_utc();
-        // The date once: `month()` and `day()` would each work it out from the day of the year.
-        let (year, month, day) = now.to_calendar_date();
-        let (hour, minute, second, micros) = now.to_hms_micro();
         let mut line = *b"0000-00-00T00:00:00.000000Z";
-        digits(&mut line[0..4], year.unsigned_abs());
-        digits(&mut line[5..7], u32::from(u8::from(month)));
-        digits(&mut line[8..10], u32::from(day));
-        digits(&mut line[11..13], u32::from(hour));
-        digits(&mut line[14..16], u32::from(minute));
-        digits(&mut line[17..19], u32::from(second));
-        digits(&mut line[20..26], micros);
+        line[..19].copy_from_slice(&rfc3339::date_time(now).ok_or(fmt::Error)?);
+        rfc3339::digits(&mut line[20..26], now.microsecond());
         // Invariant: only ASCII digits were written into an ASCII template.
         w.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
-    }
-}
-
-/// Writes `value` into `out` as decimal digits, zero-padded to its length.
-fn digits(out: &mut [u8], mut value: u32) {
-    for d in out.iter_mut().rev() {
-        *d = b'0' + (value % 10) as u8;
-        value /= 10;
     }
 }
 

@@ -17,6 +17,7 @@ use super::ApiError;
 #[cfg(test)]
 use super::dto::OrderBody;
 use crate::domain::{StockOrder, Timestamp};
+use crate::rfc3339;
 
 /// Room for one order's JSON without growing the buffer (a full order is ~400 bytes).
 const ORDER_BYTES: usize = 512;
@@ -114,39 +115,24 @@ fn number(out: &mut Vec<u8>, n: f64) {
 /// template rather than with `time`'s formatter, which writes it in ~15 small pieces.
 fn instant(out: &mut Vec<u8>, at: Timestamp) -> Result<(), ApiError> {
     let at = at.as_datetime();
-    let (year, month, day) = at.to_calendar_date();
-    let Ok(year @ 0..=9999) = u32::try_from(year) else {
+    let Some(date_time) = rfc3339::date_time(at) else {
         // A corrupt row: the same 500 that serde's serialiser gave.
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot write the timestamp {at}: its year is outside 0-9999"),
         ));
     };
-    let mut text = *b"\"0000-00-00T00:00:00.000000000";
-    digits(&mut text[1..5], year);
-    digits(&mut text[6..8], u32::from(u8::from(month)));
-    digits(&mut text[9..11], u32::from(day));
-    digits(&mut text[12..14], u32::from(at.hour()));
-    digits(&mut text[15..17], u32::from(at.minute()));
-    digits(&mut text[18..20], u32::from(at.second()));
+    out.push(b'"');
+    out.extend_from_slice(&date_time);
     let nanos = at.nanosecond();
-    let end = if nanos == 0 {
-        20
-    } else {
-        digits(&mut text[21..30], nanos);
-        30 - text[21..30].iter().rev().take_while(|&&d| d == b'0').count()
-    };
-    out.extend_from_slice(&text[..end]);
+    if nanos != 0 {
+        let mut fraction = *b".000000000";
+        rfc3339::digits(&mut fraction[1..], nanos);
+        let zeros = fraction.iter().rev().take_while(|&&d| d == b'0').count();
+        out.extend_from_slice(&fraction[..fraction.len() - zeros]);
+    }
     out.extend_from_slice(b"Z\"");
     Ok(())
-}
-
-/// Writes `value` into `out` as decimal digits, zero-padded to its length.
-fn digits(out: &mut [u8], mut value: u32) {
-    for d in out.iter_mut().rev() {
-        *d = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
 }
 
 #[cfg(test)]
