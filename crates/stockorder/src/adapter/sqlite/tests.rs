@@ -268,6 +268,87 @@ fn every_point_statement_is_an_index_seek() {
     }
 }
 
+/// The opcodes SQLite compiles `sql` to, by name.
+fn opcodes(conn: &Connection, sql: &str, args: usize) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+    let nulls = std::iter::repeat_n(rusqlite::types::Value::Null, args);
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(1))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The writes of every create and every fill build no temporary B-tree: SQLite builds one per
+/// statement for `IN` with more than two values, as the status CHECK had until migration 5.
+#[test]
+fn inserts_and_fills_build_no_temporary_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    for (sql, args) in [(rows::INSERT, 15), (rows::SETTLE, 6)] {
+        let ops = opcodes(&conn, sql, args);
+        assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{sql} => {ops:?}");
+    }
+}
+
+/// Migration 5 rewrites the status CHECK in a database an older binary made, while another
+/// connection (the process still serving during an in-place upgrade) has the file open: that
+/// connection then runs the new CHECK, which still refuses an unknown status, and the file is
+/// intact.
+#[test]
+fn the_status_check_is_rewritten_in_place_and_still_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let mut conn = Connection::open(&path).unwrap();
+    schema::configure_writer(&conn).unwrap();
+    schema::migrate_to(&mut conn, 4).unwrap();
+    let serving = Connection::open(&path).unwrap();
+    schema::configure_writer(&serving).unwrap();
+    let mut sequence = rows::Sequence::default();
+    let before = order("AAPL", OrderSide::Buy, None);
+    rows::insert(&serving, &before, sequence.next(&serving).unwrap()).unwrap();
+    assert!(
+        opcodes(&serving, rows::INSERT, 15)
+            .iter()
+            .any(|op| op == "OpenEphemeral")
+    );
+
+    schema::migrate(&mut conn).unwrap();
+
+    let table: String = conn
+        .query_row("SELECT sql FROM sqlite_schema WHERE name = 'orders'", [], |r| r.get(0))
+        .unwrap();
+    assert!(!table.contains("status IN"), "{table}");
+    assert!(table.contains("status = 'REJECTED'"), "{table}");
+    // The connection open across the migration sees the schema change at its next statement,
+    // and compiles its statements anew, with the new CHECK.
+    let after = order("AAPL", OrderSide::Buy, None);
+    rows::insert(&serving, &after, sequence.next(&serving).unwrap()).unwrap();
+    assert!(
+        !opcodes(&serving, rows::INSERT, 15)
+            .iter()
+            .any(|op| op == "OpenEphemeral")
+    );
+    let mut bad = order("AAPL", OrderSide::Buy, None);
+    bad.id = OrderId::generate();
+    rows::insert(&serving, &bad, 0).unwrap();
+    let refused = serving.execute(
+        "UPDATE orders SET status = 'LOST' WHERE id = ?1",
+        [bad.id.as_uuid().as_bytes()],
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("CHECK")),
+        "{refused:?}"
+    );
+    for o in [&before, &after, &bad] {
+        assert_eq!(rows::by_id(&conn, o.id).unwrap().as_ref(), Some(o));
+    }
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    // Run again (a second start): nothing left to do.
+    schema::migrate(&mut conn).unwrap();
+}
+
 /// The orders the store keeps in memory (`recent`) are the orders in the file, after every kind
 /// of write: an insert, the same key again, a cancel, a refused cancel, the processor's fill.
 #[tokio::test]
