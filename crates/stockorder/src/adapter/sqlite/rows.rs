@@ -175,36 +175,30 @@ pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusq
     stmt.query_row([key.as_str()], order_from_row).optional()
 }
 
-/// The conditional status change, shared by [`CHANGE_STATUS`] and [`SETTLE`].
-macro_rules! status_change {
-    () => {
-        concat!(
-            "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3,
-                    fill_price = coalesce(?6, fill_price),
-                    filled_at = CASE WHEN ?1 = 'FILLED' THEN ?3 ELSE filled_at END,
-                    cancelled_at = CASE WHEN ?1 = 'CANCELLED' THEN ?3 ELSE cancelled_at END
-             WHERE id = ?4 AND status = ",
-            opaque!(5, "TEXT")
-        )
-    };
-}
-
-pub(super) const CHANGE_STATUS: &str = concat!(status_change!(), " RETURNING ", columns!());
-
-/// [`CHANGE_STATUS`] without reading the row back: for the processor, which holds the order.
-pub(super) const SETTLE: &str = status_change!();
+/// The conditional status change: to `?1` only if the order is still in `?5`. A change to
+/// FILLED records the fill price and `filled_at`, one to CANCELLED `cancelled_at`.
+///
+/// Why no `RETURNING` for the API's cancel, which answers with the changed order: `RETURNING`
+/// makes SQLite gather the row in a temporary table it builds for each run, which costs more
+/// than reading the row again by its key ([`by_id`], in the same transaction). On the one
+/// writer thread, a market order (its insert and its fill) cost 133k instructions with the
+/// fill read back that way, 109k without.
+pub(super) const SETTLE: &str = concat!(
+    "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3,
+            fill_price = coalesce(?6, fill_price),
+            filled_at = CASE WHEN ?1 = 'FILLED' THEN ?3 ELSE filled_at END,
+            cancelled_at = CASE WHEN ?1 = 'CANCELLED' THEN ?3 ELSE cancelled_at END
+     WHERE id = ?4 AND status = ",
+    opaque!(5, "TEXT")
+);
 
 /// Applies `change` if the order is still in `change.from`; whether it was.
-///
-/// Why not [`change_status`]: `RETURNING` makes SQLite gather the row in a temporary table,
-/// and decoding it is more work again. On the one writer thread, a market order (its insert
-/// and its fill) cost 133k instructions with the fill read back, 109k without (callgrind).
 pub(super) fn settle(conn: &Connection, change: &crate::port::StatusChange) -> rusqlite::Result<bool> {
     let changed = conn.prepare_cached(SETTLE)?.execute(change_params(change))?;
     Ok(changed == 1)
 }
 
-/// The parameters of [`CHANGE_STATUS`] and [`SETTLE`].
+/// The parameters of [`SETTLE`].
 fn change_params(change: &crate::port::StatusChange) -> impl rusqlite::Params + '_ {
     (
         change.to.as_str(),
@@ -214,16 +208,6 @@ fn change_params(change: &crate::port::StatusChange) -> impl rusqlite::Params + 
         change.from.as_str(),
         change.fill_price.map(Price::get),
     )
-}
-
-/// Sets the status if, and only if, the order is still in `from`; returns the changed row. A
-/// change to FILLED records the fill price and `filled_at`, one to CANCELLED `cancelled_at`.
-pub(super) fn change_status(
-    conn: &Connection,
-    change: &crate::port::StatusChange,
-) -> rusqlite::Result<Option<StockOrder>> {
-    let mut stmt = conn.prepare_cached(CHANGE_STATUS)?;
-    stmt.query_row(change_params(change), order_from_row).optional()
 }
 
 /// Up to `limit` pending orders after `after` in queue order, each with its position: a seek

@@ -369,11 +369,12 @@ fn insert(conn: &Connection, order: StockOrder, sequence: &mut rows::Sequence) -
     Ok(Inserted::Created(order))
 }
 
+/// The change if the order is still in `change.from`, and the order as it is now either way:
+/// read back in the same transaction (see [`rows::SETTLE`] for why not `RETURNING`).
 fn change_status(conn: &Connection, change: &StatusChange) -> Result<Transition, RepositoryError> {
-    if let Some(order) = rows::change_status(conn, change).map_err(errors::on(conn))? {
-        return Ok(Transition::Applied(order));
-    }
+    let applied = rows::settle(conn, change).map_err(errors::on(conn))?;
     Ok(match rows::by_id(conn, change.id).map_err(errors::on(conn))? {
+        Some(order) if applied => Transition::Applied(order),
         Some(current) => Transition::Refused(current),
         None => Transition::NotFound,
     })
