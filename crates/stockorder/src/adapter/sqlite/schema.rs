@@ -195,9 +195,10 @@ pub(super) fn migrate_to(conn: &mut Connection, last: usize) -> Result<(), Migra
 /// with `=` and `OR`, which SQLite evaluates without building a temporary B-tree per statement.
 ///
 /// Why an edit of the stored schema rather than a copy of the table (SQLite cannot alter a
-/// CHECK): the two expressions accept exactly the same rows, so nothing on disk changes, and
-/// SQLite documents this edit (`PRAGMA writable_schema`, then the schema version bumped so
-/// every connection reloads the schema) for changes to CHECK constraints. A copy would rewrite
+/// CHECK): SQLite documents this edit (`PRAGMA writable_schema`, then the schema version bumped
+/// so every connection reloads the schema) for removing CHECK constraints, among other changes
+/// that leave the stored rows as they are. Replacing a CHECK with one that accepts exactly the
+/// same rows is such a change: no row becomes invalid, nothing on disk moves. A copy would rewrite
 /// every order and every index, holding the write lock throughout: with a large table, long
 /// enough to fail the writes of the process still serving during an in-place upgrade. Here the
 /// lock is held for one row of `sqlite_schema`, and that process's connections pick up the new
