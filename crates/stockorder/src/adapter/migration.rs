@@ -20,6 +20,15 @@ pub enum MigrationError {
         /// The tables found, comma-separated.
         tables: String,
     },
+    /// The database refused a rewrite of the schema that every binary reads the same, made
+    /// outside the numbered migrations (see the SQLite adapter's `schema`).
+    #[error("rewriting {what} failed: {source}")]
+    Rewrite {
+        /// What was being rewritten.
+        what: &'static str,
+        /// What the database said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The database refused a migration.
     #[error("migration {version} failed: {source}")]
     Failed {

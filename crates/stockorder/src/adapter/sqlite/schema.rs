@@ -4,22 +4,15 @@ use rusqlite::Connection;
 
 pub use crate::adapter::migration::MigrationError;
 
-/// One migration: SQL, or code for a change SQL alone cannot say.
-enum Migration {
-    Sql(&'static str),
-    Code(fn(&Connection) -> rusqlite::Result<()>),
-}
-
 /// Migrations in order; `PRAGMA user_version` records how many have run. Append only: a
 /// released migration never changes, so every database reaches the same schema.
-const MIGRATIONS: &[Migration] = &[
+const MIGRATIONS: &[&str] = &[
     // 1: orders. WITHOUT ROWID with the 16-byte UUIDv7 as primary key: a get is one seek, new
     // rows append at the right edge of the tree, and "newest first" is the key order itself.
     // Each filter of the list endpoint has an index ending in `id`, so a filtered page is a
     // seek plus `limit` steps whatever the table size. The idempotency key index is partial:
     // most orders have no key, and indexing their NULLs would cost every create a B-tree insert.
-    Migration::Sql(
-        "CREATE TABLE orders (
+    "CREATE TABLE orders (
         id              BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
         client_order_id TEXT,
         symbol          TEXT NOT NULL,
@@ -36,21 +29,18 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX orders_by_status ON orders (status, id);
     CREATE INDEX orders_by_symbol ON orders (symbol, id);
     CREATE INDEX orders_by_side ON orders (order_side, id);",
-    ),
     // 2: the order lifecycle. Execution details, and the processor's queue: a pending order
     // not yet decided is in `orders_unprocessed` (a partial index holding exactly the work to
     // do, so a claim is a seek however many orders exist); one the processor decided to leave
     // resting (a limit not reached) gets `rests = 1` and leaves the index while staying PENDING.
-    Migration::Sql(
-        "ALTER TABLE orders ADD COLUMN fill_price REAL CHECK (fill_price IS NULL OR fill_price > 0);
+    "ALTER TABLE orders ADD COLUMN fill_price REAL CHECK (fill_price IS NULL OR fill_price > 0);
     ALTER TABLE orders ADD COLUMN filled_at INTEGER;
     ALTER TABLE orders ADD COLUMN cancelled_at INTEGER;
     ALTER TABLE orders ADD COLUMN rests INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX orders_unprocessed ON orders (id) WHERE status = 'PENDING' AND rests = 0;",
-    ),
     // 3: the storage probe: while writes fail, the service commits this one row now and then to
     // learn when they work again, without touching an order.
-    Migration::Sql("CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);"),
+    "CREATE TABLE storage_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);",
     // 4: the processor's queue without a write per resting order. Every order gets `seq`, its
     // number in commit order, given inside the write transaction from `order_seq` (so orders
     // of another process writing the same file, as in an in-place upgrade, are numbered in the
@@ -58,20 +48,11 @@ const MIGRATIONS: &[Migration] = &[
     // processor walks it with a cursor, and a resting order stays in it untouched, behind the
     // cursor. Orders stored before this migration keep seq 0 and come first, by id. `rests`
     // and `orders_unprocessed` are no longer used.
-    Migration::Sql(
-        "ALTER TABLE orders ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    "ALTER TABLE orders ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
     DROP INDEX orders_unprocessed;
     CREATE INDEX orders_queue ON orders (seq, id) WHERE status = 'PENDING';
     CREATE TABLE order_seq (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
     INSERT INTO order_seq (id, last) VALUES (1, 0);",
-    ),
-    // 5: the status CHECK without a temporary table. SQLite evaluates `x IN (a list of more
-    // than two values)` by building a temporary B-tree of the list each time a statement runs:
-    // every insert, and every status change, opened, filled and dropped one. The same test
-    // written with `=` and `OR` compiles to four comparisons. Instructions per request
-    // (bench/run's callgrind): a resting create 116k -> 99k, a market create and its fill
-    // 152k -> 116k. See `status_check_without_a_temporary_table`.
-    Migration::Code(status_check_without_a_temporary_table),
 ];
 
 /// The schema version this binary writes.
@@ -165,9 +146,14 @@ fn version(conn: &Connection) -> Result<usize, MigrationError> {
     Ok(found)
 }
 
-/// Runs every migration the database has not seen yet, each in its own transaction.
+/// Runs every migration the database has not seen yet, each in its own transaction, then the
+/// rewrite of the status CHECK ([`status_check_without_a_temporary_table`]).
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
-    migrate_to(conn, SCHEMA_VERSION)
+    migrate_to(conn, SCHEMA_VERSION)?;
+    status_check_without_a_temporary_table(conn).map_err(|source| MigrationError::Rewrite {
+        what: "the orders table's status CHECK",
+        source: Box::new(source),
+    })
 }
 
 /// Runs the migrations the database has not seen yet up to number `last`: [`migrate`], and
@@ -175,14 +161,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
 pub(super) fn migrate_to(conn: &mut Connection, last: usize) -> Result<(), MigrationError> {
     let failed = MigrationError::failed;
     let found = version(conn)?;
-    for (index, migration) in MIGRATIONS.iter().enumerate().take(last).skip(found) {
+    for (index, sql) in MIGRATIONS.iter().enumerate().take(last).skip(found) {
         let version = index + 1;
         let tx = conn.transaction().map_err(failed(version))?;
-        match migration {
-            Migration::Sql(sql) => tx.execute_batch(sql),
-            Migration::Code(change) => change(&tx),
-        }
-        .map_err(failed(version))?;
+        tx.execute_batch(sql).map_err(failed(version))?;
         tx.pragma_update(None, "user_version", version as i64)
             .map_err(failed(version))?;
         tx.commit().map_err(failed(version))?;
@@ -191,37 +173,62 @@ pub(super) fn migrate_to(conn: &mut Connection, last: usize) -> Result<(), Migra
     Ok(())
 }
 
-/// Migration 5: the orders table's `status IN ('PENDING', …)` CHECK rewritten as the same test
-/// with `=` and `OR`, which SQLite evaluates without building a temporary B-tree per statement.
+/// The orders table's `status IN ('PENDING', …)` CHECK rewritten as the same test with `=` and
+/// `OR`, once, at the first start of a binary that has this function. SQLite evaluates `x IN
+/// (a list of more than two values)` by building a temporary B-tree of the list each time a
+/// statement runs: every insert and every status change opened, filled and dropped one.
+/// The comparisons compile to four opcodes. Instructions per request (bench/run's callgrind):
+/// a resting create 116k -> 99k, a market create and its fill 152k -> 116k.
 ///
 /// Why an edit of the stored schema rather than a copy of the table (SQLite cannot alter a
 /// CHECK): SQLite documents this edit (`PRAGMA writable_schema`, then the schema version bumped
 /// so every connection reloads the schema) for removing CHECK constraints, among other changes
 /// that leave the stored rows as they are. Replacing a CHECK with one that accepts exactly the
-/// same rows is such a change: no row becomes invalid, nothing on disk moves. A copy would rewrite
-/// every order and every index, holding the write lock throughout: with a large table, long
-/// enough to fail the writes of the process still serving during an in-place upgrade. Here the
-/// lock is held for one row of `sqlite_schema`, and that process's connections pick up the new
-/// CHECK at their next statement.
+/// same rows is such a change: no row becomes invalid, nothing on disk moves. A copy would
+/// rewrite every order and every index, holding the write lock throughout: with a large table,
+/// long enough to fail the writes of the process still serving during an in-place upgrade.
+/// Here the lock is held for one row of `sqlite_schema`, and that process's connections pick up
+/// the new CHECK at their next statement.
 ///
-/// Runs inside the migration's transaction: if anything fails, the schema is as before.
-fn status_check_without_a_temporary_table(conn: &Connection) -> rusqlite::Result<()> {
+/// Why not a numbered migration: `user_version` tells a binary whether it may open the file,
+/// and every binary reads this table the same with either CHECK. A new version number would
+/// make the binaries before it refuse the file, so that going back to one after an upgrade
+/// would fail for no reason.
+///
+/// Idempotent: the rewrite happens in a write transaction, only if the old text is there; a
+/// failure rolls it back and leaves the schema as it was.
+fn status_check_without_a_temporary_table(conn: &mut Connection) -> rusqlite::Result<()> {
     const IN_LIST: &str = "status IN ('PENDING', 'FILLED', 'CANCELLED', 'REJECTED')";
     const COMPARISONS: &str = "status = 'PENDING' OR status = 'FILLED' OR status = 'CANCELLED' OR status = 'REJECTED'";
-    let version: i64 = conn.pragma_query_value(None, "schema_version", |row| row.get(0))?;
-    conn.pragma_update(None, "writable_schema", true)?;
-    // Migration 1's text, as stored (ALTER TABLE ADD COLUMN appends to it, leaving the rest).
-    let changed = conn.execute(
-        "UPDATE sqlite_schema SET sql = replace(sql, ?1, ?2)
-         WHERE type = 'table' AND name = 'orders' AND instr(sql, ?1) > 0",
+    const ORDERS_WITH_IN_LIST: &str = "type = 'table' AND name = 'orders' AND instr(sql, ?1) > 0";
+    let has_in_list = |conn: &Connection| -> rusqlite::Result<bool> {
+        conn.query_row(
+            &format!("SELECT count(*) FROM sqlite_schema WHERE {ORDERS_WITH_IN_LIST}"),
+            [IN_LIST],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    // Every start but the first: one read, no write lock.
+    if !has_in_list(conn)? {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Another process may have done it meanwhile (two starting together).
+    if !has_in_list(&tx)? {
+        return Ok(());
+    }
+    let version: i64 = tx.pragma_query_value(None, "schema_version", |row| row.get(0))?;
+    tx.pragma_update(None, "writable_schema", true)?;
+    tx.execute(
+        &format!("UPDATE sqlite_schema SET sql = replace(sql, ?1, ?2) WHERE {ORDERS_WITH_IN_LIST}"),
         [IN_LIST, COMPARISONS],
     )?;
-    conn.pragma_update(None, "schema_version", version + 1)?;
+    tx.pragma_update(None, "schema_version", version + 1)?;
     // Off again, and this connection's schema reloaded from the edited text: a text that did
     // not parse would fail here, inside the transaction, and be rolled back.
-    conn.execute_batch("PRAGMA writable_schema = RESET; SELECT status FROM orders LIMIT 0;")?;
-    if changed == 0 {
-        tracing::warn!("the orders table's status CHECK was not in the expected form; left as it is");
-    }
+    tx.execute_batch("PRAGMA writable_schema = RESET; SELECT status FROM orders LIMIT 0;")?;
+    tx.commit()?;
+    tracing::info!("rewrote the orders table's status CHECK as comparisons (no temporary table per write)");
     Ok(())
 }

@@ -273,7 +273,7 @@ fn opcodes(conn: &Connection, sql: &str, args: usize) -> Vec<String> {
 }
 
 /// The statements of every create, fill and cancel build no temporary B-tree: SQLite builds
-/// one per run for `IN` with more than two values (the status CHECK until migration 5) and for
+/// one per run for `IN` with more than two values (the status CHECK before `schema::status_check_without_a_temporary_table`) and for
 /// `RETURNING` (the cancel's until it read the order back by its key).
 #[test]
 fn creates_fills_and_cancels_build_no_temporary_table() {
@@ -286,17 +286,17 @@ fn creates_fills_and_cancels_build_no_temporary_table() {
     }
 }
 
-/// Migration 5 rewrites the status CHECK in a database an older binary made, while another
-/// connection (the process still serving during an in-place upgrade) has the file open: that
-/// connection then runs the new CHECK, which still refuses an unknown status, and the file is
-/// intact.
+/// The status CHECK is rewritten in a database an older binary made, while another connection
+/// (the process still serving during an in-place upgrade) has the file open: that connection
+/// then runs the new CHECK, which still refuses an unknown status, and the file is intact. The
+/// schema version is the one older binaries know, so going back to one still works.
 #[test]
 fn the_status_check_is_rewritten_in_place_and_still_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     let mut conn = Connection::open(&path).unwrap();
     schema::configure_writer(&conn).unwrap();
-    schema::migrate_to(&mut conn, 4).unwrap();
+    schema::migrate_to(&mut conn, schema::SCHEMA_VERSION).unwrap();
     let serving = Connection::open(&path).unwrap();
     schema::configure_writer(&serving).unwrap();
     let mut sequence = rows::Sequence::default();
@@ -340,8 +340,13 @@ fn the_status_check_is_rewritten_in_place_and_still_refuses() {
     }
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
-    // Run again (a second start): nothing left to do.
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 4, "a binary from before the rewrite still opens the file");
+    // A second start: nothing left to do, and no schema change for the other connections.
+    let cookie = |c: &Connection| -> i64 { c.pragma_query_value(None, "schema_version", |r| r.get(0)).unwrap() };
+    let before_second_start = cookie(&conn);
     schema::migrate(&mut conn).unwrap();
+    assert_eq!(cookie(&conn), before_second_start);
 }
 
 /// The orders the store keeps in memory (`recent`) are the orders in the file, after every kind
