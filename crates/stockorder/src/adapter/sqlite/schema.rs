@@ -181,14 +181,14 @@ pub(super) fn migrate_to(conn: &mut Connection, last: usize) -> Result<(), Migra
 /// a resting create 116k -> 99k, a market create and its fill 152k -> 116k.
 ///
 /// Why an edit of the stored schema rather than a copy of the table (SQLite cannot alter a
-/// CHECK): SQLite documents this edit (`PRAGMA writable_schema`, then the schema version bumped
-/// so every connection reloads the schema) for removing CHECK constraints, among other changes
-/// that leave the stored rows as they are. Replacing a CHECK with one that accepts exactly the
-/// same rows is such a change: no row becomes invalid, nothing on disk moves. A copy would
-/// rewrite every order and every index, holding the write lock throughout: with a large table,
-/// long enough to fail the writes of the process still serving during an in-place upgrade.
-/// Here the lock is held for one row of `sqlite_schema`, and that process's connections pick up
-/// the new CHECK at their next statement.
+/// CHECK): SQLite documents this edit (`PRAGMA writable_schema`, then its `schema_version`
+/// cookie bumped so every connection reloads the schema) for removing CHECK constraints, among
+/// other changes that leave the stored rows as they are. Replacing a CHECK with one that
+/// accepts exactly the same rows is such a change: no row becomes invalid, nothing on disk
+/// moves. A copy would rewrite every order and every index, holding the write lock throughout:
+/// with a large table, long enough to fail the writes of the process still serving during an
+/// in-place upgrade. Here the lock is held for one row of `sqlite_schema`, and that process's
+/// connections pick up the new CHECK at their next statement.
 ///
 /// Why not a numbered migration: `user_version` tells a binary whether it may open the file,
 /// and every binary reads this table the same with either CHECK. A new version number would
