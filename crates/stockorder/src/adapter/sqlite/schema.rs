@@ -149,19 +149,19 @@ fn version(conn: &Connection) -> Result<usize, MigrationError> {
 /// Runs every migration the database has not seen yet, each in its own transaction, then the
 /// rewrite of the status CHECK ([`status_check_without_a_temporary_table`]).
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
-    migrate_to(conn, SCHEMA_VERSION)?;
+    numbered_migrations(conn)?;
     status_check_without_a_temporary_table(conn).map_err(|source| MigrationError::Rewrite {
         what: "the orders table's status CHECK",
         source: Box::new(source),
     })
 }
 
-/// Runs the migrations the database has not seen yet up to number `last`: [`migrate`], and
-/// the tests' way to make a database as an older binary left it.
-pub(super) fn migrate_to(conn: &mut Connection, last: usize) -> Result<(), MigrationError> {
+/// Runs the numbered migrations the database has not seen yet: [`migrate`] without the
+/// rewrite, and the tests' way to make a database as an older binary left it.
+pub(super) fn numbered_migrations(conn: &mut Connection) -> Result<(), MigrationError> {
     let failed = MigrationError::failed;
     let found = version(conn)?;
-    for (index, sql) in MIGRATIONS.iter().enumerate().take(last).skip(found) {
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
         let version = index + 1;
         let tx = conn.transaction().map_err(failed(version))?;
         tx.execute_batch(sql).map_err(failed(version))?;
