@@ -131,6 +131,11 @@ pub enum Outcome {
     /// A one-shot task ([`Shutdown::spawn_oneshot`](crate::Shutdown::spawn_oneshot)) that had
     /// finished its work, successfully, before its phase.
     Finished,
+    /// Still stopping when a second signal cut the shutdown short: aborted.
+    Interrupted,
+    /// Its phase never came: a second signal cut the shutdown short before it (a task is
+    /// aborted unasked, a stop function never called).
+    NotReached,
 }
 
 impl Outcome {
@@ -151,6 +156,8 @@ impl fmt::Display for Outcome {
             Outcome::EndedEarly(None) => f.write_str("had already ended on its own"),
             Outcome::EndedEarly(Some(e)) => write!(f, "had already ended: {e}"),
             Outcome::Finished => f.write_str("finished its work earlier"),
+            Outcome::Interrupted => f.write_str("aborted: a second signal cut the shutdown short"),
+            Outcome::NotReached => f.write_str("not reached: a second signal cut the shutdown short"),
         }
     }
 }
@@ -168,6 +175,20 @@ pub struct Entry {
     pub took: Duration,
     /// How it ended.
     pub outcome: Outcome,
+    /// What it counted ([`StopSignal::record`](crate::StopSignal::record)): a server's
+    /// connections and streams, say. Empty for most components.
+    pub counts: Vec<(&'static str, u64)>,
+}
+
+impl Entry {
+    /// The counts as `name value, name value`, or an empty string.
+    pub fn counts_text(&self) -> String {
+        self.counts
+            .iter()
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The record of one shutdown: why it started, what each component did, and how long it all
@@ -239,10 +260,11 @@ impl Report {
     pub fn log(&self) {
         for e in &self.entries {
             let (started_ms, took_ms) = (ms(e.started), ms(e.took));
+            let counts = e.counts_text();
             if e.outcome.is_clean() {
-                tracing::info!(event = "shutdown.entry", component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, "shutdown report");
+                tracing::info!(event = "shutdown.entry", component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, counts, "shutdown report");
             } else {
-                tracing::error!(event = "shutdown.entry", component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, "shutdown report");
+                tracing::error!(event = "shutdown.entry", component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, counts, "shutdown report");
             }
         }
         let stragglers: Vec<&str> = self.stragglers().collect();
@@ -294,7 +316,7 @@ impl fmt::Display for Report {
             "phase", "component", "start ms", "took ms"
         )?;
         for e in &self.entries {
-            writeln!(
+            write!(
                 f,
                 "  {:<phase_w$}  {:<name_w$}  {:>9.1}  {:>9.1}  {}",
                 e.phase,
@@ -303,6 +325,11 @@ impl fmt::Display for Report {
                 ms(e.took),
                 e.outcome
             )?;
+            if e.counts.is_empty() {
+                writeln!(f)?;
+            } else {
+                writeln!(f, " ({})", e.counts_text())?;
+            }
         }
         Ok(())
     }

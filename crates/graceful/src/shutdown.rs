@@ -443,7 +443,17 @@ impl Shutdown {
         let aborts = Arc::new(Mutex::new(
             self.tasks.iter().map(|t| t.handle.abort_handle()).collect::<Vec<_>>(),
         ));
+        let roll = Roll::new(
+            self.tasks
+                .iter()
+                .map(|t| (t.name.clone(), t.phase))
+                .chain(self.hooks.iter().map(|h| (h.name.clone(), h.phase)))
+                .map(|(name, phase)| (name, self.phases[phase].name.clone()))
+                .collect(),
+            (!self.drain_delay.is_zero()).then_some(started),
+        );
         let plan = Plan {
+            roll: roll.clone(),
             phases: std::mem::take(&mut self.phases),
             hooks: std::mem::take(&mut self.hooks),
             tasks: std::mem::take(&mut self.tasks),
@@ -479,7 +489,10 @@ impl Shutdown {
         if let Some(w) = &watchdog {
             w.finished();
         }
-        let entries = entries.lock().map(|e| e.clone()).unwrap_or_default();
+        let mut entries = entries.lock().map(|e| e.clone()).unwrap_or_default();
+        if interrupted.is_some() {
+            entries.extend(roll.unfinished(started));
+        }
         let report = Report {
             reason,
             entries,
@@ -546,6 +559,93 @@ struct Plan {
     aborts: Arc<Mutex<Vec<AbortHandle>>>,
     /// What the watchdog reports as still stopping, if there is a watchdog.
     stopping: Option<Arc<watchdog::Shared>>,
+    /// Which components have started stopping and which are done, for a report cut short.
+    roll: Roll,
+}
+
+/// Every component by id (tasks, then stop functions) with where its stop stands, shared with
+/// [`Shutdown::run`] so that a shutdown cut short by a second signal still reports each one:
+/// those stopping as interrupted, those whose phase never came as not reached.
+#[derive(Clone)]
+struct Roll {
+    inner: Arc<Mutex<RollInner>>,
+}
+
+struct RollInner {
+    /// `(component, phase)` by id.
+    names: Vec<(String, String)>,
+    started: std::collections::HashMap<usize, Instant>,
+    done: HashSet<usize>,
+    /// The drain delay's start, while it runs.
+    drain: Option<Instant>,
+}
+
+impl Roll {
+    /// The drain delay's id.
+    const DRAIN: usize = usize::MAX;
+
+    fn new(names: Vec<(String, String)>, drain: Option<Instant>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(RollInner {
+                names,
+                started: std::collections::HashMap::new(),
+                done: HashSet::new(),
+                drain,
+            })),
+        }
+    }
+
+    fn start(&self, id: usize, at: Instant) {
+        if let Ok(mut roll) = self.inner.lock() {
+            roll.started.insert(id, at);
+        }
+    }
+
+    fn done(&self, id: usize) {
+        if let Ok(mut roll) = self.inner.lock() {
+            if id == Self::DRAIN {
+                roll.drain = None;
+            } else {
+                roll.done.insert(id);
+            }
+        }
+    }
+
+    /// The entries of every component not reported yet, as a second signal leaves them.
+    fn unfinished(&self, trigger: Instant) -> Vec<Entry> {
+        let Ok(roll) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let mut entries = Vec::new();
+        if let Some(at) = roll.drain {
+            entries.push(Entry {
+                component: "drain delay".into(),
+                phase: "drain".into(),
+                started: at - trigger,
+                took: at.elapsed(),
+                outcome: Outcome::Interrupted,
+                counts: Vec::new(),
+            });
+        }
+        for (id, (component, phase)) in roll.names.iter().enumerate() {
+            if roll.done.contains(&id) {
+                continue;
+            }
+            let (started, took, outcome) = match roll.started.get(&id) {
+                Some(at) => (*at - trigger, at.elapsed(), Outcome::Interrupted),
+                None => (trigger.elapsed(), Duration::ZERO, Outcome::NotReached),
+            };
+            entries.push(Entry {
+                component: component.clone(),
+                phase: phase.clone(),
+                started,
+                took,
+                outcome,
+                counts: Vec::new(),
+            });
+        }
+        entries
+    }
 }
 
 /// The report's entries as they come, each shown to the observer when added. Shared, so a
@@ -575,6 +675,8 @@ struct Stopping {
     /// Ended before its phase (learnt any time before).
     early: bool,
     oneshot: bool,
+    /// A task's stop signal, for the counts it recorded; `None` for a stop function.
+    signal: Option<StopSignal>,
 }
 
 impl Plan {
@@ -592,6 +694,7 @@ impl Plan {
             mut entries,
             aborts,
             stopping: watched,
+            roll,
         } = self;
         if !drain_delay.is_zero() {
             tracing::info!(
@@ -609,12 +712,14 @@ impl Plan {
                     Some(id) = ended.recv() => { ended_early.insert(id); }
                 }
             }
+            roll.done(Roll::DRAIN);
             entries.push(Entry {
                 component: "drain delay".into(),
                 phase: "drain".into(),
                 started: Duration::ZERO,
                 took: started.elapsed(),
                 outcome: Outcome::Stopped,
+                counts: Vec::new(),
             });
         }
 
@@ -637,10 +742,11 @@ impl Plan {
                     if out_of_time && !early {
                         // Its phase never got time: aborted unasked, and not its fault.
                         task.handle.abort();
-                        skipped.push(task.name);
+                        skipped.push((id, task.name));
                         continue;
                     }
                     task.stop.stop_by(phase_deadline);
+                    roll.start(id, phase_start);
                     stopping.push(Stopping {
                         id,
                         name: task.name,
@@ -648,6 +754,7 @@ impl Plan {
                         handle: task.handle,
                         early,
                         oneshot: task.oneshot,
+                        signal: Some(task.stop),
                     });
                 }
             }
@@ -656,7 +763,7 @@ impl Plan {
                     && let Some(hook) = slot.take()
                 {
                     if out_of_time {
-                        skipped.push(hook.name);
+                        skipped.push((hook_base + offset, hook.name));
                         continue;
                     }
                     let guard = EndGuard {
@@ -671,6 +778,7 @@ impl Plan {
                     if let Ok(mut aborts) = aborts.lock() {
                         aborts.push(handle.abort_handle());
                     }
+                    roll.start(hook_base + offset, phase_start);
                     stopping.push(Stopping {
                         id: hook_base + offset,
                         name: hook.name,
@@ -678,6 +786,7 @@ impl Plan {
                         handle,
                         early: false,
                         oneshot: false,
+                        signal: None,
                     });
                 }
             }
@@ -692,13 +801,15 @@ impl Plan {
                 stopping.len(),
                 deadline_at.saturating_duration_since(phase_start) + overrun_grace,
             );
-            for name in skipped {
+            for (id, name) in skipped {
+                roll.done(id);
                 entries.push(Entry {
                     component: name,
                     phase: phase.name.clone(),
                     started: phase_start - started,
                     took: Duration::ZERO,
                     outcome: Outcome::Skipped,
+                    counts: Vec::new(),
                 });
             }
             // What the watchdog names if the deadline is overrun: only what is still stopping.
@@ -715,6 +826,7 @@ impl Plan {
             // Those that ended before their phase need no message: it was consumed already.
             let (done, mut stopping): (Vec<_>, Vec<_>) = stopping.into_iter().partition(|s| s.early);
             for s in done {
+                roll.done(s.id);
                 entries.push(finish(s, &phase.name, started, false).await);
             }
             watch(&stopping);
@@ -725,6 +837,7 @@ impl Plan {
                     Some(id) = ended.recv() => {
                         if let Some(pos) = stopping.iter().position(|s| s.id == id) {
                             let s = stopping.swap_remove(pos);
+                            roll.done(s.id);
                             entries.push(finish(s, &phase.name, started, false).await);
                             watch(&stopping);
                         } else {
@@ -735,6 +848,7 @@ impl Plan {
                     () = &mut timer => {
                         for s in stopping.drain(..) {
                             s.handle.abort();
+                            roll.done(s.id);
                             entries.push(finish(s, &phase.name, started, true).await);
                         }
                     }
@@ -773,6 +887,7 @@ async fn finish(s: Stopping, phase: &str, trigger: Instant, aborted: bool) -> En
         started: s.started - trigger,
         took: s.started.elapsed(),
         outcome,
+        counts: s.signal.map(|signal| signal.counts()).unwrap_or_default(),
     };
     if entry.outcome.is_clean() {
         tracing::info!(event = "component.stopped", component = %entry.component, took_ms = entry.took.as_millis() as u64, clean = true, "stopped");

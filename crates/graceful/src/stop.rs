@@ -3,7 +3,7 @@
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -21,6 +21,7 @@ use crate::Failure;
 pub struct StopSignal {
     token: CancellationToken,
     deadline: Arc<OnceLock<Instant>>,
+    counts: Arc<Mutex<Vec<(&'static str, u64)>>>,
 }
 
 impl StopSignal {
@@ -28,7 +29,26 @@ impl StopSignal {
         Self {
             token: CancellationToken::new(),
             deadline: Arc::default(),
+            counts: Arc::default(),
         }
+    }
+
+    /// Records a count for this component's line in the report (connections served, items
+    /// flushed): shown beside its outcome, and in [`Entry::counts`](crate::Entry::counts). A
+    /// second count of the same name replaces the first, so a component can keep one current
+    /// as it stops and the report has it even if the component is then aborted.
+    pub fn record(&self, name: &'static str, value: u64) {
+        if let Ok(mut counts) = self.counts.lock() {
+            match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => counts.push((name, value)),
+            }
+        }
+    }
+
+    /// The counts recorded so far.
+    pub(crate) fn counts(&self) -> Vec<(&'static str, u64)> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Sets this component's deadline (its phase's), then tells it to stop.
@@ -102,5 +122,11 @@ impl StopResult for () {
 impl<E: Into<Box<dyn Error + Send + Sync + 'static>>> StopResult for Result<(), E> {
     fn into_stop_result(self) -> Result<(), Failure> {
         self.map_err(|e| Failure::from_error(e.into()))
+    }
+}
+
+impl StopResult for Result<(), Failure> {
+    fn into_stop_result(self) -> Result<(), Failure> {
+        self
     }
 }

@@ -440,6 +440,7 @@ fn an_overrun_is_not_clean() {
             started: Duration::ZERO,
             took: ms(6000),
             outcome: Outcome::Stopped,
+            counts: Vec::new(),
         }],
         total: ms(6000),
         deadline: ms(2000),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use graceful::DrainSwitch;
-use graceful::serve::{ConnectionLimits, Protocol, serve};
+use graceful::serve::Server;
 use stockorder::adapter::http;
 use stockorder::config::Cli;
 use tokio::net::TcpListener;
@@ -48,16 +48,13 @@ async fn main() -> anyhow::Result<()> {
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        router,
-        Protocol::Http,
-        ConnectionLimits::default(), // slow clients are closed after 10 s
-        readiness.readiness(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        Server::new(listener, router)
+            .readiness(readiness.readiness())
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
 
     // Wait for the signal. Each step below is logged with the time since it.
     stockorder::lifecycle::signals::terminate().await;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use graceful::DrainSwitch;
-use graceful::serve::{ConnectionLimits, Protocol, serve};
+use graceful::serve::Server;
 use stockorder::adapter::http;
 use stockorder::config::Cli;
 use stockorder::lifecycle::signals::terminate;
@@ -52,18 +52,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(event = "listening", protocol = "http", addr = %listener.local_addr()?, "HTTP server listening");
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());
-    let server = serve(
-        listener,
-        router,
-        Protocol::Http,
-        ConnectionLimits::default(),
-        readiness.readiness(),
-        async {
+    let server = Server::new(listener, router)
+        .readiness(readiness.readiness())
+        .run(async {
             terminate().await;
             // THE BUG, part 1: the server goes on taking requests for 10 s after the signal.
             pause(10.0).await;
-        },
-    );
+        });
 
     let shutdown_processing = async {
         terminate().await;
@@ -86,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     };
 
-    let ((), closed) = tokio::join!(server, shutdown_processing);
+    let (_served, closed) = tokio::join!(server, shutdown_processing);
     closed?;
     tracing::info!("HTTP server stopped; exiting 0 as if all went well");
     Ok(())

@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use graceful::Shutdown;
-use graceful::serve::{ConnectionLimits, Protocol};
+use graceful::serve::{Protocol, Server};
 use stockorder::adapter::{grpc, http};
 use stockorder::config::Cli;
 use tokio::net::TcpListener;
@@ -69,22 +69,12 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing::info!(event = "listening", protocol = "http", addr = %http_listener.local_addr()?, "HTTP server listening");
     tracing::info!(event = "listening", protocol = "grpc", addr = %grpc_listener.local_addr()?, "gRPC server listening");
     let router = http::router(std::sync::Arc::clone(&service), readiness.clone());
-    shutdown.serve(
-        servers,
-        "http server",
-        http_listener,
-        router,
-        Protocol::Http,
-        ConnectionLimits::default(),
-    );
+    shutdown.serve(servers, "http server", Server::new(http_listener, router));
     let grpc::GrpcServices { routes, health } = grpc::services(service)?;
     shutdown.serve(
         servers,
         "grpc server",
-        grpc_listener,
-        routes.prepare(),
-        Protocol::Grpc,
-        ConnectionLimits::default(),
+        Server::new(grpc_listener, routes.prepare()).protocol(Protocol::Grpc),
     );
     // gRPC health follows /ready: NOT_SERVING from the moment the shutdown starts.
     shutdown.spawn_oneshot(servers, "grpc health", move |_| async move {

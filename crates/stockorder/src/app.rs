@@ -27,7 +27,7 @@ use crate::lifecycle::upgrade::Upgrader;
 use crate::port::OrderService as _;
 use crate::processor::{self, ProcessorConfig};
 use crate::service::{OrderDesk, StorageState};
-use graceful::serve::{self as server, ConnectionLimits, Protocol};
+use graceful::serve::{ConnectionLimits, Protocol, Server};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -419,16 +419,13 @@ impl Application {
         tracing::info!(event = "listening", protocol = "http", addr = %self.http_addr, "HTTP server listening");
         let http_readiness = readiness.clone();
         let connection_limits = self.connection_limits;
-        shutdown.spawn(servers, "http server", move |stop| {
-            server::serve(
-                self.http_listener,
-                router,
-                Protocol::Http,
-                connection_limits,
-                http_readiness,
-                stop.into_future(),
-            )
-        });
+        shutdown.serve(
+            servers,
+            "http server",
+            Server::new(self.http_listener, router)
+                .limits(connection_limits)
+                .readiness(http_readiness),
+        );
 
         let grpc::GrpcServices { routes, health } = self.grpc;
         // The same stack as the REST API's (see `http::router_with`). Every call is logged at
@@ -463,12 +460,20 @@ impl Application {
                     }
                 }
                 health.set(false).await;
-                std::future::pending::<()>().await;
+                std::future::pending::<std::convert::Infallible>().await
             };
-            tokio::select! {
-                () = server::serve(self.grpc_listener, grpc_service, Protocol::Grpc, connection_limits, grpc_readiness.clone(), stop.stopped()) => {}
-                () = unready => {}
-            }
+            let server = Server::new(self.grpc_listener, grpc_service)
+                .protocol(Protocol::Grpc)
+                .limits(connection_limits)
+                .readiness(grpc_readiness.clone());
+            let served = tokio::select! {
+                served = server.run(stop.stopped()) => served,
+                never = unready => match never {},
+            };
+            stop.record("connections", served.connections);
+            stop.record("streams ended", served.streams_ended);
+            stop.record("streams cut", served.streams_cut);
+            served.into_result()
         });
 
         let (desk, config) = (Arc::clone(&self.desk), self.processor);

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use crate::Readiness;
 use hyper::header::{CONNECTION, HeaderValue};
-use hyper::{Request, Response, Version};
+use hyper::{Request, Response, StatusCode, Version};
 
 /// Wraps a service so that, from the moment shutdown starts (readiness draining, or the server
 /// it runs in has stopped accepting), every HTTP/1 response asks the client to close the
@@ -95,7 +95,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.answer.poll(cx))?;
-        if this.closing.as_ref().is_some_and(Closer::now) {
+        // A `101 Switching Protocols` keeps its `Connection: upgrade`: the connection becomes
+        // the upgraded protocol's, which the server ends its own way.
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS && this.closing.as_ref().is_some_and(Closer::now) {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -31,34 +30,10 @@ impl FirstRequest {
         }
     }
 
-    fn mark(&self) {
-        if !self.seen.swap(true, Ordering::AcqRel) {
+    /// Notes that the connection has carried a request.
+    pub(super) fn mark(&self) {
+        if !self.seen.load(Ordering::Relaxed) && !self.seen.swap(true, Ordering::AcqRel) {
             self.arrived.notify_one();
         }
-    }
-}
-
-/// A service that marks its connection's [`FirstRequest`] when called.
-#[derive(Clone)]
-pub(super) struct MarkFirst<S> {
-    pub(super) inner: S,
-    pub(super) first: FirstRequest,
-}
-
-impl<S, R> tower::Service<R> for MarkFirst<S>
-where
-    S: tower::Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        self.first.mark();
-        self.inner.call(request)
     }
 }

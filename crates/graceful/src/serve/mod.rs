@@ -16,16 +16,29 @@
 //! - HTTP/2 and gRPC connections get GOAWAY, and every stream already accepted is finished. A
 //!   gRPC connection that has not carried a request yet gets [`IDLE_GRACE`] to send its first
 //!   before the GOAWAY, so a client that just connected is answered rather than cut.
+//! - **Long-lived connections end the way their protocol defines** ([`StreamEnds`]): an SSE
+//!   body ends after its event in progress with a `retry:` hint, a gRPC stream with
+//!   `grpc-status: 14` (UNAVAILABLE), a WebSocket gets a Close frame (1001) and a bounded wait
+//!   for the client's. The closes are spread over a jitter window; one that does not end is cut
+//!   at its bound and named, so it never holds the later phases up. HTTP/1 upgrades stay
+//!   connections the server owns: it waits for their handlers to let them go.
 
 mod close;
+mod connection;
 mod first;
+mod io;
 mod linger;
+mod streams;
+mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::{Phase, Readiness, Shutdown};
+use crate::{DrainSwitch, Failure, Phase, Readiness, Shutdown};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,11 +46,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use close::CloseWhenDraining;
-use first::{FirstRequest, MarkFirst};
+use connection::PerConnection;
+use io::{ConnState, ServedIo};
+use streams::Notice;
+pub use streams::{Draining, ServedBody, StreamEnds};
 
 /// How long an HTTP/1 connection that is idle when the server stops may still deliver a request
 /// already on its way (it is answered with `Connection: close`). A busy connection does not
@@ -80,98 +95,221 @@ const MIN_HTTP1_BUFFER: usize = 8 * 1024;
 
 /// Which protocols a port speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Protocol {
-    /// HTTP/1.1, and HTTP/2 with prior knowledge: the REST port.
+    /// HTTP/1.1 (with upgrades, such as WebSocket), and HTTP/2 with prior knowledge: the REST
+    /// port.
     Http,
     /// HTTP/2 only: the gRPC port.
     Grpc,
 }
 
-/// Serves `service` on `listener` until `stop` resolves, then stops accepting (after taking the
-/// backlog), lets every accepted request finish, and returns when the last connection has
-/// closed. HTTP/1 answers carry `Connection: close` while `readiness` is draining, and in any
-/// case once `stop` has resolved. `limits`
-/// bound what a connection may cost before it sends a request. Dropping the returned future
-/// aborts every connection.
-pub async fn serve<S, B>(
+/// What a server did while it stopped, for its line in the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Served {
+    /// Connections accepted, from the first to the last (the backlog's included).
+    pub connections: u64,
+    /// Long-lived connections (SSE, gRPC streams, upgraded connections) that ended on the
+    /// notice, within their bound: a clean stop.
+    pub streams_ended: u64,
+    /// Long-lived connections still open at their bound, and so cut.
+    pub streams_cut: u64,
+    /// Each stream cut, as `METHOD path (protocol) from peer`.
+    pub cut: Vec<String>,
+}
+
+impl Served {
+    /// `Ok` when no stream had to be cut; otherwise a failure that names them, for the report.
+    pub fn into_result(self) -> Result<(), Failure> {
+        if self.streams_cut == 0 {
+            return Ok(());
+        }
+        Err(Failure::from(format!(
+            "{} stream(s) cut at the bound: {}",
+            self.streams_cut,
+            self.cut.join(", ")
+        )))
+    }
+}
+
+/// A server for one listener: the service it serves, the protocols it speaks, and how it
+/// stops. [`Server::run`] serves until its stop future resolves, then stops as the module
+/// describes. [`Shutdown::serve`] runs one as a component of a phase.
+///
+/// ```no_run
+/// # #[cfg(feature = "axum")]
+/// # async fn example(listener: tokio::net::TcpListener, router: axum::Router, readiness: graceful::Readiness) {
+/// use graceful::serve::{Server, StreamEnds};
+/// use std::time::Duration;
+///
+/// let served = Server::new(listener, router)
+///     .readiness(readiness)
+///     .streams(StreamEnds::default().jitter(Duration::from_millis(200)))
+///     .run(async {
+///         let _ = tokio::signal::ctrl_c().await;
+///     })
+///     .await;
+/// println!("{} connections, {} streams cut", served.connections, served.streams_cut);
+/// # }
+/// ```
+pub struct Server<S> {
     listener: TcpListener,
     service: S,
     protocol: Protocol,
     limits: ConnectionLimits,
-    readiness: Readiness,
-    stop: impl Future<Output = ()>,
-) where
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let service = CloseWhenDraining::or_when(service, readiness, std::sync::Arc::clone(&stopped));
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(stop);
-    let accept = |stream: TcpStream, connections: &mut JoinSet<()>| {
-        connections.spawn(connection(stream, service.clone(), protocol, limits, drain_rx.clone()));
-    };
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut stop => break,
-            // Reap finished connections so the set holds only live ones.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => accept(stream, &mut connections),
-                Err(e) => {
-                    // Out of file descriptors and the like: keep serving what is open, retry
-                    // shortly rather than spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
+    streams: StreamEnds,
+    readiness: Option<Readiness>,
+}
+
+impl<S> Server<S> {
+    /// Serves `service` on `listener`: HTTP/1.1 and HTTP/2, default [`ConnectionLimits`] and
+    /// [`StreamEnds`], answers marked `Connection: close` once it stops accepting.
+    pub fn new(listener: TcpListener, service: S) -> Self {
+        Self {
+            listener,
+            service,
+            protocol: Protocol::Http,
+            limits: ConnectionLimits::default(),
+            streams: StreamEnds::default(),
+            readiness: None,
         }
     }
 
-    // From now on every HTTP/1 answer says `Connection: close`, readiness or not.
-    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// The protocols the port speaks ([`Protocol::Http`] by default).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
 
-    // Take whatever completed its handshake before the socket closes; closing would reset it.
-    // Asked of the kernel directly (a non-blocking accept until it would block): tokio's
-    // readiness for the socket can lag behind connections that arrived since the reactor last
-    // looked, and those would be reset.
-    let mut taken = 0;
-    match listener.into_std() {
-        Ok(listener) => {
-            while let Ok((stream, _)) = listener.accept() {
-                match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
-                    Ok(stream) => {
-                        accept(stream, &mut connections);
-                        taken += 1;
+    /// What a connection may cost before it sends a request.
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long-lived connections are ended.
+    pub fn streams(mut self, streams: StreamEnds) -> Self {
+        self.streams = streams;
+        self
+    }
+
+    /// HTTP/1 answers carry `Connection: close` from the moment `readiness` is draining (the
+    /// start of the drain delay), not only once the server stops accepting. [`Shutdown::serve`]
+    /// sets the coordinator's.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// Serves until `stop` resolves, then stops accepting (after taking the backlog), gives
+    /// long-lived connections the notice, lets every accepted request finish and every stream
+    /// end or be cut at its bound. Returns when the last connection has closed, and with it
+    /// every upgraded connection's handler has let its socket go (or been cut). Dropping the
+    /// future aborts every connection and cuts every upgraded one.
+    pub async fn run<B>(self, stop: impl Future<Output = ()>) -> Served
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Self {
+            listener,
+            service,
+            protocol,
+            limits,
+            streams,
+            readiness,
+        } = self;
+        let readiness = readiness.unwrap_or_else(|| DrainSwitch::new().readiness());
+        let stopped = Arc::new(AtomicBool::new(false));
+        let service = CloseWhenDraining::or_when(service, readiness, Arc::clone(&stopped));
+        let notice = Notice::new(streams);
+        let mut connections = JoinSet::new();
+        let mut accepted: u64 = 0;
+        tokio::pin!(stop);
+        let accept = |stream: TcpStream, peer: SocketAddr, connections: &mut JoinSet<()>| {
+            connections.spawn(connection(
+                stream,
+                peer,
+                service.clone(),
+                protocol,
+                limits,
+                notice.clone(),
+            ));
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                // Reap finished connections so the set holds only live ones.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                next = listener.accept() => match next {
+                    Ok((stream, peer)) => {
+                        accepted += 1;
+                        accept(stream, peer, &mut connections);
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot serve a connection taken from the backlog"),
-                }
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving what is open, retry
+                        // shortly rather than spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog"),
+
+        // From now on every HTTP/1 answer says `Connection: close`, readiness or not.
+        stopped.store(true, Ordering::Relaxed);
+
+        // Take whatever completed its handshake before the socket closes; closing would reset it.
+        // Asked of the kernel directly (a non-blocking accept until it would block): tokio's
+        // readiness for the socket can lag behind connections that arrived since the reactor last
+        // looked, and those would be reset.
+        let mut taken = 0;
+        match listener.into_std() {
+            Ok(listener) => {
+                while let Ok((stream, peer)) = listener.accept() {
+                    match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                        Ok(stream) => {
+                            accept(stream, peer, &mut connections);
+                            taken += 1;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot serve a connection taken from the backlog"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog"),
+        }
+        accepted += taken;
+        tracing::info!(
+            event = "listener.closed",
+            ?protocol,
+            open = connections.len(),
+            from_backlog = taken,
+            "stopped accepting; finishing requests in flight, ending streams"
+        );
+        notice.give();
+        while connections.join_next().await.is_some() {}
+        let tally = notice.tally();
+        Served {
+            connections: accepted,
+            streams_ended: tally.ended.load(Ordering::Relaxed),
+            streams_cut: tally.cut.load(Ordering::Relaxed),
+            cut: tally.cut_names.lock().map(|n| n.clone()).unwrap_or_default(),
+        }
     }
-    tracing::info!(
-        event = "listener.closed",
-        ?protocol,
-        open = connections.len(),
-        from_backlog = taken,
-        "stopped accepting; finishing requests in flight"
-    );
-    drain_tx.send_replace(true);
-    while connections.join_next().await.is_some() {}
 }
 
 async fn connection<S, B>(
     stream: TcpStream,
+    peer: SocketAddr,
     service: S,
     protocol: Protocol,
     limits: ConnectionLimits,
-    drain: watch::Receiver<bool>,
+    notice: Notice,
 ) where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -180,13 +318,19 @@ async fn connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let _ = stream.set_nodelay(true);
-    if !first_byte(&stream, limits.header_read_timeout, drain.clone()).await {
+    if !first_byte(&stream, limits.header_read_timeout, &notice).await {
         return;
     }
-    // The socket's descriptor, to take a second handle on at drain (see `linger`). Valid for as
-    // long as `drive` holds the connection, which owns the stream.
+    // The socket's descriptor, to take a second handle on at drain (see `linger`) or at an
+    // upgrade. Valid for as long as the `ServedIo` owning the stream lives.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    let io = TokioIo::new(stream);
+    let conn = ConnState::new(peer, fd, notice.ends().websocket_close_code);
+    let io = TokioIo::new(ServedIo::new(stream, Arc::clone(&conn)));
+    let service = TowerToHyperService::new(PerConnection {
+        inner: service,
+        conn: Arc::clone(&conn),
+        notice: notice.clone(),
+    });
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
         Protocol::Http => {
@@ -200,11 +344,23 @@ async fn connection<S, B>(
                 .http2()
                 .timer(TokioTimer::new())
                 .max_header_list_size(header_list);
-            let service = TowerToHyperService::new(service);
-            drive(builder.serve_connection(io, service), fd, drain, || {
-                tokio::time::sleep(IDLE_GRACE)
-            })
-            .await
+            let grace = || async {
+                // HTTP/2 (GOAWAY says which streams were taken) and a connection carrying a
+                // stream (its answer ends, then it closes) need no grace; an idle HTTP/1
+                // connection may have a request on its way.
+                let h2 = conn.h2.load(Ordering::Relaxed);
+                if !h2 && conn.streams_open() == 0 {
+                    tokio::time::sleep(IDLE_GRACE).await;
+                }
+            };
+            drive(
+                builder.serve_connection_with_upgrades(io, service),
+                fd,
+                &conn,
+                &notice,
+                grace,
+            )
+            .await;
         }
         Protocol::Grpc => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -212,52 +368,50 @@ async fn connection<S, B>(
             // A connection that has carried a request needs no grace: GOAWAY tells the client
             // which streams were taken, and those are finished. One that has not may be about
             // to send its first (see `first`).
-            let first = FirstRequest::default();
-            let service = TowerToHyperService::new(MarkFirst {
-                inner: service,
-                first: first.clone(),
-            });
-            drive(builder.serve_connection(io, service), fd, drain, || async move {
-                first.within(IDLE_GRACE).await;
-            })
-            .await
+            let grace = || conn.first.within(IDLE_GRACE);
+            drive(builder.serve_connection(io, service), fd, &conn, &notice, grace).await;
         }
+    }
+    if conn.is_upgraded() {
+        upgraded(&conn, &notice).await;
     }
 }
 
 /// Waits for a new connection's first byte: false when it does not come within `timeout`, or
 /// within [`IDLE_GRACE`] once the server is draining, or the client closes first. Until a byte
 /// arrives hyper has no timer running (it is still finding out which protocol to speak).
-async fn first_byte(stream: &TcpStream, timeout: Duration, mut drain: watch::Receiver<bool>) -> bool {
+async fn first_byte(stream: &TcpStream, timeout: Duration, notice: &Notice) -> bool {
     let mut byte = [0u8; 1];
     let arrived = async { matches!(stream.peek(&mut byte).await, Ok(n) if n > 0) };
     tokio::pin!(arrived);
     tokio::select! {
         arrived = &mut arrived => return arrived,
         () = tokio::time::sleep(timeout) => return false,
-        _ = drain.wait_for(|draining| *draining) => {}
+        () = notice.given() => {}
     }
     tokio::time::timeout(IDLE_GRACE.min(timeout), arrived)
         .await
         .unwrap_or(false)
 }
 
-/// Runs one connection (whose socket is `fd`); once draining, gives it the `grace` future
-/// (started then) to finish on its own (HTTP/1 answers carry `Connection: close` by then), then
-/// asks it to shut down gracefully, waits, and closes the socket lingering (see `linger`).
-async fn drive<C, G>(conn: C, fd: std::os::fd::RawFd, mut drain: watch::Receiver<bool>, grace: impl FnOnce() -> G)
+/// Runs one connection (whose socket is `fd`); once the server stops, gives it the `grace`
+/// future (started then) to finish on its own (HTTP/1 answers carry `Connection: close` by
+/// then), then asks it to shut down gracefully and waits. Streams end on the notice; if one is
+/// still open at the bound, the connection is closed under it. Then the socket is closed
+/// lingering (see `linger`), unless an upgrade has handed it to a handler.
+async fn drive<C, G>(conn: C, fd: std::os::fd::RawFd, state: &ConnState, notice: &Notice, grace: impl FnOnce() -> G)
 where
     C: GracefulConnection,
     G: Future<Output = ()>,
 {
     tokio::pin!(conn);
     tokio::select! {
-        // Ended before the drain: the client closed, nothing to linger for.
+        // Ended before the stop: the client closed, or an upgrade took the socket.
         _ = conn.as_mut() => return,
-        _ = drain.wait_for(|draining| *draining) => {}
+        () = notice.given() => {}
     }
     // A second handle on the socket, taken while `conn` still owns it, so the socket outlives
-    // hyper's close. Only from the drain on: until then a connection holds one descriptor.
+    // hyper's close. Only from the stop on: until then a connection holds one descriptor.
     // SAFETY: `fd` is the socket of the stream `conn` owns, and `conn` is alive here.
     let linger = unsafe { linger::Linger::new(fd) };
     let ended = tokio::select! {
@@ -266,31 +420,75 @@ where
     };
     if !ended {
         conn.as_mut().graceful_shutdown();
-        let _ = conn.as_mut().await;
+        let bound = tokio::time::sleep_until(notice.cut_at().unwrap_or_else(tokio::time::Instant::now));
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = bound => {
+                if state.streams_open() > 0 {
+                    // A stream that did not end: cut, with its connection (dropped here).
+                    state.start_cutting();
+                    return;
+                }
+                // Only ordinary requests left: the phase deadline bounds those.
+                let _ = conn.as_mut().await;
+            }
+        }
+    }
+    if state.is_upgraded() {
+        return;
     }
     if let Some(linger) = linger {
         linger.close().await;
     }
 }
 
+/// Follows a connection that an upgrade handed to its handler: it ends when the handler lets
+/// the socket go. After the notice (and the connection's place in the jitter window) a
+/// WebSocket is sent its Close; at the bound whatever is still held is cut.
+async fn upgraded(conn: &ConnState, notice: &Notice) {
+    /// Cuts the connection if this wait is dropped (the server aborted at its deadline):
+    /// never left running on its own.
+    struct CutOnDrop<'a>(&'a ConnState);
+    impl Drop for CutOnDrop<'_> {
+        fn drop(&mut self) {
+            if !self.0.io_dropped() {
+                self.0.kill();
+            }
+        }
+    }
+    let _cut = CutOnDrop(conn);
+    let offset = notice.offset();
+    tokio::select! {
+        // The handler let it go before the notice: ended on its own.
+        () = conn.released() => return,
+        () = notice.wait_for_end(offset) => {}
+    }
+    if conn.is_websocket() {
+        conn.request_close();
+    }
+    let bound = tokio::time::sleep_until(notice.cut_at().unwrap_or_else(tokio::time::Instant::now));
+    tokio::select! {
+        () = conn.released() => notice.tally().ended(),
+        () = bound => {
+            conn.kill();
+            notice.tally().cut(conn.upgrade_name());
+        }
+    }
+}
+
 impl Shutdown {
-    /// Serves `service` on `listener` as a component of `phase`: [`serve`] with this
-    /// coordinator's readiness and the component's stop signal. At `phase` it stops accepting
+    /// Runs `server` as a component of `phase`, with this coordinator's readiness (unless it
+    /// has its own) and the component's stop signal. When `phase` comes it stops accepting
     /// (taking the backlog), finishes every accepted request, closes idle keep-alive
-    /// connections after [`IDLE_GRACE`] and sends HTTP/2 GOAWAY; at the phase's deadline every
-    /// connection still open is aborted with it.
+    /// connections after [`IDLE_GRACE`], sends HTTP/2 GOAWAY and ends every long-lived
+    /// connection within its [`StreamEnds`] bound. Its report entry counts the connections and
+    /// the streams ended and cut; a stream cut makes it fail, naming the stream. At the phase's
+    /// deadline every connection still open is aborted with it.
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
-    pub fn serve<S, B>(
-        &mut self,
-        phase: Phase,
-        name: impl Into<String>,
-        listener: TcpListener,
-        service: S,
-        protocol: Protocol,
-        limits: ConnectionLimits,
-    ) where
+    pub fn serve<S, B>(&mut self, phase: Phase, name: impl Into<String>, mut server: Server<S>)
+    where
         S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
@@ -301,34 +499,34 @@ impl Shutdown {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let readiness = self.readiness();
-        self.spawn(phase, name, move |stop| {
-            serve(listener, service, protocol, limits, readiness, stop.into_future())
+        if server.readiness.is_none() {
+            server.readiness = Some(self.readiness());
+        }
+        self.spawn(phase, name, move |stop| async move {
+            let served = server.run(stop.clone().into_future()).await;
+            stop.record("connections", served.connections);
+            stop.record("streams ended", served.streams_ended);
+            stop.record("streams cut", served.streams_cut);
+            served.into_result()
         });
     }
 
     /// Serves a stock `axum::Router` on `listener` with every connection owned and drained
     /// (see [`Shutdown::serve`]): the one call that replaces `axum::serve(..)
-    /// .with_graceful_shutdown(..)`, which loses keep-alive requests at every shutdown.
+    /// .with_graceful_shutdown(..)`, which loses keep-alive requests at every shutdown and
+    /// leaves WebSockets and SSE streams to be cut.
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
     #[cfg(feature = "axum")]
     pub fn serve_axum(&mut self, phase: Phase, name: impl Into<String>, listener: TcpListener, router: axum::Router) {
-        self.serve(
-            phase,
-            name,
-            listener,
-            router,
-            Protocol::Http,
-            ConnectionLimits::default(),
-        );
+        self.serve(phase, name, Server::new(listener, router));
     }
 
     /// Serves tonic services on `listener` (HTTP/2 only) with every connection owned and
-    /// drained (see [`Shutdown::serve`]): GOAWAY at the phase, every accepted call finished, and
-    /// the connections aborted at the phase's deadline, which tonic's `serve_with_shutdown`
-    /// cannot do (its connections are detached).
+    /// drained (see [`Shutdown::serve`]): GOAWAY at the phase, every accepted call finished,
+    /// streaming calls ended with UNAVAILABLE, and the connections aborted at the phase's
+    /// deadline, which tonic's `serve_with_shutdown` cannot do (its connections are detached).
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
@@ -343,10 +541,7 @@ impl Shutdown {
         self.serve(
             phase,
             name,
-            listener,
-            routes.prepare(),
-            Protocol::Grpc,
-            ConnectionLimits::default(),
+            Server::new(listener, routes.prepare()).protocol(Protocol::Grpc),
         );
     }
 }

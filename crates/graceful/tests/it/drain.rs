@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 /// The tests take turns: each is a load on 2 cores, and one running beside another would
 /// measure it (the exit-time bound especially).
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What the clients saw.
 #[derive(Debug, Default)]
@@ -124,7 +124,7 @@ async fn load(addr: SocketAddr, until: Arc<AtomicBool>) -> Tally {
     tally
 }
 
-fn example(name: &str) -> std::path::PathBuf {
+pub(crate) fn example(name: &str) -> std::path::PathBuf {
     // cargo test builds the examples beside the test binaries.
     std::env::current_exe()
         .unwrap()
@@ -393,16 +393,13 @@ async fn a_stopping_server_closes_busy_keep_alive_connections_without_readiness(
     let addr = listener.local_addr().unwrap();
     let never_drained = graceful::DrainSwitch::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(graceful::serve::serve(
-        listener,
-        router,
-        graceful::serve::Protocol::Http,
-        graceful::serve::ConnectionLimits::default(),
-        never_drained.readiness(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        graceful::serve::Server::new(listener, router)
+            .readiness(never_drained.readiness())
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
     let mut stream = BufReader::new(TcpStream::connect(addr).await.unwrap());
     for _ in 0..10 {
         assert_eq!(exchange(&mut stream).await, Some(false), "answered, keep-alive");

@@ -45,7 +45,7 @@ fn child() {
                 tokio::time::sleep(stop_takes).await;
             });
         }
-        if scenario == "systemd" {
+        if scenario == "systemd" || scenario == "slow" {
             let resources = shutdown.phase("resources");
             shutdown.on_stop(resources, "database", || async {});
         }
@@ -152,6 +152,14 @@ fn a_second_signal_stops_at_once_with_128_plus_its_number() {
             "{second}: took {took:?} (the stop takes 5 s)"
         );
         assert!(stderr.contains("cut short") || stderr.contains("shutdown"), "{stderr}");
+        // Every component is listed: the one stopping as aborted, the one whose phase never
+        // came as not reached.
+        let line = |name: &str| stderr.lines().find(|l| l.contains(name)).unwrap_or_default().to_owned();
+        assert!(
+            line(" worker ").contains("aborted: a second signal"),
+            "{second}: {stderr}"
+        );
+        assert!(line(" database ").contains("not reached"), "{second}: {stderr}");
     }
 }
 

@@ -465,6 +465,7 @@ mod tests {
             started: Duration::ZERO,
             took: Duration::from_millis(12),
             outcome: graceful::Outcome::Stopped,
+            counts: Vec::new(),
         });
         let text = m.render();
         for line in [
