@@ -826,8 +826,9 @@ impl Plan {
             // Those that ended before their phase need no message: it was consumed already.
             let (done, mut stopping): (Vec<_>, Vec<_>) = stopping.into_iter().partition(|s| s.early);
             for s in done {
-                roll.done(s.id);
+                let id = s.id;
                 entries.push(finish(s, &phase.name, started, false).await);
+                roll.done(id);
             }
             watch(&stopping);
             let timer = tokio::time::sleep_until(phase_deadline);
@@ -837,8 +838,9 @@ impl Plan {
                     Some(id) = ended.recv() => {
                         if let Some(pos) = stopping.iter().position(|s| s.id == id) {
                             let s = stopping.swap_remove(pos);
-                            roll.done(s.id);
+                            let id = s.id;
                             entries.push(finish(s, &phase.name, started, false).await);
+                            roll.done(id);
                             watch(&stopping);
                         } else {
                             // A component of a later phase ended before its turn.
@@ -848,8 +850,9 @@ impl Plan {
                     () = &mut timer => {
                         for s in stopping.drain(..) {
                             s.handle.abort();
-                            roll.done(s.id);
+                            let id = s.id;
                             entries.push(finish(s, &phase.name, started, true).await);
+                            roll.done(id);
                         }
                     }
                 }

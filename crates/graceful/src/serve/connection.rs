@@ -1,6 +1,6 @@
 //! The service as one connection sees it: each request is marked on its connection (its first
-//! request, its HTTP version), carries the [`Draining`](super::Draining) notice, and its answer
-//! is watched for what outlives a response (an upgrade, a stream).
+//! request, its HTTP version), and its answer is watched for what outlives a response (an
+//! upgrade, a stream).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,19 +12,20 @@ use hyper::header::UPGRADE;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use super::io::ConnState;
-use super::streams::{Ending, Notice, ServedBody, StreamKind};
+use super::streams::{Ending, ServedBody, StreamKind};
+use hyper::body::Body;
 
 /// `inner` serving one connection.
 #[derive(Clone)]
 pub(super) struct PerConnection<S> {
     pub(super) inner: S,
     pub(super) conn: Arc<ConnState>,
-    pub(super) notice: Notice,
 }
 
 impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for PerConnection<S>
 where
     S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body,
 {
     type Response = Response<ServedBody<ResB>>;
     type Error = S::Error;
@@ -34,22 +35,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         self.conn.first.mark();
         if request.version() == Version::HTTP_2 {
             self.conn.h2.store(true, Ordering::Relaxed);
         }
-        let websocket = request
-            .headers()
-            .get(UPGRADE)
-            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        // A WebSocket opens with a GET (RFC 6455 §4.1): other requests skip the header lookup.
+        let websocket = request.method() == Method::GET
+            && request
+                .headers()
+                .get(UPGRADE)
+                .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let target = (request.method().clone(), request.uri().clone());
-        request.extensions_mut().insert(self.notice.draining());
         Answer {
             answer: self.inner.call(request),
             watch: Some(Watch {
                 conn: Arc::clone(&self.conn),
-                notice: self.notice.clone(),
                 target,
                 websocket,
             }),
@@ -60,7 +61,6 @@ where
 /// What the answer is checked against.
 struct Watch {
     conn: Arc<ConnState>,
-    notice: Notice,
     target: (Method, Uri),
     websocket: bool,
 }
@@ -84,6 +84,7 @@ pin_project_lite::pin_project! {
 impl<F, ResB, E> Future for Answer<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: Body,
 {
     type Output = Result<Response<ServedBody<ResB>>, E>;
 
@@ -97,10 +98,15 @@ where
             watch.conn.upgrading(watch.websocket, watch.name());
             return Poll::Ready(Ok(response.map(ServedBody::plain)));
         }
-        let Some(kind) = StreamKind::of(response.headers()) else {
+        // A body of known length is no stream; only then is the content type read.
+        let kind = match response.body().size_hint().exact() {
+            Some(_) => None,
+            None => StreamKind::of(response.headers()),
+        };
+        let Some(kind) = kind else {
             return Poll::Ready(Ok(response.map(ServedBody::plain)));
         };
-        let ending = Ending::new(kind, &watch.notice, Arc::clone(&watch.conn), watch.name());
+        let ending = Ending::new(kind, Arc::clone(&watch.conn), watch.name());
         Poll::Ready(Ok(response.map(|body| ServedBody::stream(body, ending))))
     }
 }

@@ -27,10 +27,12 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::first::FirstRequest;
+use super::streams::Notice;
 use super::websocket::{Frames, HeadEnd, close_frame};
 
 /// What the server and a connection's socket share.
 pub(super) struct ConnState {
+    notice: Notice,
     peer: SocketAddr,
     fd: RawFd,
     pub(super) first: FirstRequest,
@@ -54,7 +56,6 @@ pub(super) struct ConnState {
     killed: AtomicBool,
     /// The handler's task, when it waits to read: woken to send the Close.
     read_waker: Mutex<Option<Waker>>,
-    close_code: u16,
     io_dropped: AtomicBool,
     dropped: Notify,
 }
@@ -64,8 +65,9 @@ const WEBSOCKET: u8 = 1;
 const OTHER_UPGRADE: u8 = 2;
 
 impl ConnState {
-    pub(super) fn new(peer: SocketAddr, fd: RawFd, close_code: u16) -> Arc<Self> {
+    pub(super) fn new(peer: SocketAddr, fd: RawFd, notice: Notice) -> Arc<Self> {
         Arc::new(Self {
+            notice,
             peer,
             fd,
             first: FirstRequest::default(),
@@ -79,10 +81,14 @@ impl ConnState {
             close_sent: AtomicBool::new(false),
             killed: AtomicBool::new(false),
             read_waker: Mutex::new(None),
-            close_code,
             io_dropped: AtomicBool::new(false),
             dropped: Notify::new(),
         })
+    }
+
+    /// The server's notice.
+    pub(super) fn notice(&self) -> &Notice {
+        &self.notice
     }
 
     pub(super) fn peer(&self) -> SocketAddr {
@@ -207,7 +213,9 @@ impl ServedIo {
         let Some(ws) = self.ws.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let (frame, sent) = ws.close.get_or_insert_with(|| (close_frame(self.conn.close_code), 0));
+        let (frame, sent) = ws
+            .close
+            .get_or_insert_with(|| (close_frame(self.conn.notice.ends().websocket_close_code), 0));
         while *sent < frame.len() {
             let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &frame[*sent..]))?;
             if n == 0 {

@@ -29,13 +29,16 @@ mod first;
 mod io;
 mod linger;
 mod streams;
+mod timer;
 mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::{DrainSwitch, Failure, Phase, Readiness, Shutdown};
@@ -53,6 +56,7 @@ use connection::PerConnection;
 use io::{ConnState, ServedIo};
 use streams::Notice;
 pub use streams::{Draining, ServedBody, StreamEnds};
+use timer::ConnTimer;
 
 /// How long an HTTP/1 connection that is idle when the server stops may still deliver a request
 /// already on its way (it is answered with `Connection: close`). A busy connection does not
@@ -125,10 +129,15 @@ impl Served {
         if self.streams_cut == 0 {
             return Ok(());
         }
+        // Thousands of names would bury the report: the first few, and how many more.
+        const NAMED: usize = 10;
+        let mut names = self.cut.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
+        if self.cut.len() > NAMED {
+            names.push_str(&format!(" and {} more", self.cut.len() - NAMED));
+        }
         Err(Failure::from(format!(
-            "{} stream(s) cut at the bound: {}",
-            self.streams_cut,
-            self.cut.join(", ")
+            "{} stream(s) cut at the bound: {names}",
+            self.streams_cut
         )))
     }
 }
@@ -160,6 +169,7 @@ pub struct Server<S> {
     limits: ConnectionLimits,
     streams: StreamEnds,
     readiness: Option<Readiness>,
+    draining: Draining,
 }
 
 impl<S> Server<S> {
@@ -173,7 +183,15 @@ impl<S> Server<S> {
             limits: ConnectionLimits::default(),
             streams: StreamEnds::default(),
             readiness: None,
+            draining: Draining::new(),
         }
+    }
+
+    /// Gives `draining` the notice when this server starts ending its streams: how a handler of
+    /// a protocol the server cannot end by itself learns it should end.
+    pub fn draining(mut self, draining: Draining) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// The protocols the port speaks ([`Protocol::Http`] by default).
@@ -222,11 +240,12 @@ impl<S> Server<S> {
             limits,
             streams,
             readiness,
+            draining,
         } = self;
         let readiness = readiness.unwrap_or_else(|| DrainSwitch::new().readiness());
         let stopped = Arc::new(AtomicBool::new(false));
         let service = CloseWhenDraining::or_when(service, readiness, Arc::clone(&stopped));
-        let notice = Notice::new(streams);
+        let notice = Notice::new(streams, draining);
         let mut connections = JoinSet::new();
         let mut accepted: u64 = 0;
         tokio::pin!(stop);
@@ -289,7 +308,7 @@ impl<S> Server<S> {
             ?protocol,
             open = connections.len(),
             from_backlog = taken,
-            "stopped accepting; finishing requests in flight, ending streams"
+            "stopped accepting; finishing requests in flight"
         );
         notice.give();
         while connections.join_next().await.is_some() {}
@@ -324,12 +343,11 @@ async fn connection<S, B>(
     // The socket's descriptor, to take a second handle on at drain (see `linger`) or at an
     // upgrade. Valid for as long as the `ServedIo` owning the stream lives.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    let conn = ConnState::new(peer, fd, notice.ends().websocket_close_code);
+    let conn = ConnState::new(peer, fd, notice.clone());
     let io = TokioIo::new(ServedIo::new(stream, Arc::clone(&conn)));
     let service = TowerToHyperService::new(PerConnection {
         inner: service,
         conn: Arc::clone(&conn),
-        notice: notice.clone(),
     });
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
@@ -337,7 +355,7 @@ async fn connection<S, B>(
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
-                .timer(TokioTimer::new())
+                .timer(ConnTimer::default())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUFFER));
             builder
@@ -405,10 +423,20 @@ where
     G: Future<Output = ()>,
 {
     tokio::pin!(conn);
-    tokio::select! {
+    // Polled at every read and write, so kept cheap: the connection first, then an atomic
+    // check of the notice (no `select!`, no shared list touched per poll).
+    let mut given = notice.wait();
+    let ended = std::future::poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        Pin::new(&mut given).poll(cx).map(|()| false)
+    })
+    .await;
+    drop(given);
+    if ended {
         // Ended before the stop: the client closed, or an upgrade took the socket.
-        _ = conn.as_mut() => return,
-        () = notice.given() => {}
+        return;
     }
     // A second handle on the socket, taken while `conn` still owns it, so the socket outlives
     // hyper's close. Only from the stop on: until then a connection holds one descriptor.

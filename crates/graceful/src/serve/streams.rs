@@ -21,9 +21,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -110,6 +110,10 @@ pub(super) struct Notice {
 
 struct NoticeInner {
     token: CancellationToken,
+    /// Set with `at`; what a connection's [`NoticeWait`] checks at every poll.
+    given: AtomicBool,
+    /// The connections waiting for the notice, by id.
+    waiters: Mutex<std::collections::HashMap<u64, Arc<WakeSlot>>>,
     at: OnceLock<Instant>,
     ends: StreamEnds,
     /// Spreads the streams' ends over the jitter window (a counter, hashed).
@@ -119,10 +123,13 @@ struct NoticeInner {
 }
 
 impl Notice {
-    pub(super) fn new(ends: StreamEnds) -> Self {
+    /// A notice given through `draining`'s token, so handlers holding it are told too.
+    pub(super) fn new(ends: StreamEnds, draining: Draining) -> Self {
         Self {
             inner: Arc::new(NoticeInner {
-                token: CancellationToken::new(),
+                token: draining.0,
+                given: AtomicBool::new(false),
+                waiters: Mutex::default(),
                 at: OnceLock::new(),
                 ends: StreamEnds {
                     bound: ends.bound.max(ends.jitter),
@@ -138,7 +145,26 @@ impl Notice {
     /// Gives the notice: from now on every stream ends within the jitter window.
     pub(super) fn give(&self) {
         let _ = self.inner.at.set(Instant::now());
+        self.inner.given.store(true, Ordering::Release);
         self.inner.token.cancel();
+        // After the flag: a connection registering from here on sees it (see `NoticeWait`).
+        let waiters: Vec<Arc<WakeSlot>> = self
+            .inner
+            .waiters
+            .lock()
+            .map(|w| w.values().cloned().collect())
+            .unwrap_or_default();
+        for slot in waiters {
+            slot.wake();
+        }
+    }
+
+    /// A connection's wait for the notice.
+    pub(super) fn wait(&self) -> NoticeWait {
+        NoticeWait {
+            notice: self.clone(),
+            slot: None,
+        }
     }
 
     pub(super) async fn given(&self) {
@@ -184,10 +210,65 @@ impl Notice {
             }
         }
     }
+}
 
-    /// The public view handlers get.
-    pub(super) fn draining(&self) -> Draining {
-        Draining(self.inner.token.clone())
+/// Where a connection's task waits to be woken by the notice.
+#[derive(Default)]
+struct WakeSlot(Mutex<Option<Waker>>);
+
+impl WakeSlot {
+    fn wake(&self) {
+        if let Some(waker) = self.0.lock().ok().and_then(|mut w| w.take()) {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves when the notice is given. Cheap to poll again and again (an atomic load after the
+/// first poll): it is polled beside hyper's connection future, at every read and write of
+/// every connection, always by that connection's task. A `CancellationToken`'s wait re-registers in a
+/// shared list at each poll, which costs more than the rest of the server's own work per
+/// request (measured with callgrind; see the crate README).
+pub(super) struct NoticeWait {
+    notice: Notice,
+    slot: Option<(u64, Arc<WakeSlot>)>,
+}
+
+impl Future for NoticeWait {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let inner = &this.notice.inner;
+        if inner.given.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        // Registered once: the connection's task always polls it with its own waker (it is
+        // never moved to another task), so the waker stored first stays the right one.
+        if this.slot.is_none() {
+            let id = inner.next.fetch_add(1, Ordering::Relaxed);
+            let slot = Arc::new(WakeSlot(Mutex::new(Some(cx.waker().clone()))));
+            if let Ok(mut waiters) = inner.waiters.lock() {
+                waiters.insert(id, Arc::clone(&slot));
+            }
+            this.slot = Some((id, slot));
+        }
+        // Given while registering: `give` set the flag before it read the waiters.
+        if inner.given.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for NoticeWait {
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.slot.take()
+            && let Ok(mut waiters) = self.notice.inner.waiters.lock()
+        {
+            waiters.remove(&id);
+        }
     }
 }
 
@@ -213,15 +294,17 @@ impl Tally {
     }
 }
 
-/// The notice that the server has started stopping, in every request's extensions: a handler
-/// of a protocol the server cannot end by itself (a custom upgrade, a streaming body of another
-/// type) awaits it and ends its stream. SSE, gRPC streams and WebSockets need nothing: the
-/// server ends them.
+/// The notice that a server has started stopping, for handlers of protocols the server cannot
+/// end by itself (a custom upgrade, a streaming body of another content type): make one, give
+/// it to the server with [`Server::draining`](super::Server::draining), and to the handlers
+/// (state, a closure, or axum's `Extension` layer). SSE, gRPC streams and WebSockets need
+/// nothing: the server ends them. Costs nothing per request: it is not put in every request's
+/// extensions, only where you put it.
 ///
 /// ```
 /// # #[cfg(feature = "axum")] {
-/// use axum::Extension;
-/// use graceful::serve::Draining;
+/// use axum::{Extension, Router, routing::get};
+/// use graceful::serve::{Draining, Server};
 ///
 /// async fn handler(Extension(draining): Extension<Draining>) -> &'static str {
 ///     tokio::select! {
@@ -229,12 +312,29 @@ impl Tally {
 ///         () = tokio::time::sleep(std::time::Duration::from_secs(30)) => "done",
 ///     }
 /// }
+///
+/// # async fn run(listener: tokio::net::TcpListener) {
+/// let draining = Draining::new();
+/// let router: Router = Router::new().route("/long", get(handler)).layer(Extension(draining.clone()));
+/// let _server = Server::new(listener, router).draining(draining);
+/// # }
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Draining(CancellationToken);
 
+impl Default for Draining {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Draining {
+    /// A notice not given yet, for one server.
+    pub fn new() -> Self {
+        Self(CancellationToken::new())
+    }
+
     /// Resolves once the server has stopped accepting and is ending its streams.
     pub async fn notified(&self) {
         self.0.cancelled().await;
@@ -316,8 +416,9 @@ pub(super) struct Ending {
 }
 
 impl Ending {
-    pub(super) fn new(kind: StreamKind, notice: &Notice, conn: Arc<super::io::ConnState>, name: String) -> Box<Self> {
+    pub(super) fn new(kind: StreamKind, conn: Arc<super::io::ConnState>, name: String) -> Box<Self> {
         conn.stream_opened();
+        let notice = conn.notice();
         let offset = notice.offset();
         Box::new(Self {
             kind,
@@ -573,7 +674,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn offsets_spread_over_the_window_and_ends_follow_the_notice() {
-        let notice = Notice::new(StreamEnds::default().jitter(Duration::from_millis(1000)));
+        let notice = Notice::new(
+            StreamEnds::default().jitter(Duration::from_millis(1000)),
+            Draining::new(),
+        );
         let offsets: Vec<Duration> = (0..1000).map(|_| notice.offset()).collect();
         assert!(offsets.iter().all(|o| *o < Duration::from_millis(1000)));
         let early = offsets.iter().filter(|o| **o < Duration::from_millis(500)).count();
