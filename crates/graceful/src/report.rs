@@ -255,12 +255,15 @@ impl Report {
     }
 
     /// Logs the report through `tracing`: one event per component (fields `component`,
-    /// `phase`, `started_ms`, `took_ms`, `outcome`), then a summary. With a JSON subscriber each
+    /// `phase`, `started_ms`, `took_ms`, `outcome`, and `counts` when it counted something),
+    /// then a summary. With a JSON subscriber each
     /// line is a JSON object, so the report can be read by tools.
     pub fn log(&self) {
         for e in &self.entries {
             let (started_ms, took_ms) = (ms(e.started), ms(e.took));
-            let counts = e.counts_text();
+            // Only for components that counted something (a `None` field is left out).
+            let counts = Some(e.counts_text()).filter(|c| !c.is_empty());
+            let counts = counts.as_deref();
             if e.outcome.is_clean() {
                 tracing::info!(event = "shutdown.entry", component = %e.component, phase = %e.phase, started_ms, took_ms, outcome = %e.outcome, counts, "shutdown report");
             } else {

@@ -466,14 +466,17 @@ impl Application {
                 .protocol(Protocol::Grpc)
                 .limits(connection_limits)
                 .readiness(grpc_readiness.clone());
+            // NOT_SERVING is queued before the server ends its streams, so a health Watch sees
+            // it before its UNAVAILABLE even with no drain delay.
+            let stopping = async {
+                stop.stopped().await;
+                health.set(false).await;
+            };
             let served = tokio::select! {
-                served = server.run(stop.stopped()) => served,
+                served = server.run(stopping) => served,
                 never = unready => match never {},
             };
-            stop.record("connections", served.connections);
-            stop.record("streams ended", served.streams_ended);
-            stop.record("streams cut", served.streams_cut);
-            served.into_result()
+            served.report_to(&stop)
         });
 
         let (desk, config) = (Arc::clone(&self.desk), self.processor);

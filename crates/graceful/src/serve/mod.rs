@@ -124,6 +124,15 @@ pub struct Served {
 }
 
 impl Served {
+    /// Records the counts on the component's report entry (connections, streams ended, streams
+    /// cut), then [`Served::into_result`]: what a server run as a component returns.
+    pub fn report_to(self, stop: &crate::StopSignal) -> Result<(), Failure> {
+        stop.record("connections", self.connections);
+        stop.record("streams ended", self.streams_ended);
+        stop.record("streams cut", self.streams_cut);
+        self.into_result()
+    }
+
     /// `Ok` when no stream had to be cut; otherwise a failure that names them, for the report.
     pub fn into_result(self) -> Result<(), Failure> {
         if self.streams_cut == 0 {
@@ -531,11 +540,7 @@ impl Shutdown {
             server.readiness = Some(self.readiness());
         }
         self.spawn(phase, name, move |stop| async move {
-            let served = server.run(stop.clone().into_future()).await;
-            stop.record("connections", served.connections);
-            stop.record("streams ended", served.streams_ended);
-            stop.record("streams cut", served.streams_cut);
-            served.into_result()
+            server.run(stop.clone().into_future()).await.report_to(&stop)
         });
     }
 

@@ -135,8 +135,9 @@ pub(crate) fn example(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// A running example process and where it listens (its first line of stdout).
-async fn start_example(name: &str, env: &[(&str, &str)]) -> (tokio::process::Child, SocketAddr) {
+/// A running example process and what it says it listens on (its first line of stdout, less
+/// `listening on `).
+pub(crate) async fn spawn_example(name: &str, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
     let mut child = tokio::process::Command::new(example(name))
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
@@ -150,7 +151,13 @@ async fn start_example(name: &str, env: &[(&str, &str)]) -> (tokio::process::Chi
         .await
         .unwrap()
         .expect("the example says where it listens");
-    (child, line.trim_start_matches("listening on ").parse().unwrap())
+    (child, line.trim_start_matches("listening on ").to_owned())
+}
+
+/// A running example process and where it listens.
+async fn start_example(name: &str, env: &[(&str, &str)]) -> (tokio::process::Child, SocketAddr) {
+    let (child, addr) = spawn_example(name, env).await;
+    (child, addr.parse().unwrap())
 }
 
 /// Sends SIGTERM to `child` and waits for it to exit: its status, how long it took after the

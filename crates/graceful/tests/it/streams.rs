@@ -20,7 +20,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::drain::{ONE_AT_A_TIME, example};
+use crate::drain::{ONE_AT_A_TIME, spawn_example};
 
 /// How long a client waits for its stream's end after the signal.
 const END_WAIT: Duration = Duration::from_secs(12);
@@ -32,24 +32,12 @@ struct Ports {
 }
 
 async fn start(env: &[(&str, &str)]) -> (tokio::process::Child, Ports) {
-    let mut child = tokio::process::Command::new(example("streams"))
-        .envs([("PORT", "0"), ("GRPC_PORT", "0")])
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the example (cargo test builds it)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines
-        .next_line()
-        .await
-        .unwrap()
-        .expect("the example says where it listens");
-    let (http, grpc) = line
-        .trim_start_matches("listening on ")
-        .split_once(" and ")
-        .expect("listening on HTTP and GRPC");
+    let env: Vec<(&str, &str)> = [("PORT", "0"), ("GRPC_PORT", "0")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    let (child, listening) = spawn_example("streams", &env).await;
+    let (http, grpc) = listening.split_once(" and ").expect("listening on HTTP and GRPC");
     (
         child,
         Ports {
@@ -264,6 +252,21 @@ impl Outcome {
     }
 }
 
+/// Waits for each client's end, concurrently, in order.
+async fn ends<C, F, Fut>(clients: Vec<C>, end: F) -> Vec<Fut::Output>
+where
+    F: Fn(C) -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send,
+{
+    let waits: Vec<_> = clients.into_iter().map(|c| tokio::spawn(end(c))).collect();
+    let mut out = Vec::with_capacity(waits.len());
+    for wait in waits {
+        out.push(wait.await.unwrap());
+    }
+    out
+}
+
 /// Opens `n_ws` WebSockets, `n_sse` SSE streams and `n_watch` Watches on the example started
 /// with `env`, sends SIGTERM once each has shown it works, and gathers how each ended.
 async fn through_a_sigterm(env: &[(&str, &str)], n_ws: usize, n_sse: usize, n_watch: usize) -> Outcome {
@@ -280,30 +283,9 @@ async fn through_a_sigterm(env: &[(&str, &str)], n_ws: usize, n_sse: usize, n_wa
     for _ in 0..n_watch {
         watches.push(watch(ports.grpc).await);
     }
-    let ws_ends = tokio::spawn(async move {
-        let ends = websockets.into_iter().map(|ws| tokio::spawn(websocket_end(ws)));
-        let mut out = Vec::new();
-        for end in ends.collect::<Vec<_>>() {
-            out.push(end.await.unwrap());
-        }
-        out
-    });
-    let sse_ends = tokio::spawn(async move {
-        let ends = streams.into_iter().map(|s| tokio::spawn(sse_end(s)));
-        let mut out = Vec::new();
-        for end in ends.collect::<Vec<_>>() {
-            out.push(end.await.unwrap());
-        }
-        out
-    });
-    let watch_ends = tokio::spawn(async move {
-        let ends = watches.into_iter().map(|w| tokio::spawn(watch_end(w)));
-        let mut out = Vec::new();
-        for end in ends.collect::<Vec<_>>() {
-            out.push(end.await.unwrap());
-        }
-        out
-    });
+    let ws_ends = tokio::spawn(ends(websockets, websocket_end));
+    let sse_ends = tokio::spawn(ends(streams, sse_end));
+    let watch_ends = tokio::spawn(ends(watches, watch_end));
 
     let signalled = Instant::now();
     nix::sys::signal::kill(
