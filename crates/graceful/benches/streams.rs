@@ -11,11 +11,15 @@
 //! 3. **Throughput**: `POST /echo` at 64 keep-alive connections on the same example served by
 //!    `Shutdown::serve_axum` and by stock `axum::serve` (`SERVE=stock`), in alternating rounds,
 //!    and the median ratio.
+//! 4. **Instructions per request** (when valgrind is installed): the same load, 20,000 requests
+//!    over 64 connections, against each server run under callgrind. Unlike the rates, this
+//!    does not move with the machine's load.
 //!
 //! ```text
 //! cargo bench -p graceful --bench streams                 # about 1 minute
 //! STREAMS_CONNECTIONS=3000 cargo bench -p graceful --bench streams
 //! STREAMS_ONLY=throughput STREAMS_ROUNDS=9 cargo bench -p graceful --bench streams
+//! STREAMS_ONLY=instructions cargo bench -p graceful --bench streams   # needs valgrind
 //! ```
 //!
 //! The load runs on the same cores as the server. The file-descriptor limit is raised to the
@@ -54,6 +58,9 @@ fn main() {
         }
         if only.is_empty() || only == "throughput" {
             throughput(&example).await;
+        }
+        if only.is_empty() || only == "instructions" {
+            instructions(&example).await;
         }
     });
 }
@@ -373,4 +380,98 @@ async fn throughput(example: &std::path::Path) {
         ratios[0],
         ratios[ratios.len() - 1]
     );
+}
+
+/// `total` `POST /echo` requests over `connections` keep-alive connections.
+async fn requests(addr: SocketAddr, total: u64, connections: u64) {
+    let left = Arc::new(AtomicU64::new(total));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let left = Arc::clone(&left);
+        clients.spawn(async move {
+            let mut stream = BufReader::new(TcpStream::connect(addr).await.unwrap());
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                assert!(echo(&mut stream).await, "an echo failed");
+            }
+        });
+    }
+    while clients.join_next().await.is_some() {}
+}
+
+/// Instructions the server ran from start to exit, with `n` requests in between (callgrind).
+async fn counted(example: &std::path::Path, env: &[(&str, &str)], n: u64) -> Option<u64> {
+    let dir = tempfile_dir();
+    let out = dir.join("callgrind.out");
+    let mut child = tokio::process::Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(example)
+        .envs([("PORT", "0"), ("GRPC_PORT", "0")])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut lines = BufReader::new(child.stdout.take()?).lines();
+    let line = lines.next_line().await.ok()??;
+    let addr: SocketAddr = line
+        .trim_start_matches("listening on ")
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    requests(addr, n, 64).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id()? as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .ok()?;
+    child.wait().await.ok()?;
+    let text = std::fs::read_to_string(&out).ok()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("graceful-bench-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+}
+
+async fn instructions(example: &std::path::Path) {
+    const N: u64 = 20_000;
+    println!("\n== instructions per POST /echo (callgrind, {N} requests over 64 connections, start-up subtracted)");
+    if std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("valgrind is not installed: skipped (apt-get install valgrind)");
+        return;
+    }
+    let mut per = Vec::new();
+    for (name, env) in [
+        ("serve_axum", &[][..]),
+        ("stock axum::serve", &[("SERVE", "stock")][..]),
+    ] {
+        let (Some(idle), Some(loaded)) = (counted(example, env, 0).await, counted(example, env, N).await) else {
+            println!("{name}: the run under valgrind failed");
+            return;
+        };
+        let each = loaded.saturating_sub(idle) as f64 / N as f64;
+        println!("{name}: {each:.0} instructions per request");
+        per.push(each);
+    }
+    println!("stock / serve_axum: {:.3}", per[1] / per[0]);
 }

@@ -1,6 +1,7 @@
 //! The service as one connection sees it: each request is marked on its connection (its first
-//! request, its HTTP version), and its answer is watched for what outlives a response (an
-//! upgrade, a stream).
+//! request, its HTTP version, that it is being answered), and its answer is told to close the
+//! connection once the server stops, and watched for what outlives a response (an upgrade, a
+//! stream).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,35 +9,34 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use hyper::header::UPGRADE;
+use hyper::header::{CONNECTION, HeaderValue, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tower::ServiceExt;
+use tower::util::Oneshot;
 
-use super::io::ConnState;
+use super::io::{ConnState, InFlight};
 use super::streams::{Ending, ServedBody, StreamKind};
 use hyper::body::Body;
 
-/// `inner` serving one connection.
-#[derive(Clone)]
+/// `inner` serving one connection, as hyper calls it: by reference, so the per-request work is
+/// one clone of `inner` (as `axum::serve` does) and one of the connection's state.
 pub(super) struct PerConnection<S> {
     pub(super) inner: S,
     pub(super) conn: Arc<ConnState>,
 }
 
-impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for PerConnection<S>
+impl<S, ReqB, ResB> hyper::service::Service<Request<ReqB>> for PerConnection<S>
 where
-    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     ResB: Body,
 {
     type Response = Response<ServedBody<ResB>>;
     type Error = S::Error;
-    type Future = Answer<S::Future>;
+    type Future = Answer<Oneshot<S, Request<ReqB>>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+    fn call(&self, request: Request<ReqB>) -> Self::Future {
         self.conn.first.mark();
+        let http1 = request.version() <= Version::HTTP_11;
         if request.version() == Version::HTTP_2 {
             self.conn.h2.store(true, Ordering::Relaxed);
         }
@@ -48,11 +48,12 @@ where
                 .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let target = (request.method().clone(), request.uri().clone());
         Answer {
-            answer: self.inner.call(request),
+            answer: self.inner.clone().oneshot(request),
             watch: Some(Watch {
-                conn: Arc::clone(&self.conn),
+                request: self.conn.request_started(),
                 target,
                 websocket,
+                http1,
             }),
         }
     }
@@ -60,9 +61,12 @@ where
 
 /// What the answer is checked against.
 struct Watch {
-    conn: Arc<ConnState>,
+    /// The connection, busy until the answer's body is sent.
+    request: InFlight,
     target: (Method, Uri),
     websocket: bool,
+    /// HTTP/1 (a `Connection` header means something), not HTTP/2.
+    http1: bool,
 }
 
 impl Watch {
@@ -90,13 +94,24 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.answer.poll(cx))?;
+        let mut response = ready!(this.answer.poll(cx))?;
         let Some(watch) = this.watch.take() else {
-            return Poll::Ready(Ok(response.map(ServedBody::plain)));
+            return Poll::Ready(Ok(response.map(|body| ServedBody::plain(body, None))));
         };
+        let conn = watch.request.conn();
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            watch.conn.upgrading(watch.websocket, watch.name());
-            return Poll::Ready(Ok(response.map(ServedBody::plain)));
+            // It keeps its `Connection: upgrade`: the connection becomes the upgraded
+            // protocol's, which the server ends its own way.
+            conn.upgrading(watch.websocket, watch.name());
+            return Poll::Ready(Ok(response.map(|body| ServedBody::plain(body, Some(watch.request)))));
+        }
+        // Once the instance is draining, or this server has stopped accepting, the client is
+        // told to open its next request elsewhere instead of racing a close on this
+        // connection (checked when the answer is ready, so a request that began before counts).
+        if watch.http1 && conn.notice().closing() {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         // A body of known length is no stream; only then is the content type read.
         let kind = match response.body().size_hint().exact() {
@@ -104,9 +119,9 @@ where
             None => StreamKind::of(response.headers()),
         };
         let Some(kind) = kind else {
-            return Poll::Ready(Ok(response.map(ServedBody::plain)));
+            return Poll::Ready(Ok(response.map(|body| ServedBody::plain(body, Some(watch.request)))));
         };
-        let ending = Ending::new(kind, Arc::clone(&watch.conn), watch.name());
-        Poll::Ready(Ok(response.map(|body| ServedBody::stream(body, ending))))
+        let ending = Ending::new(kind, Arc::clone(conn), watch.name());
+        Poll::Ready(Ok(response.map(|body| ServedBody::stream(body, ending, watch.request))))
     }
 }

@@ -18,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 
@@ -36,8 +36,14 @@ pub(super) struct ConnState {
     peer: SocketAddr,
     fd: RawFd,
     pub(super) first: FirstRequest,
-    /// Has carried an HTTP/2 request: GOAWAY needs no grace.
+    /// Speaks HTTP/2 (its preface was seen, or it carried an HTTP/2 request): GOAWAY needs no
+    /// grace, and the head watch does not apply.
     pub(super) h2: AtomicBool,
+    /// Requests started on this connection, for the head watch.
+    requests: AtomicU64,
+    /// Requests whose answer is not yet fully sent: while one is, the connection is busy, not
+    /// waiting for a head.
+    in_flight: AtomicUsize,
     /// Long-lived responses in flight on this connection.
     streams_open: AtomicUsize,
     /// Set when the server closes the connection at the bound: streams still open are cut.
@@ -72,6 +78,8 @@ impl ConnState {
             fd,
             first: FirstRequest::default(),
             h2: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
             streams_open: AtomicUsize::new(0),
             cutting: AtomicBool::new(false),
             upgrade: AtomicU8::new(NOT_UPGRADED),
@@ -93,6 +101,21 @@ impl ConnState {
 
     pub(super) fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// A request starts: busy until the returned guard (carried by its answer's body) drops.
+    pub(super) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Requests started so far, and whether one is still being answered.
+    pub(super) fn activity(&self) -> (u64, bool) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Acquire) > 0,
+        )
     }
 
     pub(super) fn stream_opened(&self) {
@@ -181,6 +204,22 @@ impl ConnState {
         while !self.io_dropped() {
             self.dropped.notified().await;
         }
+    }
+}
+
+/// One request being answered on a connection; dropped with its answer's body (or with the
+/// answer, if it never came).
+pub(super) struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    pub(super) fn conn(&self) -> &Arc<ConnState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

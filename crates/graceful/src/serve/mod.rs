@@ -29,7 +29,6 @@ mod first;
 mod io;
 mod linger;
 mod streams;
-mod timer;
 mod websocket;
 
 use std::convert::Infallible;
@@ -37,7 +36,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -47,7 +46,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -56,7 +54,6 @@ use connection::PerConnection;
 use io::{ConnState, ServedIo};
 use streams::Notice;
 pub use streams::{Draining, ServedBody, StreamEnds};
-use timer::ConnTimer;
 
 /// How long an HTTP/1 connection that is idle when the server stops may still deliver a request
 /// already on its way (it is answered with `Connection: close`). A busy connection does not
@@ -75,8 +72,10 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// 1000 sockets and buffers for as long as they like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Longest wait for a new connection's first byte, and for an HTTP/1 request's complete
-    /// headers; then the connection is closed.
+    /// Longest wait for a new connection's first byte; then the connection is closed. An
+    /// HTTP/1 connection that then neither starts a request nor is being answered (idle, or
+    /// trickling its request head) is closed between one and two of these after its last
+    /// request.
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) in bytes: beyond it HTTP/1 answers 431
     /// and HTTP/2 resets the stream.
@@ -252,9 +251,7 @@ impl<S> Server<S> {
             draining,
         } = self;
         let readiness = readiness.unwrap_or_else(|| DrainSwitch::new().readiness());
-        let stopped = Arc::new(AtomicBool::new(false));
-        let service = CloseWhenDraining::or_when(service, readiness, Arc::clone(&stopped));
-        let notice = Notice::new(streams, draining);
+        let notice = Notice::new(streams, draining, readiness);
         let mut connections = JoinSet::new();
         let mut accepted: u64 = 0;
         tokio::pin!(stop);
@@ -290,7 +287,7 @@ impl<S> Server<S> {
         }
 
         // From now on every HTTP/1 answer says `Connection: close`, readiness or not.
-        stopped.store(true, Ordering::Relaxed);
+        notice.stop_accepting();
 
         // Take whatever completed its handshake before the socket closes; closing would reset it.
         // Asked of the kernel directly (a non-blocking accept until it would block): tokio's
@@ -346,26 +343,26 @@ async fn connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let _ = stream.set_nodelay(true);
-    if !first_byte(&stream, limits.header_read_timeout, &notice).await {
+    let Opening::Bytes { h2 } = first_byte(&stream, limits.header_read_timeout, &notice).await else {
         return;
-    }
+    };
     // The socket's descriptor, to take a second handle on at drain (see `linger`) or at an
     // upgrade. Valid for as long as the `ServedIo` owning the stream lives.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let conn = ConnState::new(peer, fd, notice.clone());
+    conn.h2.store(h2, Ordering::Relaxed);
     let io = TokioIo::new(ServedIo::new(stream, Arc::clone(&conn)));
-    let service = TowerToHyperService::new(PerConnection {
+    let service = PerConnection {
         inner: service,
         conn: Arc::clone(&conn),
-    });
+    };
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
         Protocol::Http => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
-                .timer(ConnTimer::default())
-                .header_read_timeout(limits.header_read_timeout)
+                // No timer: the head watch in `drive` bounds slow heads, at no cost per request.
                 .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUFFER));
             builder
                 .http2()
@@ -375,19 +372,15 @@ async fn connection<S, B>(
                 // HTTP/2 (GOAWAY says which streams were taken) and a connection carrying a
                 // stream (its answer ends, then it closes) need no grace; an idle HTTP/1
                 // connection may have a request on its way.
-                let h2 = conn.h2.load(Ordering::Relaxed);
-                if !h2 && conn.streams_open() == 0 {
+                if conn.h2.load(Ordering::Relaxed) {
+                    conn.first.within(IDLE_GRACE).await;
+                } else if conn.streams_open() == 0 {
                     tokio::time::sleep(IDLE_GRACE).await;
                 }
             };
-            drive(
-                builder.serve_connection_with_upgrades(io, service),
-                fd,
-                &conn,
-                &notice,
-                grace,
-            )
-            .await;
+            let head_watch = HeadWatch::new(limits.header_read_timeout);
+            let served = builder.serve_connection_with_upgrades(io, service);
+            drive(served, fd, &conn, &notice, Some(head_watch), grace).await;
         }
         Protocol::Grpc => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -396,7 +389,7 @@ async fn connection<S, B>(
             // which streams were taken, and those are finished. One that has not may be about
             // to send its first (see `first`).
             let grace = || conn.first.within(IDLE_GRACE);
-            drive(builder.serve_connection(io, service), fd, &conn, &notice, grace).await;
+            drive(builder.serve_connection(io, service), fd, &conn, &notice, None, grace).await;
         }
     }
     if conn.is_upgraded() {
@@ -404,21 +397,85 @@ async fn connection<S, B>(
     }
 }
 
-/// Waits for a new connection's first byte: false when it does not come within `timeout`, or
-/// within [`IDLE_GRACE`] once the server is draining, or the client closes first. Until a byte
-/// arrives hyper has no timer running (it is still finding out which protocol to speak).
-async fn first_byte(stream: &TcpStream, timeout: Duration, notice: &Notice) -> bool {
-    let mut byte = [0u8; 1];
-    let arrived = async { matches!(stream.peek(&mut byte).await, Ok(n) if n > 0) };
+/// What a new connection sent first.
+enum Opening {
+    /// Nothing within the timeout (or within [`IDLE_GRACE`] once the server is stopping), or the
+    /// client closed.
+    Nothing,
+    /// Bytes: an HTTP/2 preface (`PRI * HTTP/2.0…`) or, as far as can be told, HTTP/1.
+    Bytes { h2: bool },
+}
+
+/// Waits for a new connection's first bytes. Until they arrive hyper has no timer running (it
+/// is still finding out which protocol to speak).
+async fn first_byte(stream: &TcpStream, timeout: Duration, notice: &Notice) -> Opening {
+    let mut first = [0u8; 3];
+    let arrived = async {
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => Opening::Nothing,
+            Ok(n) => Opening::Bytes {
+                h2: first[..n] == *b"PRI",
+            },
+        }
+    };
     tokio::pin!(arrived);
     tokio::select! {
         arrived = &mut arrived => return arrived,
-        () = tokio::time::sleep(timeout) => return false,
+        () = tokio::time::sleep(timeout) => return Opening::Nothing,
         () = notice.given() => {}
     }
     tokio::time::timeout(IDLE_GRACE.min(timeout), arrived)
         .await
-        .unwrap_or(false)
+        .unwrap_or(Opening::Nothing)
+}
+
+/// Bounds how long an HTTP/1 connection may wait for a request head: slow-client protection.
+///
+/// Why not hyper's `header_read_timeout`: hyper arms it for every request (a timer created,
+/// registered in tokio's wheel and removed again), which measured as the largest cost the
+/// adapter added to a request over stock `axum::serve` (the crate README has the figures).
+/// Here one tokio sleep per connection wakes once per `every`: if no request started since
+/// the last wake and none is being answered, the connection has been idle, or trickling a
+/// head, for at least `every`, and is closed. So a silent or slow client is closed between one
+/// and two `every`s after its last request, and a request or answer of any length is never cut.
+struct HeadWatch {
+    every: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    seen: u64,
+    armed: bool,
+}
+
+impl HeadWatch {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            sleep: Box::pin(tokio::time::sleep(every)),
+            seen: 0,
+            armed: false,
+        }
+    }
+
+    /// Ready when the connection should be closed. Cheap while the sleep runs: polled beside
+    /// the connection at every read and write.
+    fn poll_expired(&mut self, cx: &mut std::task::Context<'_>, conn: &ConnState) -> Poll<()> {
+        // Registered with this (the connection's own) task's waker already: nothing to do
+        // until it fires.
+        if self.armed && !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                self.armed = true;
+                return Poll::Pending;
+            }
+            let (requests, busy) = conn.activity();
+            if !busy && requests == self.seen && !conn.h2.load(Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            self.seen = requests;
+            self.sleep.as_mut().reset(tokio::time::Instant::now() + self.every);
+        }
+    }
 }
 
 /// Runs one connection (whose socket is `fd`); once the server stops, gives it the `grace`
@@ -426,26 +483,52 @@ async fn first_byte(stream: &TcpStream, timeout: Duration, notice: &Notice) -> b
 /// then), then asks it to shut down gracefully and waits. Streams end on the notice; if one is
 /// still open at the bound, the connection is closed under it. Then the socket is closed
 /// lingering (see `linger`), unless an upgrade has handed it to a handler.
-async fn drive<C, G>(conn: C, fd: std::os::fd::RawFd, state: &ConnState, notice: &Notice, grace: impl FnOnce() -> G)
-where
+async fn drive<C, G>(
+    conn: C,
+    fd: std::os::fd::RawFd,
+    state: &ConnState,
+    notice: &Notice,
+    mut head_watch: Option<HeadWatch>,
+    grace: impl FnOnce() -> G,
+) where
     C: GracefulConnection,
     G: Future<Output = ()>,
 {
+    /// Why the first wait ended.
+    enum Woken {
+        /// The client closed, or an upgrade took the socket.
+        Ended,
+        /// Idle or trickling a head for too long.
+        Slow,
+        Notice,
+    }
     tokio::pin!(conn);
     // Polled at every read and write, so kept cheap: the connection first, then an atomic
-    // check of the notice (no `select!`, no shared list touched per poll).
+    // check of the notice and of the head watch (no `select!`, nothing shared touched).
     let mut given = notice.wait();
-    let ended = std::future::poll_fn(|cx| {
+    let woken = std::future::poll_fn(|cx| {
         if conn.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(true);
+            return Poll::Ready(Woken::Ended);
         }
-        Pin::new(&mut given).poll(cx).map(|()| false)
+        if Pin::new(&mut given).poll(cx).is_ready() {
+            return Poll::Ready(Woken::Notice);
+        }
+        if let Some(watch) = head_watch.as_mut()
+            && watch.poll_expired(cx, state).is_ready()
+        {
+            return Poll::Ready(Woken::Slow);
+        }
+        Poll::Pending
     })
     .await;
     drop(given);
-    if ended {
-        // Ended before the stop: the client closed, or an upgrade took the socket.
-        return;
+    match woken {
+        Woken::Ended => return,
+        Woken::Slow => {
+            tracing::debug!(peer = %state.peer(), "closing a connection idle or slow to send its request head");
+            return;
+        }
+        Woken::Notice => {}
     }
     // A second handle on the socket, taken while `conn` still owns it, so the socket outlives
     // hyper's close. Only from the stop on: until then a connection holds one descriptor.

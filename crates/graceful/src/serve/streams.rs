@@ -110,6 +110,10 @@ pub(super) struct Notice {
 
 struct NoticeInner {
     token: CancellationToken,
+    /// The instance's readiness: once draining, HTTP/1 answers ask to close the connection.
+    readiness: crate::Readiness,
+    /// Set when the server stops accepting: HTTP/1 answers ask to close, readiness or not.
+    closing: AtomicBool,
     /// Set with `at`; what a connection's [`NoticeWait`] checks at every poll.
     given: AtomicBool,
     /// The connections waiting for the notice, by id.
@@ -124,10 +128,12 @@ struct NoticeInner {
 
 impl Notice {
     /// A notice given through `draining`'s token, so handlers holding it are told too.
-    pub(super) fn new(ends: StreamEnds, draining: Draining) -> Self {
+    pub(super) fn new(ends: StreamEnds, draining: Draining, readiness: crate::Readiness) -> Self {
         Self {
             inner: Arc::new(NoticeInner {
                 token: draining.0,
+                readiness,
+                closing: AtomicBool::new(false),
                 given: AtomicBool::new(false),
                 waiters: Mutex::default(),
                 at: OnceLock::new(),
@@ -140,6 +146,17 @@ impl Notice {
                 tally: Tally::default(),
             }),
         }
+    }
+
+    /// The server has stopped accepting: from now on every HTTP/1 answer asks to close, even
+    /// when nobody turned readiness off.
+    pub(super) fn stop_accepting(&self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether HTTP/1 answers should ask the client to close the connection.
+    pub(super) fn closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Relaxed) || self.inner.readiness.is_draining()
     }
 
     /// Gives the notice: from now on every stream ends within the jitter window.
@@ -387,6 +404,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         stream: Option<Box<Ending>>,
+        // Keeps the connection busy (not waiting for a head) until the answer is sent.
+        request: Option<super::io::InFlight>,
     }
 
     impl<B> PinnedDrop for ServedBody<B> {
@@ -466,15 +485,20 @@ impl Ending {
 
 impl<B> ServedBody<B> {
     /// `inner` passed through unchanged.
-    pub(super) fn plain(inner: B) -> Self {
-        Self { inner, stream: None }
+    pub(super) fn plain(inner: B, request: Option<super::io::InFlight>) -> Self {
+        Self {
+            inner,
+            stream: None,
+            request,
+        }
     }
 
     /// `inner`, a long-lived stream ended by `ending`.
-    pub(super) fn stream(inner: B, ending: Box<Ending>) -> Self {
+    pub(super) fn stream(inner: B, ending: Box<Ending>, request: super::io::InFlight) -> Self {
         Self {
             inner,
             stream: Some(ending),
+            request: Some(request),
         }
     }
 }
@@ -677,6 +701,7 @@ mod tests {
         let notice = Notice::new(
             StreamEnds::default().jitter(Duration::from_millis(1000)),
             Draining::new(),
+            crate::DrainSwitch::new().readiness(),
         );
         let offsets: Vec<Duration> = (0..1000).map(|_| notice.offset()).collect();
         assert!(offsets.iter().all(|o| *o < Duration::from_millis(1000)));

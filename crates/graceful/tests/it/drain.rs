@@ -434,3 +434,56 @@ async fn a_stopping_server_closes_busy_keep_alive_connections_without_readiness(
         "stopped after {took:?}: the busy connection was served until the idle grace ran out"
     );
 }
+
+/// The head watch: an HTTP/1 connection that trickles its request head is closed between one
+/// and two `header_read_timeout`s, while a request whose answer takes three of them is answered
+/// (a busy connection is never cut, however long its answer takes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_is_closed_and_a_slow_answer_is_not() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let timeout = Duration::from_millis(300);
+    let router = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(move || async move {
+            tokio::time::sleep(timeout * 3).await;
+            "done"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = graceful::serve::ConnectionLimits {
+        header_read_timeout: timeout,
+        ..Default::default()
+    };
+    let server = tokio::spawn(
+        graceful::serve::Server::new(listener, router)
+            .limits(limits)
+            .run(std::future::pending()),
+    );
+    let mut trickle = TcpStream::connect(addr).await.unwrap();
+    trickle.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut slow = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    slow.get_mut()
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), trickle.read(&mut buf))
+        .await
+        .expect("the trickling connection is closed");
+    let closed_after = started.elapsed();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "no answer to a head never finished: {read:?}"
+    );
+    assert!(
+        closed_after >= timeout - Duration::from_millis(50) && closed_after <= timeout * 2 + Duration::from_millis(300),
+        "closed after {closed_after:?} with a timeout of {timeout:?}"
+    );
+    let mut status = String::new();
+    slow.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "the slow answer came: {status:?}");
+    assert!(started.elapsed() >= timeout * 3);
+    server.abort();
+}
