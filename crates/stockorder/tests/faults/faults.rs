@@ -315,6 +315,21 @@ async fn a_read_only_database_is_refused_at_start() {
     assert!(said.contains("read-only"), "{said}");
 }
 
+/// A database that does not exist yet, in a directory that cannot be written: the directory is
+/// what is named, by its absolute path, not the file.
+#[tokio::test]
+async fn a_read_only_directory_is_named_at_start() {
+    let Some(fs) = Tmpfs::mount("8m") else { return };
+    fs.remount("ro");
+    let db = fs.path().join("new.db");
+    let (code, said) = run_to_exit(db.to_str().unwrap(), &[]).await;
+    fs.remount("rw");
+    assert_eq!(code, Some(1), "{said}");
+    let dir = fs.path().display().to_string();
+    assert!(said.contains(&format!("its directory {dir} is read-only")), "{said}");
+    assert!(!db.exists(), "nothing created");
+}
+
 #[tokio::test]
 async fn another_applications_file_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();

@@ -177,6 +177,32 @@ async fn malformed_oversized_and_wrongly_typed_bodies() {
     app.stop().await;
 }
 
+/// Unknown fields are refused by name, not ignored: a misspelt `client_order_id` would lose the
+/// retry protection without a word. The camelCase of a known field gets a hint.
+#[tokio::test]
+async fn unknown_fields_are_refused_by_name() {
+    let app = spawn_app().await;
+    let post = |body: Value| app.client.post(app.url("/api/orders")).json(&body).send();
+    let mut camel = market_order();
+    camel["clientOrderId"] = json!("retry-1");
+    let (status, message) = error_of(post(camel).await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("`clientOrderId`"), "{message}");
+    assert!(message.contains("did you mean `client_order_id`?"), "{message}");
+    let mut foo = market_order();
+    foo["foo"] = json!(1);
+    let (status, message) = error_of(post(foo).await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("unknown field `foo`"), "{message}");
+    assert!(!message.contains("did you mean"), "{message}");
+    assert_eq!(
+        app.get("/api/orders").await.json::<Vec<Value>>().await.unwrap().len(),
+        0,
+        "nothing stored"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_and_malformed_ids() {
     let app = spawn_app().await;

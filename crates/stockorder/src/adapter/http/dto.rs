@@ -10,8 +10,12 @@ use crate::domain::{RawOrder, StockOrder};
 // its name, not as a generic deserialisation error; the schema attributes state what validation
 // accepts, and `super::openapi` adds the LIMIT/MARKET price rule. The doc comment is the schema's
 // description.
+// Unknown fields are refused, not ignored: a misspelt `client_order_id` (say the camelCase
+// `clientOrderId` that gRPC's JSON mapping uses) would otherwise lose the retry protection
+// without a word. The OpenAPI schema says so too (`additionalProperties: false`).
 /// A new order (`POST /api/orders`).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(as = NewOrder)]
 pub struct CreateOrderBody {
     /// Ticker: 1–12 letters, digits, `.` or `-`; stored upper-cased.

@@ -78,7 +78,13 @@ impl From<JsonRejection> for ApiError {
         match rejection {
             // axum answers 422 for well-formed JSON of the wrong shape; to a client it is as
             // much a bad request as a syntax error, and its message names the field.
-            JsonRejection::JsonDataError(e) => Self::new(StatusCode::BAD_REQUEST, e.body_text()),
+            JsonRejection::JsonDataError(e) => {
+                let text = e.body_text();
+                match snake_case_hint(&text) {
+                    Some(hint) => Self::new(StatusCode::BAD_REQUEST, format!("{text}; {hint}")),
+                    None => Self::new(StatusCode::BAD_REQUEST, text),
+                }
+            }
             JsonRejection::JsonSyntaxError(e) => Self::new(StatusCode::BAD_REQUEST, e.body_text()),
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -96,8 +102,46 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// For serde's "unknown field `clientOrderId`, expected one of `symbol`, …, `client_order_id`":
+/// "did you mean `client_order_id`?" when the unknown field is the camelCase (or any other
+/// casing) of one that is expected.
+fn snake_case_hint(message: &str) -> Option<String> {
+    let unknown = message.split("unknown field `").nth(1)?.split('`').next()?;
+    let expected = message.split("expected one of ").nth(1)?;
+    let mut snake = String::with_capacity(unknown.len() + 4);
+    for (i, c) in unknown.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            snake.push('_');
+        }
+        snake.push(c.to_ascii_lowercase());
+    }
+    let snake = snake.replace('-', "_");
+    (snake != unknown && expected.contains(&format!("`{snake}`")))
+        .then(|| format!("did you mean `{snake}`? field names are snake_case"))
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::new(StatusCode::BAD_REQUEST, rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case_hint;
+
+    #[test]
+    fn a_camel_case_field_is_named_in_snake_case() {
+        let serde = "Failed to deserialize the JSON body into the target type: unknown field `clientOrderId`, expected one of `symbol`, `order_type`, `order_side`, `quantity`, `price`, `client_order_id` at line 1 column 17";
+        assert_eq!(
+            snake_case_hint(serde).as_deref(),
+            Some("did you mean `client_order_id`? field names are snake_case")
+        );
+        assert_eq!(snake_case_hint(&serde.replace("clientOrderId", "foo")), None);
+        assert_eq!(
+            snake_case_hint(&serde.replace("clientOrderId", "OrderType")).as_deref(),
+            Some("did you mean `order_type`? field names are snake_case")
+        );
+        assert_eq!(snake_case_hint("missing field `symbol`"), None);
     }
 }

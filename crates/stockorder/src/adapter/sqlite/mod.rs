@@ -57,6 +57,18 @@ pub enum OpenError {
         /// Bytes free for the database.
         free: u64,
     },
+    /// The directory cannot be written, so SQLite cannot create the file or, beside it, the
+    /// WAL and its index.
+    #[error(
+        "cannot open SQLite database {path}: its directory {} is read-only or not writable by this user, and SQLite writes the database and its -wal and -shm files there; fix the directory's permissions or choose another path in DATABASE_URL",
+        dir.display()
+    )]
+    DirectoryNotWritable {
+        /// The file, as an absolute path.
+        path: PathBuf,
+        /// Its directory, as an absolute path.
+        dir: PathBuf,
+    },
     /// The file can be read but not written (a read-only mount, an immutable file): every order
     /// would fail, so the service does not start on it.
     #[error(
@@ -113,8 +125,16 @@ impl SqliteStore {
             _ => Path::new("."),
         };
         let writable = |p: &Path| !p.exists() || nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
-        if !writable(&path) || !writable(dir) {
-            return Err(OpenError::ReadOnly { path: path.clone() });
+        // Named absolute: "stock_orders.db" alone does not say where the service looked.
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        if !writable(&path) {
+            return Err(OpenError::ReadOnly { path: absolute(&path) });
+        }
+        if !writable(dir) {
+            return Err(OpenError::DirectoryNotWritable {
+                path: absolute(&path),
+                dir: absolute(dir),
+            });
         }
         let open_err = |source: rusqlite::Error| match errors::full_disk(&source, &path) {
             Some(free) => OpenError::Full {
