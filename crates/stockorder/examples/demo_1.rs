@@ -10,40 +10,40 @@
 //! every request. Compare `demo_2`, which gets the order wrong on purpose.
 //!
 //! Run: `cargo run --release --example demo_1`, put load on it (`stockorder-tools client
-//! http`), press Ctrl+C. It takes `stockorder serve`'s options (PORT, DATABASE_URL, LOG_FORMAT,
-//! …); `DEMO_SLEEP_SCALE=0` skips the pauses. It runs no order processor: orders stay PENDING.
+//! http`), press Ctrl+C. Options: `--help` (PORT, DATABASE_URL, LOG_FORMAT, DEMO_SLEEP_SCALE;
+//! `DEMO_SLEEP_SCALE=0` skips the pauses). It runs no order processor: orders stay PENDING.
 
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::Context;
 use clap::Parser;
 use graceful::DrainSwitch;
 use graceful::serve::Server;
 use stockorder::adapter::http;
-use stockorder::config::Cli;
-use tokio::net::TcpListener;
+use stockorder::lesson::LessonArgs;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // Configuration: the service's own flags and environment, and the lesson's pace.
-    let cli = Cli::parse();
-    let _log = stockorder::telemetry::init(&cli.log);
-    let args = cli.serve;
-    let scale = match std::env::var("DEMO_SLEEP_SCALE") {
-        Ok(raw) => raw
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .with_context(|| format!("DEMO_SLEEP_SCALE={raw:?} is not a non-negative number"))?,
-        Err(_) => 1.0,
-    };
-    let pause = |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs * scale));
+/// Lesson 1 of 3, the basic graceful shutdown: on Ctrl+C or SIGTERM the HTTP server stops and
+/// finishes every request it accepted, and only then is the database closed, so no request
+/// fails. Put load on it (`stockorder-tools client http`) and press Ctrl+C.
+#[derive(Parser)]
+#[command(name = "demo_1")]
+struct Cli {
+    #[command(flatten)]
+    lesson: LessonArgs,
+}
 
-    // The database, the order service over it, and the HTTP server in front.
-    let (store, service) = stockorder::app::open_desk(&args).await?;
-    let listener = TcpListener::bind((args.host, args.port))
-        .await
-        .with_context(|| format!("cannot listen on port {}", args.port))?;
+fn main() -> ExitCode {
+    stockorder::lesson::run(lesson(Cli::parse().lesson))
+}
+
+async fn lesson(args: LessonArgs) -> anyhow::Result<ExitCode> {
+    let _log = stockorder::telemetry::init(&args.log);
+    let pause = args.pacer();
+
+    // The port first (a port in use leaves nothing on disk), then the database, the order
+    // service over it, and the HTTP server in front.
+    let listener = args.http_listener()?;
+    let (store, service) = stockorder::app::open_desk(&args.database_url).await?;
     tracing::info!(event = "listening", protocol = "http", addr = %listener.local_addr()?, "HTTP server listening");
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());
@@ -74,5 +74,5 @@ async fn main() -> anyhow::Result<()> {
     pause(2.0).await;
     store.close().await?; // commits queued writes, checkpoints the WAL
     mark("database.closed", "database closed; exiting 0");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -13,42 +13,42 @@
 //! the servers have stopped (`demo_1`, `demo_3`).
 //!
 //! Run: `cargo run --release --example demo_2`, put load on it (`stockorder-tools client http
-//! --interval 100ms`), press Ctrl+C, and watch the failures from 5 s on. It takes `stockorder
-//! serve`'s options; `DEMO_SLEEP_SCALE=0.1` runs it ten times faster. It runs no order
-//! processor: orders stay PENDING.
+//! --interval 100ms`), press Ctrl+C, and watch the failures from 5 s on. Options: `--help`;
+//! `DEMO_SLEEP_SCALE=0.1` runs it ten times faster. It runs no order processor: orders stay
+//! PENDING.
 
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::Context;
 use clap::Parser;
 use graceful::DrainSwitch;
 use graceful::serve::Server;
 use stockorder::adapter::http;
-use stockorder::config::Cli;
+use stockorder::lesson::LessonArgs;
 use stockorder::lifecycle::signals::terminate;
-use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // Configuration: the service's own flags and environment, and the lesson's pace.
-    let cli = Cli::parse();
-    let _log = stockorder::telemetry::init(&cli.log);
-    let args = cli.serve;
-    let scale = match std::env::var("DEMO_SLEEP_SCALE") {
-        Ok(raw) => raw
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .with_context(|| format!("DEMO_SLEEP_SCALE={raw:?} is not a non-negative number"))?,
-        Err(_) => 1.0,
-    };
-    let pause = |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs * scale));
+/// Lesson 2 of 3, broken on purpose: on Ctrl+C or SIGTERM the database is closed 5 s later
+/// while the server keeps serving for 10 s, so from 5 s on valid orders fail. Put load on it
+/// (`stockorder-tools client http --interval 100ms`), press Ctrl+C and watch.
+#[derive(Parser)]
+#[command(name = "demo_2")]
+struct Cli {
+    #[command(flatten)]
+    lesson: LessonArgs,
+}
 
-    // The database, the order service over it, and the HTTP server in front.
-    let (store, service) = stockorder::app::open_desk(&args).await?;
-    let listener = TcpListener::bind((args.host, args.port))
-        .await
-        .with_context(|| format!("cannot listen on port {}", args.port))?;
+fn main() -> ExitCode {
+    stockorder::lesson::run(lesson(Cli::parse().lesson))
+}
+
+async fn lesson(args: LessonArgs) -> anyhow::Result<ExitCode> {
+    let _log = stockorder::telemetry::init(&args.log);
+    let pause = args.pacer();
+
+    // The port first (a port in use leaves nothing on disk), then the database, the order
+    // service over it, and the HTTP server in front.
+    let listener = args.http_listener()?;
+    let (store, service) = stockorder::app::open_desk(&args.database_url).await?;
     tracing::info!(event = "listening", protocol = "http", addr = %listener.local_addr()?, "HTTP server listening");
     let readiness = DrainSwitch::new();
     let router = http::router(service, readiness.readiness());
@@ -84,5 +84,5 @@ async fn main() -> anyhow::Result<()> {
     let (_served, closed) = tokio::join!(server, shutdown_processing);
     closed?;
     tracing::info!("HTTP server stopped; exiting 0 as if all went well");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -16,56 +16,70 @@
 //! Adding a dependency is one `on_stop` line; its place in the order is its phase.
 //!
 //! Run: `cargo run --release --example demo_3`, put load on both ports (`stockorder-tools
-//! client http`, `stockorder-tools client grpc`), press Ctrl+C. It takes `stockorder serve`'s
-//! options; `DEMO_SLEEP_SCALE=0` skips the pauses. It runs no order processor: orders stay
-//! PENDING.
+//! client http`, `stockorder-tools client grpc`), press Ctrl+C. Options: `--help` (PORT,
+//! GRPC_PORT, DATABASE_URL, SHUTDOWN_TIMEOUT, SHUTDOWN_DRAIN_DELAY, DEMO_SLEEP_SCALE;
+//! `DEMO_SLEEP_SCALE=0` skips the pauses). It runs no order processor: orders stay PENDING.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use graceful::Shutdown;
 use graceful::serve::{Protocol, Server};
 use stockorder::adapter::{grpc, http};
-use stockorder::config::Cli;
-use tokio::net::TcpListener;
+use stockorder::config::parse_duration;
+use stockorder::lesson::LessonArgs;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
-    // Configuration: the service's own flags and environment, and the lesson's pace.
-    let cli = Cli::parse();
-    let _log = stockorder::telemetry::init(&cli.log);
-    let args = cli.serve;
-    let scale = match std::env::var("DEMO_SLEEP_SCALE") {
-        Ok(raw) => raw
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .with_context(|| format!("DEMO_SLEEP_SCALE={raw:?} is not a non-negative number"))?,
-        Err(_) => 1.0,
-    };
-    let pause = move |secs: f64| tokio::time::sleep(Duration::from_secs_f64(secs * scale));
+/// Lesson 3 of 3, the generic pattern: HTTP and gRPC stop together, then the cache, the message
+/// broker and the database, each registered once with the `graceful` crate, with a report at
+/// the end. Put load on both ports and press Ctrl+C.
+#[derive(Parser)]
+#[command(name = "demo_3")]
+struct Cli {
+    #[command(flatten)]
+    lesson: LessonArgs,
+
+    /// gRPC port; 0 picks a free one (the log says which).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    grpc_port: u16,
+
+    /// Longest the shutdown may take, from the signal to exit; what is still running then is
+    /// aborted and named, and the exit code is 1.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// How long to keep serving after the signal with readiness already off.
+    #[arg(long, env = "SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    shutdown_drain_delay: Duration,
+}
+
+fn main() -> ExitCode {
+    stockorder::lesson::run(lesson(Cli::parse()))
+}
+
+async fn lesson(cli: Cli) -> anyhow::Result<ExitCode> {
+    let args = &cli.lesson;
+    let _log = stockorder::telemetry::init(&args.log);
+    let pause = args.pacer();
 
     // The coordinator first, so a signal during start-up is handled.
     let mut shutdown = Shutdown::new()
-        .deadline(args.shutdown_timeout)
-        .drain_delay(args.shutdown_drain_delay)
+        .deadline(cli.shutdown_timeout)
+        .drain_delay(cli.shutdown_drain_delay)
         .catch_signals()?;
     let readiness = shutdown.readiness();
     let servers = shutdown.phase("stop servers");
     let dependencies = shutdown.phase("close dependencies");
 
-    // The database and the order service over it.
-    let (store, service) = stockorder::app::open_desk(&args).await?;
+    // The ports (a port in use leaves nothing on disk), then the database and the order
+    // service over it.
+    let http_listener = args.http_listener()?;
+    let grpc_addr = std::net::SocketAddr::new(args.host, cli.grpc_port);
+    let grpc_listener = stockorder::app::listener(stockorder::app::Port::Grpc, grpc_addr)?;
+    let (store, service) = stockorder::app::open_desk(&args.database_url).await?;
 
     // The servers: each started with one call, stopped when their phase comes (no new
     // connections, every accepted request answered, GOAWAY on HTTP/2).
-    let http_listener = TcpListener::bind((args.host, args.port))
-        .await
-        .with_context(|| format!("cannot listen on port {}", args.port))?;
-    let grpc_listener = TcpListener::bind((args.host, args.grpc_port))
-        .await
-        .with_context(|| format!("cannot listen on port {}", args.grpc_port))?;
     tracing::info!(event = "listening", protocol = "http", addr = %http_listener.local_addr()?, "HTTP server listening");
     tracing::info!(event = "listening", protocol = "grpc", addr = %grpc_listener.local_addr()?, "gRPC server listening");
     let router = http::router(std::sync::Arc::clone(&service), readiness.clone());
@@ -96,5 +110,5 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let report = shutdown.run().await;
     report.log();
     println!("{report}");
-    Ok(std::process::ExitCode::from(report.exit_code()))
+    Ok(ExitCode::from(report.exit_code()))
 }

@@ -164,6 +164,14 @@ enum Sockets {
     },
 }
 
+/// A listener on `addr` for `port`, bound and listening now: for the demos, which take their
+/// port before they open the database, so that a port in use leaves nothing on disk. The same
+/// errors, and hints, as the service's.
+pub fn listener(port: Port, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    let socket = bind(port, addr)?;
+    listen(port, addr, socket).map(|(listener, _)| listener)
+}
+
 /// Listens on a socket [`bind`] took.
 fn listen(
     port: Port,
@@ -209,13 +217,17 @@ fn plan(deadline: Duration, drain_delay: Duration) -> Shutdown {
         .on_start(|_| metrics().shutdown_started())
 }
 
-/// The order store named by `args` and the order service over it, as `serve` builds them
-/// (risk rules, simulated prices, Prometheus metrics), without servers or the processor: what a
-/// lesson or an embedding program needs to serve orders its own way. Close the store last.
-pub async fn open_desk(args: &ServeArgs) -> Result<(Store, Arc<OrderDesk<Store>>), StartupError> {
-    let rules = args.processor.risk_rules().map_err(StartupError::Config)?;
-    let url = DatabaseUrl::parse(&args.database_url).map_err(StartupError::DatabaseUrl)?;
-    let store = Store::open(&url, args.database_pool_size as usize, Default::default()).await?;
+/// The order store at `database_url` and the order service over it, as `serve` builds them
+/// with its default settings (risk rules, pool size, simulated prices, Prometheus metrics),
+/// without servers or the processor: what a lesson or an embedding program needs to serve
+/// orders its own way. Close the store last.
+pub async fn open_desk(database_url: &str) -> Result<(Store, Arc<OrderDesk<Store>>), StartupError> {
+    let rules = crate::config::ProcessorArgs::default()
+        .risk_rules()
+        .map_err(StartupError::Config)?;
+    let url = DatabaseUrl::parse(database_url).map_err(StartupError::DatabaseUrl)?;
+    let pool_size = crate::config::defaults::DATABASE_POOL_SIZE as usize;
+    let store = Store::open(&url, pool_size, Default::default()).await?;
     tracing::info!(database = %store.describe(), "database ready");
     let desk = desk_over(&store, rules);
     Ok((store, desk))

@@ -25,6 +25,8 @@ pub mod defaults {
     /// Longest wait for a request's headers (`HEADER_READ_TIMEOUT`).
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub(super) const HEADER_READ_TIMEOUT_TEXT: &str = "10s";
+    /// PostgreSQL connections per process (`DATABASE_POOL_SIZE`).
+    pub const DATABASE_POOL_SIZE: u32 = 16;
 }
 
 /// stockorder: a stock-order service (REST + gRPC) that shuts down without losing a request.
@@ -102,7 +104,7 @@ pub struct ServeArgs {
     pub startup_timeout: Duration,
 
     /// PostgreSQL connections per process (SQLite uses one writer and its own readers).
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = defaults::DATABASE_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
 }
 

@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod lesson;
 pub mod lifecycle;
 pub mod port;
 pub mod processor;

@@ -110,3 +110,69 @@ async fn demo_3_breaks_no_request_and_reports() {
         "then the dependencies: {reported:?}"
     );
 }
+
+fn example(name: &str) -> std::path::PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+/// Each demo has a command line of its own: `--help` says what the lesson shows and lists the
+/// options it honours (`DEMO_SLEEP_SCALE` among them); one it does not honour is refused.
+#[test]
+fn each_demo_says_what_it_teaches_and_takes_only_its_own_options() {
+    for (demo, lesson, grpc) in [
+        ("demo_1", "Lesson 1 of 3", false),
+        ("demo_2", "Lesson 2 of 3", false),
+        ("demo_3", "Lesson 3 of 3", true),
+    ] {
+        let help = std::process::Command::new(example(demo))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success(), "{demo}: {text}");
+        assert!(text.contains(lesson), "{demo}: {text}");
+        for option in ["DEMO_SLEEP_SCALE", "PORT", "DATABASE_URL"] {
+            assert!(text.contains(option), "{demo} --help lacks {option}: {text}");
+        }
+        assert_eq!(text.contains("GRPC_PORT"), grpc, "{demo}: {text}");
+        let refused = std::process::Command::new(example(demo))
+            .args(["--processor-workers", "2"])
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(2), "{demo} accepted an option of serve's");
+    }
+}
+
+/// A port in use: the same message as `serve` (which variable to change), no backtrace even
+/// with `RUST_BACKTRACE=1`, and nothing left on disk.
+#[test]
+fn a_demo_on_a_port_in_use_says_which_variable_to_change_and_leaves_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for demo in ["demo_1", "demo_2", "demo_3"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(example(demo))
+            .envs([
+                ("HOST", "127.0.0.1"),
+                ("PORT", port.as_str()),
+                ("GRPC_PORT", "0"),
+                ("RUST_BACKTRACE", "1"),
+                ("DATABASE_URL", dir.path().join("orders.db").to_str().unwrap()),
+            ])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{demo}: {said}");
+        assert!(said.contains("the port is in use"), "{demo}: {said}");
+        assert!(said.contains("PORT (or --port)"), "{demo}: {said}");
+        assert!(!said.to_lowercase().contains("backtrace"), "{demo}: {said}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{demo} left {left:?}");
+    }
+}
