@@ -199,8 +199,31 @@ impl Tally {
     /// True when nothing accepted failed, nothing is lost or unaccounted for, and the target
     /// exited 0 (or 128 + the signal's number, 130 or 143, the promised answer to a second signal).
     pub(crate) fn held(&self) -> bool {
+        self.faults().is_empty()
+    }
+
+    /// What broke the promise, each as the report names it: failed, lost and unacknowledged
+    /// orders, and an exit code other than 0 (or 130/143 after a second signal). "Never
+    /// accepted" is not among them: a refused connection is safe to retry.
+    pub(crate) fn faults(&self) -> Vec<String> {
+        let mut faults = Vec::new();
+        for (what, n) in [
+            ("failed", self.failed),
+            ("lost", self.lost.unwrap_or(0)),
+            ("unacknowledged", self.unacknowledged.unwrap_or(0)),
+        ] {
+            if n > 0 {
+                faults.push(format!("{n} {what}"));
+            }
+        }
         let exit_ok = self.exit_code == Some(0) || (self.signalled_twice && matches!(self.exit_code, Some(130 | 143)));
-        self.failed == 0 && self.lost.unwrap_or(0) == 0 && self.unacknowledged.unwrap_or(0) == 0 && exit_ok
+        if !exit_ok {
+            match self.exit_code {
+                Some(code) => faults.push(format!("exit code {code}")),
+                None => faults.push("no exit code (killed by a signal)".to_owned()),
+            }
+        }
+        faults
     }
 }
 
@@ -314,7 +337,7 @@ impl fmt::Display for Tally {
                 "  PASS: every accepted request was answered and every acknowledged order is stored"
             )
         } else {
-            writeln!(f, "  FAIL: see the lines above that are not 0")
+            writeln!(f, "  FAIL: {}", self.faults().join(", "))
         }
     }
 }

@@ -61,7 +61,11 @@ fn stdout_writer() -> Box<dyn std::io::Write + Send> {
 /// falls back to `info` with a warning rather than silencing the log. Keep the guard until the
 /// process ends.
 pub fn init(args: &LogArgs) -> LogGuard {
-    let (filter, bad_filter) = Filter::parse(&args.filter);
+    // `RUST_LOG=garbage` (or `hyper=debug`) names no level and none of the service's targets:
+    // taken as it is, it silences the service. As an unparsable filter falls back to `info`,
+    // this one gets `info` as its default level, its own directives kept.
+    let defaulted = lacks_a_default_level(&args.filter).then(|| format!("info,{}", args.filter));
+    let (filter, bad_filter) = Filter::parse(defaulted.as_deref().unwrap_or(&args.filter));
     // Colour only for a person at a terminal; escape codes in a log file are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // A process that cannot start one more thread will fail at the runtime's next; it says so
@@ -105,12 +109,8 @@ pub fn init(args: &LogArgs) -> LogGuard {
     };
     if let Some(e) = bad_filter {
         tracing::warn!(filter = %args.filter, error = %e, "ignoring unparsable log filter; using info");
-    } else if hides_the_service(&args.filter) {
-        // Not through tracing: the filter would hide this line too.
-        eprintln!(
-            "warning: RUST_LOG={:?} names no level and none of this service's targets, so the service logs nothing; try RUST_LOG=info",
-            args.filter
-        );
+    } else if let Some(used) = defaulted {
+        tracing::warn!(filter = %args.filter, using = %used, "log filter names no level and none of this service's targets; adding info as the default level");
     }
     LogGuard(guard)
 }
@@ -153,12 +153,13 @@ impl Filter {
     }
 }
 
-/// Whether `filter` (valid `tracing` syntax) leaves the service silent: no directive is a bare
-/// level (`info`, `warn`, …, but not `off`), and none names a target of ours. `RUST_LOG=garbage`
-/// is such a filter: `garbage` is a valid target, so it parses, and it hides everything else.
-fn hides_the_service(filter: &str) -> bool {
+/// Whether `filter` (valid `tracing` syntax) would leave the service silent without meaning to:
+/// no directive is a bare level (`info`, `warn`, …, `off`), and none names a target of ours.
+/// `RUST_LOG=garbage` is such a filter: `garbage` is a valid target, so it parses, and it hides
+/// everything else. `off` says silence on purpose.
+fn lacks_a_default_level(filter: &str) -> bool {
     const OURS: [&str; 3] = ["stockorder", "graceful", "tower_http"];
-    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     !filter
         .split(',')
         .map(str::trim)
@@ -168,11 +169,12 @@ fn hides_the_service(filter: &str) -> bool {
             let bare_level = !directive.contains('=') && LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive));
             bare_level || OURS.iter().any(|o| target.starts_with(o))
         })
+        && !filter.trim().is_empty()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Filter, hides_the_service};
+    use super::{Filter, lacks_a_default_level};
     use tracing::Level;
 
     #[test]
@@ -211,19 +213,27 @@ mod tests {
     }
 
     #[test]
-    fn a_filter_that_silences_the_service_is_told_apart() {
-        for silent in ["garbage", "off", "hyper=debug", "garbage,off", "sqlx=info"] {
-            assert!(hides_the_service(silent), "{silent}");
+    fn a_filter_that_would_silence_the_service_by_mistake_is_told_apart() {
+        for silent in ["garbage", "hyper=debug", "sqlx=info"] {
+            assert!(lacks_a_default_level(silent), "{silent}");
         }
         for heard in [
             "info",
             "WARN",
+            "off",
+            "garbage,off",
             "garbage,info",
             "stockorder=debug",
             "warn,stockorder=info",
             "graceful=info",
         ] {
-            assert!(!hides_the_service(heard), "{heard}");
+            assert!(!lacks_a_default_level(heard), "{heard}");
         }
+        // With `info` in front, the user's directives still count.
+        let (filter, error) = Filter::parse("info,hyper=debug");
+        let targets = filter.targets.unwrap();
+        assert!(error.is_none());
+        assert!(targets.would_enable("stockorder::app", &Level::INFO));
+        assert!(targets.would_enable("hyper", &Level::DEBUG));
     }
 }

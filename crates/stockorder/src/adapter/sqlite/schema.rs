@@ -149,11 +149,17 @@ fn version(conn: &Connection) -> Result<usize, MigrationError> {
 /// Runs every migration the database has not seen yet, each in its own transaction, then the
 /// rewrite of the status CHECK ([`status_check_without_a_temporary_table`]).
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
+    let new_file = version(conn)? == 0;
     numbered_migrations(conn)?;
-    status_check_without_a_temporary_table(conn).map_err(|source| MigrationError::Rewrite {
+    let rewrote = status_check_without_a_temporary_table(conn).map_err(|source| MigrationError::Rewrite {
         what: "the orders table's status CHECK",
         source: Box::new(source),
-    })
+    })?;
+    // On a file created just now the rewrite is part of making it: nothing to tell an operator.
+    if rewrote && !new_file {
+        tracing::info!("rewrote the orders table's status CHECK as comparisons (no temporary table per write)");
+    }
+    Ok(())
 }
 
 /// Runs the numbered migrations the database has not seen yet: [`migrate`] without the
@@ -196,8 +202,8 @@ pub(super) fn numbered_migrations(conn: &mut Connection) -> Result<(), Migration
 /// would fail for no reason.
 ///
 /// Idempotent: the rewrite happens in a write transaction, only if the old text is there; a
-/// failure rolls it back and leaves the schema as it was.
-fn status_check_without_a_temporary_table(conn: &mut Connection) -> rusqlite::Result<()> {
+/// failure rolls it back and leaves the schema as it was. Returns whether it rewrote.
+fn status_check_without_a_temporary_table(conn: &mut Connection) -> rusqlite::Result<bool> {
     const IN_LIST: &str = "status IN ('PENDING', 'FILLED', 'CANCELLED', 'REJECTED')";
     const COMPARISONS: &str = "status = 'PENDING' OR status = 'FILLED' OR status = 'CANCELLED' OR status = 'REJECTED'";
     const ORDERS_WITH_IN_LIST: &str = "type = 'table' AND name = 'orders' AND instr(sql, ?1) > 0";
@@ -211,12 +217,12 @@ fn status_check_without_a_temporary_table(conn: &mut Connection) -> rusqlite::Re
     };
     // Every start but the first: one read, no write lock.
     if !has_in_list(conn)? {
-        return Ok(());
+        return Ok(false);
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Another process may have done it meanwhile (two starting together).
     if !has_in_list(&tx)? {
-        return Ok(());
+        return Ok(false);
     }
     let version: i64 = tx.pragma_query_value(None, "schema_version", |row| row.get(0))?;
     tx.pragma_update(None, "writable_schema", true)?;
@@ -229,6 +235,5 @@ fn status_check_without_a_temporary_table(conn: &mut Connection) -> rusqlite::Re
     // not parse would fail here, inside the transaction, and be rolled back.
     tx.execute_batch("PRAGMA writable_schema = RESET; SELECT status FROM orders LIMIT 0;")?;
     tx.commit()?;
-    tracing::info!("rewrote the orders table's status CHECK as comparisons (no temporary table per write)");
-    Ok(())
+    Ok(true)
 }
