@@ -227,7 +227,7 @@ pub async fn open_desk(database_url: &str) -> Result<(Store, Arc<OrderDesk<Store
         .map_err(StartupError::Config)?;
     let url = DatabaseUrl::parse(database_url).map_err(StartupError::DatabaseUrl)?;
     let pool_size = crate::config::defaults::DATABASE_POOL_SIZE as usize;
-    let store = Store::open(&url, pool_size, Default::default()).await?;
+    let store = Store::open(&url, pool_size, Default::default(), None).await?;
     tracing::info!(database = %store.describe(), "database ready");
     let desk = desk_over(&store, rules);
     Ok((store, desk))
@@ -289,10 +289,14 @@ impl Application {
             startup: args.startup_timeout,
         };
         tracing::info!(database = %url.describe(), timeout_s = args.startup_timeout.as_secs_f64(), "opening the database");
+        // Started by an in-place upgrade: the old process passed its SQLite lock on, and may
+        // still write to the file until it exits (`run` watches for that).
+        let upgraded_from = crate::lifecycle::upgrade::upgraded_from();
+        let handed_lock = crate::lifecycle::upgrade::handed_database_lock();
         let store = tokio::time::timeout(
             // A little beyond PostgreSQL's own patience, which then reports the cause itself.
             args.startup_timeout + timeouts.connect,
-            Store::open(&url, args.database_pool_size as usize, timeouts),
+            Store::open(&url, args.database_pool_size as usize, timeouts, handed_lock),
         )
         .await
         .map_err(|_| StartupError::DatabaseTimeout {
@@ -307,9 +311,7 @@ impl Application {
             }
             Sockets::Bound { http, grpc } => (listen(Port::Http, http.0, http.1)?, listen(Port::Grpc, grpc.0, grpc.1)?),
         };
-        // Started by an in-place upgrade: until the old process has exited, it may still write
-        // to the same database (`run` watches for its exit).
-        let upgraded_from = crate::lifecycle::upgrade::upgraded_from();
+        // Until the old process has exited, it may still write to the same database.
         if upgraded_from.is_some() {
             store.other_process_writes(true);
         }
@@ -350,6 +352,7 @@ impl Application {
             binary,
             http_fd: self.http_listener.as_raw_fd(),
             grpc_fd: self.grpc_listener.as_raw_fd(),
+            database_lock_fd: self.store.database_lock_fd(),
             overlap: Box::new(move |yes| store.other_process_writes(yes)),
         })
     }

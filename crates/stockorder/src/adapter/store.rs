@@ -34,14 +34,20 @@ pub enum Store {
 impl Store {
     /// Opens (creating and migrating as needed) the store `url` names; `pool_size` is the
     /// number of PostgreSQL connections (SQLite has its own fixed pool), `timeouts` bound how
-    /// long PostgreSQL may take.
-    pub async fn open(url: &DatabaseUrl, pool_size: usize, timeouts: postgres::Timeouts) -> Result<Self, OpenError> {
+    /// long PostgreSQL may take. A SQLite file belongs to one process; `handed_lock` is its
+    /// lock as the process this one replaces in an in-place upgrade passed it on.
+    pub async fn open(
+        url: &DatabaseUrl,
+        pool_size: usize,
+        timeouts: postgres::Timeouts,
+        handed_lock: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Self, OpenError> {
         Ok(match url {
             // Opening may wait on another process's lock (busy timeout): off the runtime's
             // threads, so a signal during start-up is still handled at once.
             DatabaseUrl::Sqlite(path) => {
                 let path = path.clone();
-                let opened = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+                let opened = tokio::task::spawn_blocking(move || SqliteStore::open_taking_over(path, handed_lock))
                     .await
                     .map_err(|e| sqlite::OpenError::Thread(std::io::Error::other(e)))?;
                 Store::Sqlite(opened?)
@@ -64,6 +70,15 @@ impl Store {
     pub fn other_process_writes(&self, yes: bool) {
         if let Store::Sqlite(s) = self {
             s.other_process_writes(yes);
+        }
+    }
+
+    /// The lock that makes this process a SQLite file's one server, to pass on in an in-place
+    /// upgrade; `None` for PostgreSQL, which replicas share.
+    pub fn database_lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Store::Sqlite(s) => s.lock_fd(),
+            Store::Postgres(_) => None,
         }
     }
 

@@ -65,22 +65,30 @@ fn listener(fd: RawFd) -> Result<TcpListener, ActivationError> {
     Ok(listener)
 }
 
+/// Where [`pass_listeners`] puts its `extra` fd in the new process, after the two listeners.
+pub const EXTRA_FD: RawFd = 5;
+
 /// Hands the listening sockets `http` and `grpc` to the program `cmd` starts, the way systemd
-/// does: as fds 3 and 4, with `LISTEN_FDS=2` and `LISTEN_FDNAMES=http:grpc`. `LISTEN_PID` is
-/// the caller's business (it can only be known in the child; the upgrade's child sets it).
-pub fn pass_listeners(cmd: &mut std::process::Command, http: RawFd, grpc: RawFd) {
+/// does: as fds 3 and 4, with `LISTEN_FDS=2` and `LISTEN_FDNAMES=http:grpc`, and `extra` (the
+/// database's lock, in an upgrade) as fd [`EXTRA_FD`]. `LISTEN_PID` is the caller's business
+/// (it can only be known in the child; the upgrade's child sets it).
+pub fn pass_listeners(cmd: &mut std::process::Command, http: RawFd, grpc: RawFd, extra: Option<RawFd>) {
     use std::os::unix::process::CommandExt;
     cmd.env("LISTEN_FDS", "2")
         .env("LISTEN_FDNAMES", "http:grpc")
         .env_remove("LISTEN_PID");
-    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2). The sockets
-    // are first copied above the fds 3 and 4 they are moved to, so neither can overwrite the
-    // other; dup2 leaves the copies at 3 and 4 open across exec.
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2). The fds are
+    // first copied above the fds 3, 4 and 5 they are moved to, so none can overwrite another;
+    // dup2 leaves the copies at 3, 4 (and 5) open across exec.
     unsafe {
         cmd.pre_exec(move || {
             let h = libc::fcntl(http, libc::F_DUPFD_CLOEXEC, 10);
             let g = libc::fcntl(grpc, libc::F_DUPFD_CLOEXEC, 10);
-            if h < 0 || g < 0 || libc::dup2(h, 3) < 0 || libc::dup2(g, 4) < 0 {
+            let e = extra.map_or(0, |fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
+            if h < 0 || g < 0 || e < 0 || libc::dup2(h, 3) < 0 || libc::dup2(g, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if extra.is_some() && libc::dup2(e, EXTRA_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

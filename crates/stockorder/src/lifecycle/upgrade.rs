@@ -28,6 +28,14 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Set in the new process's environment to the old process's pid.
 const UPGRADE_FROM: &str = "STOCKORDER_UPGRADE_FROM";
 
+/// Set in the new process's environment when the old one passes its database lock (a SQLite
+/// file's, see `adapter::sqlite`): the fd it is at.
+const DATABASE_LOCK_FD: &str = "STOCKORDER_DATABASE_LOCK_FD";
+
+/// The database lock the old process passed, claimed by [`adopt_upgrade_env`] before anything
+/// else could open a file at its number.
+static HANDED_LOCK: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
 /// Why an upgrade did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -62,6 +70,25 @@ pub unsafe fn adopt_upgrade_env() {
     if std::env::var_os(UPGRADE_FROM).is_none() {
         return;
     }
+    if let Some(fd) = std::env::var(DATABASE_LOCK_FD)
+        .ok()
+        .and_then(|n| n.parse::<RawFd>().ok())
+    {
+        // SAFETY: nothing in this process has opened a file yet, so an open fd at this number
+        // was inherited: the lock the old process passed. Checked to be a regular file before
+        // it is owned (and made close-on-exec, so only an explicit hand-over passes it on).
+        unsafe {
+            let is_file = nix::sys::stat::fstat(std::os::fd::BorrowedFd::borrow_raw(fd))
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+            if is_file {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                if let Ok(mut slot) = HANDED_LOCK.lock() {
+                    *slot = Some(std::os::fd::FromRawFd::from_raw_fd(fd));
+                }
+            }
+            std::env::remove_var(DATABASE_LOCK_FD);
+        }
+    }
     if std::env::var_os("LISTEN_FDS").is_some() {
         // SAFETY: the caller guarantees no other thread exists yet.
         unsafe { std::env::set_var("LISTEN_PID", std::process::id().to_string()) };
@@ -87,6 +114,11 @@ pub fn notify_old_process_ready() {
             tracing::warn!(error = %e, "cannot tell the previous process this one is ready");
         }
     }
+}
+
+/// The database lock the old process of an upgrade passed on, once (later calls: `None`).
+pub fn handed_database_lock() -> Option<std::os::fd::OwnedFd> {
+    HANDED_LOCK.lock().ok()?.take()
 }
 
 /// The old process's pid, when this process was started by an upgrade.
@@ -123,6 +155,9 @@ pub struct Upgrader {
     pub http_fd: RawFd,
     /// The gRPC listening socket.
     pub grpc_fd: RawFd,
+    /// The database's lock (a SQLite file's), passed to the new process so the file is never
+    /// unlocked between the two.
+    pub database_lock_fd: Option<RawFd>,
     /// Called with `true` when the new process may start writing to the same database, and
     /// with `false` if the upgrade failed: the store then knows its snapshots may go stale.
     pub overlap: Box<dyn Fn(bool) + Send + Sync>,
@@ -222,7 +257,10 @@ impl Upgrader {
         cmd.args(std::env::args_os().skip(1).collect::<Vec<OsString>>())
             .env(UPGRADE_FROM, std::process::id().to_string())
             .env("NOTIFY_SOCKET", notify);
-        super::activation::pass_listeners(&mut cmd, self.http_fd, self.grpc_fd);
+        if self.database_lock_fd.is_some() {
+            cmd.env(DATABASE_LOCK_FD, super::activation::EXTRA_FD.to_string());
+        }
+        super::activation::pass_listeners(&mut cmd, self.http_fd, self.grpc_fd, self.database_lock_fd);
         // The new process outlives this one: not killed on drop.
         tokio::process::Command::from(cmd)
     }

@@ -49,3 +49,42 @@ async fn concurrent_creates_all_succeed_and_survive_a_restart() {
         .unwrap();
     assert_eq!(all.len(), 200);
 }
+
+/// One server per SQLite file: a second `serve` on the file of a running one exits 1 naming the
+/// first one's PID, touches nothing, and the first keeps serving; once the first has stopped,
+/// the file is free.
+#[tokio::test]
+async fn a_second_server_on_the_same_file_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let mut first = ServerProcess::start(&db, &[]).await;
+    let first_pid = first.child.id().unwrap();
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockorder"))
+        .arg("serve")
+        .envs([("PORT", "0"), ("GRPC_PORT", "0"), ("HOST", "127.0.0.1")])
+        .env("DATABASE_URL", &db)
+        .output();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(20), second)
+        .await
+        .expect("the second server exits at once")
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("in use by another stockorder process (PID {first_pid})")),
+        "{said}"
+    );
+    let placed = reqwest::Client::new()
+        .post(first.url("/api/orders"))
+        .json(&market_order())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 201, "the first server still serves");
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait().await, Some(0));
+    let mut next = ServerProcess::start(&db, &[]).await;
+    assert_eq!(next.all_orders().await.len(), 1);
+    next.signal(Signal::SIGTERM);
+    assert_eq!(next.wait().await, Some(0));
+}

@@ -30,7 +30,7 @@ async fn start(http: &TcpListener, grpc: &TcpListener, db: &Path, log: &Path) ->
         std::fs::File::options().create(true).append(true).open(log).unwrap(),
     ))
     .stderr(Stdio::null());
-    stockorder::lifecycle::activation::pass_listeners(&mut cmd, h, g);
+    stockorder::lifecycle::activation::pass_listeners(&mut cmd, h, g, None);
     let child = Command::from(cmd).kill_on_drop(true).spawn().unwrap();
     let url = format!("http://{}/ready", http.local_addr().unwrap());
     let client = reqwest::Client::new();

@@ -2,6 +2,7 @@
 //! pool of readers over one WAL-mode database file.
 
 mod errors;
+mod lock;
 mod readers;
 mod recent;
 mod rows;
@@ -9,7 +10,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, MAIN_DB};
 
@@ -69,6 +70,25 @@ pub enum OpenError {
         /// Its directory, as an absolute path.
         dir: PathBuf,
     },
+    /// Another process serves this file: one server per SQLite file.
+    #[error(
+        "SQLite database {path} is in use by another stockorder process (PID {}): one server per file; stop that process, or give this one another DATABASE_URL",
+        pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+    )]
+    InUse {
+        /// The file, as an absolute path.
+        path: PathBuf,
+        /// The process that has it, as its lock file names it.
+        pid: Option<u32>,
+    },
+    /// The lock file beside the database could not be opened or written.
+    #[error("cannot lock SQLite database {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The file can be read but not written (a read-only mount, an immutable file): every order
     /// would fail, so the service does not start on it.
     #[error(
@@ -103,11 +123,23 @@ struct Inner {
     writer: writer::Writer,
     readers: Arc<readers::ReadPool>,
     recent: Arc<recent::Recent>,
+    /// The file's lock (see `lock`), until [`SqliteStore::close`].
+    lock: Mutex<Option<lock::FileLock>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`, and starts its writer.
+    /// The file is this process's alone until [`SqliteStore::close`]: a second process opening
+    /// it is refused ([`OpenError::InUse`], naming this one).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
+        Self::open_taking_over(path, None)
+    }
+
+    /// [`SqliteStore::open`] in the new process of an in-place upgrade: `handed` is the file
+    /// lock the old process passed on (see [`SqliteStore::lock_fd`]), adopted so that the file
+    /// is never unlocked between the two. Until the old process has exited, say so with
+    /// [`SqliteStore::other_process_writes`].
+    pub fn open_taking_over(path: impl AsRef<Path>, handed: Option<std::os::fd::OwnedFd>) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
             let dir = dir.to_path_buf();
@@ -136,6 +168,23 @@ impl SqliteStore {
                 dir: absolute(dir),
             });
         }
+        // Before the file is touched: a second server must not migrate or write it.
+        let lock = match handed.and_then(|fd| lock::FileLock::adopt(&path, fd)) {
+            Some(lock) => {
+                tracing::info!("took over the database's lock from the previous process");
+                lock
+            }
+            None => lock::FileLock::take(&path).map_err(|e| match e {
+                lock::LockError::InUse(pid) => OpenError::InUse {
+                    path: absolute(&path),
+                    pid,
+                },
+                lock::LockError::Io(source) => OpenError::Lock {
+                    path: absolute(&lock::lock_path(&path)),
+                    source,
+                },
+            })?,
+        };
         let open_err = |source: rusqlite::Error| match errors::full_disk(&source, &path) {
             Some(free) => OpenError::Full {
                 path: path.clone(),
@@ -183,6 +232,7 @@ impl SqliteStore {
                 writer,
                 readers,
                 recent,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -201,13 +251,24 @@ impl SqliteStore {
         self.inner.readers.set_shared(yes);
     }
 
+    /// The locked file that makes this process the file's one server, to pass to the process
+    /// that replaces it in an in-place upgrade (it stays locked while either has it open).
+    /// `None` once closed.
+    pub fn lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.lock.lock().ok()?.as_ref().map(lock::FileLock::fd)
+    }
+
     /// Closes the store: reads are refused from now on, every queued write is committed, the
     /// WAL is checkpointed into the main file, and the connection is closed. Later calls on any
     /// clone answer [`RepositoryError::Closed`]. Call it after the servers have stopped.
     pub async fn close(&self) -> Result<(), RepositoryError> {
         self.inner.recent.close();
         self.inner.readers.close();
-        self.inner.writer.close().await
+        let closed = self.inner.writer.close().await;
+        // The file is free for the next server once everything is written (unless this
+        // process handed the lock on to its successor, which keeps it).
+        drop(self.inner.lock.lock().ok().and_then(|mut slot| slot.take()));
+        closed
     }
 }
 
