@@ -78,3 +78,83 @@ async fn a_failing_new_binary_leaves_the_old_process_serving() {
     server.signal(Signal::SIGTERM);
     assert_eq!(server.wait().await, Some(0));
 }
+
+/// During an upgrade's overlap two processes serve one SQLite file, and neither answers a read
+/// with an order older than the file: each order is read through the old process before the
+/// upgrade (so it holds it in memory), then, while the old one keeps serving through a 3 s drain
+/// delay beside the new one, cancelled and read again on fresh connections, which the two
+/// processes accept in turn. Every read after the cancel must say CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_read_is_stale_while_two_processes_share_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let env = [("SHUTDOWN_DRAIN_DELAY", "3s"), ("PROCESSOR_WORKERS", "0")];
+    let mut server = ServerProcess::start(&db, &env).await;
+    // A new connection for every request, so that requests spread over both processes.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let created = client
+            .post(server.url("/api/orders"))
+            .json(&crate::common::market_order())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let read = client
+            .get(server.url(&format!("/api/orders/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+        ids.push(id);
+    }
+    let old = Pid::from_raw(server.child.id().unwrap() as i32);
+    let new = upgrade(&mut server, old).await;
+    // Not our child: killed if an assertion below fails, so no server outlives the test.
+    struct Reap(Pid);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGKILL);
+        }
+    }
+    let _reap = Reap(new);
+    let overlap_ends = std::time::Instant::now() + Duration::from_millis(2500);
+    let (mut checked, mut stale) = (0, Vec::new());
+    for id in &ids {
+        if std::time::Instant::now() >= overlap_ends {
+            break;
+        }
+        let cancel = client
+            .post(server.url(&format!("/api/orders/{id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancel.status(), 200, "{id}");
+        for _ in 0..4 {
+            let order: serde_json::Value = client
+                .get(server.url(&format!("/api/orders/{id}")))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            checked += 1;
+            if order["status"] != "CANCELLED" {
+                stale.push(format!("{id}: {}", order["status"]));
+            }
+        }
+    }
+    assert!(checked >= 40, "only {checked} reads within the overlap");
+    assert!(stale.is_empty(), "stale reads during the overlap: {stale:?}");
+    assert_eq!(server.child.wait().await.unwrap().code(), Some(0));
+    kill(new, Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), exited(new))
+        .await
+        .unwrap();
+}
