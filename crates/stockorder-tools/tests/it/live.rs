@@ -18,6 +18,30 @@ struct Browser {
     http: reqwest::Client,
 }
 
+impl Drop for Browser {
+    /// Ends the WebDriver session, so that chromedriver closes Chromium, before the driver is
+    /// killed (`kill_on_drop`): killing the driver alone leaves Chromium running. Blocking and
+    /// by hand (raw HTTP/1.1), since `Drop` cannot await; bounded by a 5 s timeout.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(addr) = self.base.strip_prefix("http://") else {
+            return;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            self.session
+        );
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+        }
+    }
+}
+
 /// WebDriver's key for an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -96,6 +120,9 @@ impl Browser {
                 refused: text("refused"), in_flight: text("in_flight"), verdict: text("verdict"),
                 marks: [...document.querySelectorAll("li.mark")].map((li) => li.dataset.label),
                 report_rows: document.querySelectorAll("#report tbody tr").length,
+                no_report: document.getElementById("no-report").hidden ? "" : text("no-report"),
+                y_ticks: document.getElementById("chart").dataset.yTicks || "",
+                button_disabled: document.getElementById("signal").disabled,
             };"##;
         let mut shown = self
             .call(
@@ -300,6 +327,27 @@ fn has_mark(marks: &[String], label: &str) -> bool {
     marks.iter().any(|m| m == label)
 }
 
+/// The chart's y-axis ticks are round numbers: 0 and multiples of one step of 1, 2 or 5 times
+/// a power of ten, as a person reads them from across a room.
+fn assert_round_ticks(page: &Value) {
+    let ticks: Vec<f64> = page["y_ticks"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert!(ticks.len() >= 3, "ticks: {page}");
+    let step = ticks[1] - ticks[0];
+    let power = 10f64.powf(step.log10().floor());
+    assert!(
+        [1.0, 2.0, 5.0].iter().any(|m| (step - m * power).abs() < 1e-9),
+        "a round step: {ticks:?}"
+    );
+    for (i, t) in ticks.iter().enumerate() {
+        assert!((t - step * i as f64).abs() < 1e-9, "evenly spaced from 0: {ticks:?}");
+    }
+}
+
 /// demo_2 breaks requests and demo_3 does not, on the page as in the tally; the marks of the
 /// shutdown appear on it as the server logs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,9 +385,14 @@ async fn the_live_page_shows_demo_2_failing_and_demo_3_holding_with_the_tallys_c
             );
         }
         let failed = page["failed"].as_u64().unwrap();
+        assert_round_ticks(&page);
         if target == "demo_2" {
             assert!(failed > 0, "demo_2 breaks requests: {page}");
             assert!(verdict.starts_with("FAIL"), "demo_2's verdict: {verdict}");
+            assert_eq!(
+                page["no_report"], "no report: demo_2 has no shutdown coordinator",
+                "{page}"
+            );
         } else {
             assert_eq!(failed, 0, "demo_3 breaks none: {page}");
             assert!(has_mark(&marks, "unready"), "demo_3 flips readiness: {marks:?}");
@@ -371,6 +424,11 @@ async fn the_pages_button_sends_the_signal() {
         "no mark before the button is pressed"
     );
     browser.click("#signal").await;
+    assert_eq!(
+        browser.read().await["button_disabled"],
+        true,
+        "the button is disabled once the signal is sent"
+    );
     let page = final_page(&browser).await;
     let marks = marks(&page);
     let rows = page["report_rows"].as_u64().unwrap_or(0);
