@@ -121,8 +121,9 @@ pub struct LimitArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = defaults::MAX_CONCURRENT_REQUESTS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_requests: u32,
 
-    /// Longest a client may take to send a request's headers (and, on a new connection, its
-    /// first byte) before the connection is closed: slow-client protection.
+    /// Slow-client protection: a new connection must send its first byte within this, and an
+    /// HTTP/1 connection that neither starts a request nor is being answered (idle, or
+    /// trickling its headers) is closed one to two of these after its last request.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = defaults::HEADER_READ_TIMEOUT_TEXT, value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
