@@ -35,7 +35,6 @@ where
     type Future = Answer<Oneshot<S, Request<ReqB>>>;
 
     fn call(&self, request: Request<ReqB>) -> Self::Future {
-        self.conn.first.mark();
         let http1 = request.version() <= Version::HTTP_11;
         if request.version() == Version::HTTP_2 {
             self.conn.h2.store(true, Ordering::Relaxed);

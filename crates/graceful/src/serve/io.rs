@@ -21,12 +21,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::first::FirstRequest;
 use super::streams::Notice;
 use super::websocket::{Frames, HeadEnd, close_frame};
 
@@ -35,12 +35,14 @@ pub(super) struct ConnState {
     notice: Notice,
     peer: SocketAddr,
     fd: RawFd,
-    pub(super) first: FirstRequest,
     /// Speaks HTTP/2 (its preface was seen, or it carried an HTTP/2 request): GOAWAY needs no
     /// grace, and the head watch does not apply.
     pub(super) h2: AtomicBool,
-    /// Requests started on this connection, for the head watch.
+    /// Requests started on this connection: for the head watch, and for the grace an HTTP/2
+    /// connection gets to send its first (see [`ConnState::first_request_within`]).
     requests: AtomicU64,
+    /// Notified at the first request.
+    first_arrived: Notify,
     /// Requests whose answer is not yet fully sent: while one is, the connection is busy, not
     /// waiting for a head.
     in_flight: AtomicUsize,
@@ -76,9 +78,9 @@ impl ConnState {
             notice,
             peer,
             fd,
-            first: FirstRequest::default(),
             h2: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            first_arrived: Notify::new(),
             in_flight: AtomicUsize::new(0),
             streams_open: AtomicUsize::new(0),
             cutting: AtomicBool::new(false),
@@ -105,9 +107,26 @@ impl ConnState {
 
     /// A request starts: busy until the returned guard (carried by its answer's body) drops.
     pub(super) fn request_started(self: &Arc<Self>) -> InFlight {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        if self.requests.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.first_arrived.notify_one();
+        }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(Arc::clone(self))
+    }
+
+    /// Resolves when the connection has carried a request, or after `grace`.
+    ///
+    /// Why an HTTP/2 connection that has not carried one gets this grace before GOAWAY: a
+    /// client opens a connection, sends the preface, and writes its first request a moment
+    /// later. A GOAWAY in that moment says "no stream taken, retry elsewhere" (last stream id
+    /// 0), and the server then closes a connection with no open stream. A careful client
+    /// retries; many report an error instead, for a call the server would gladly have
+    /// answered. With this grace it is answered.
+    pub(super) async fn first_request_within(&self, grace: Duration) {
+        if self.requests.load(Ordering::Acquire) == 0 {
+            // `notify_one` keeps a permit, so a request between the check and this wait counts.
+            let _ = tokio::time::timeout(grace, self.first_arrived.notified()).await;
+        }
     }
 
     /// Requests started so far, and whether one is still being answered.

@@ -25,7 +25,6 @@
 
 mod close;
 mod connection;
-mod first;
 mod io;
 mod linger;
 mod streams;
@@ -373,7 +372,7 @@ async fn connection<S, B>(
                 // stream (its answer ends, then it closes) need no grace; an idle HTTP/1
                 // connection may have a request on its way.
                 if conn.h2.load(Ordering::Relaxed) {
-                    conn.first.within(IDLE_GRACE).await;
+                    conn.first_request_within(IDLE_GRACE).await;
                 } else if conn.streams_open() == 0 {
                     tokio::time::sleep(IDLE_GRACE).await;
                 }
@@ -387,8 +386,8 @@ async fn connection<S, B>(
             builder.timer(TokioTimer::new()).max_header_list_size(header_list);
             // A connection that has carried a request needs no grace: GOAWAY tells the client
             // which streams were taken, and those are finished. One that has not may be about
-            // to send its first (see `first`).
-            let grace = || conn.first.within(IDLE_GRACE);
+            // to send its first (see `ConnState::first_request_within`).
+            let grace = || conn.first_request_within(IDLE_GRACE);
             drive(builder.serve_connection(io, service), fd, &conn, &notice, None, grace).await;
         }
     }
