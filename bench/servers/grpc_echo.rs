@@ -7,8 +7,10 @@
 //!
 //! Run: `cargo run --release --example grpc_echo -- 127.0.0.1:9001`
 
-use stockorder::adapter::grpc::proto;
-use stockorder::adapter::grpc::proto::stock_order_service_server::{StockOrderService, StockOrderServiceServer};
+use stockorder::adapter::inbound::grpc::proto;
+use stockorder::adapter::inbound::grpc::proto::stock_order_service_server::{
+    StockOrderService, StockOrderServiceServer,
+};
 use tonic::{Request, Response, Status};
 
 struct Echo;

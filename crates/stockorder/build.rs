@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         // prost's codec, but a request that does not decode is INVALID_ARGUMENT (see the module).
-        .codec_path("crate::adapter::grpc::StrictCodec")
+        .codec_path("crate::adapter::inbound::grpc::StrictCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

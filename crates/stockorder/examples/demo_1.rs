@@ -19,7 +19,7 @@ use std::time::Instant;
 use clap::Parser;
 use graceful::DrainSwitch;
 use graceful::serve::Server;
-use stockorder::adapter::http;
+use stockorder::adapter::inbound::http;
 use stockorder::lesson::LessonArgs;
 
 /// Lesson 1 of 3, the basic graceful shutdown: on Ctrl+C or SIGTERM the HTTP server stops and

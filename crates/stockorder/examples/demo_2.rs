@@ -23,7 +23,7 @@ use std::time::Instant;
 use clap::Parser;
 use graceful::DrainSwitch;
 use graceful::serve::Server;
-use stockorder::adapter::http;
+use stockorder::adapter::inbound::http;
 use stockorder::lesson::LessonArgs;
 use stockorder::lifecycle::signals::terminate;
 

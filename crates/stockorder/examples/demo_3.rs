@@ -26,7 +26,7 @@ use std::time::Duration;
 use clap::Parser;
 use graceful::Shutdown;
 use graceful::serve::{Protocol, Server};
-use stockorder::adapter::{grpc, http};
+use stockorder::adapter::inbound::{grpc, http};
 use stockorder::config::parse_duration;
 use stockorder::lesson::LessonArgs;
 

@@ -12,21 +12,21 @@ use tower::ServiceBuilder;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-use crate::adapter::grpc::{self, DescriptorError};
-use crate::adapter::http;
-use crate::adapter::metrics::{Prometheus, metrics};
-use crate::adapter::middleware::access_log::LogResponse;
-use crate::adapter::middleware::admission::{AdmissionLayer, Limits};
-use crate::adapter::middleware::api_keys::{ApiKeys, ApiKeysError};
-use crate::adapter::middleware::observe::ObserveLayer;
-use crate::adapter::middleware::request_id;
-use crate::adapter::simulated_price::SimulatedPrices;
-use crate::adapter::store::{OpenError, Store};
+use crate::adapter::inbound::grpc::{self, DescriptorError};
+use crate::adapter::inbound::http;
+use crate::adapter::inbound::middleware::access_log::LogResponse;
+use crate::adapter::inbound::middleware::admission::{AdmissionLayer, Limits};
+use crate::adapter::inbound::middleware::api_keys::{ApiKeys, ApiKeysError};
+use crate::adapter::inbound::middleware::observe::ObserveLayer;
+use crate::adapter::inbound::middleware::request_id;
+use crate::adapter::outbound::simulated_price::SimulatedPrices;
+use crate::adapter::outbound::store::{OpenError, Store};
 use crate::config::{DatabaseUrl, ServeArgs};
 use crate::lifecycle::upgrade::Upgrader;
 use crate::port::OrderService as _;
 use crate::processor::{self, ProcessorConfig};
 use crate::service::{OrderDesk, StorageState};
+use crate::telemetry::metrics::{Prometheus, metrics};
 use graceful::serve::{ConnectionLimits, Protocol, Server};
 
 /// Why the service could not start.
@@ -283,7 +283,7 @@ impl Application {
                 }
             }
         };
-        let timeouts = crate::adapter::postgres::Timeouts {
+        let timeouts = crate::adapter::outbound::postgres::Timeouts {
             connect: args.limits.request_timeout.min(Duration::from_secs(5)),
             statement: args.limits.request_timeout,
             startup: args.startup_timeout,

@@ -2,12 +2,14 @@
 //! production service shuts down without losing or breaking a request.
 //!
 //! Layers, inner to outer: [`domain`] (orders, validation, state machine) ← [`port`] (traits) ←
-//! [`service`] (business rules) ← [`adapter`] (HTTP, SQLite). [`app`] wires them together.
+//! [`service`] (business rules) ← [`adapter`] (inbound: HTTP, gRPC; outbound: SQLite,
+//! PostgreSQL, prices, metrics). [`app`] wires them together.
 
 #![warn(missing_docs)]
 
 pub mod adapter;
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod domain;
 pub mod lesson;

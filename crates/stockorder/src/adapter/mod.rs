@@ -1,15 +1,7 @@
-//! Adapters: the edges of the hexagon. Each translates one technology (HTTP, gRPC, SQL) to and
-//! from the ports, and nothing outside `app.rs` knows more than one of them.
+//! Adapters: the edges of the hexagon, by direction. [`inbound`] adapters drive the core (HTTP,
+//! gRPC, and the middleware they share) and call the service port; [`outbound`] adapters are
+//! driven by it (SQLite, PostgreSQL, prices) and implement the storage and price ports. An
+//! adapter knows one technology and the ports; only `app.rs` knows several.
 
-pub mod grpc;
-pub mod http;
-pub mod memory;
-pub mod metrics;
-pub mod middleware;
-pub mod migration;
-pub mod postgres;
-#[cfg(test)]
-pub(crate) mod repository_suite;
-pub mod simulated_price;
-pub mod sqlite;
-pub mod store;
+pub mod inbound;
+pub mod outbound;

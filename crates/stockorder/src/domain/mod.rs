@@ -5,9 +5,11 @@
 mod enums;
 mod execution;
 mod order;
+mod transition;
 mod validation;
 
 pub use enums::{OrderSide, OrderStatus, OrderType, UnknownVariant};
 pub use execution::{Decision, Rejection, RiskRules, decide};
-pub use order::{NewOrder, OrderId, StockOrder, Timestamp};
+pub use order::{NewOrder, OrderId, StockOrder, StoredOrder, Timestamp};
+pub use transition::{Happened, IllegalTransition, StatusChange};
 pub use validation::{ClientOrderId, Price, Quantity, RawOrder, Symbol, ValidationError, parse_variant};

@@ -135,9 +135,31 @@ impl NewOrder {
     }
 }
 
-/// A stock order as stored and served.
+/// A stock order as stored and served. Its fields are private: an order changes only through
+/// the [`StatusChange`](super::StatusChange)s its methods `fill`, `reject` and `cancel` build,
+/// which the state machine allows; a store reads one back with [`StockOrder::restore`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StockOrder {
+    pub(super) id: OrderId,
+    pub(super) client_order_id: Option<ClientOrderId>,
+    pub(super) symbol: Symbol,
+    pub(super) order_type: OrderType,
+    pub(super) order_side: OrderSide,
+    pub(super) quantity: Quantity,
+    pub(super) price: Option<Price>,
+    pub(super) status: OrderStatus,
+    pub(super) description: Option<String>,
+    pub(super) created_at: Timestamp,
+    pub(super) updated_at: Timestamp,
+    pub(super) fill_price: Option<Price>,
+    pub(super) filled_at: Option<Timestamp>,
+    pub(super) cancelled_at: Option<Timestamp>,
+}
+
+/// An order as a store holds it, every column decoded: what [`StockOrder::restore`] reads back.
+/// It describes a state, not a change; changes are [`StatusChange`](super::StatusChange)s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOrder {
     /// Time-ordered identity.
     pub id: OrderId,
     /// The client's idempotency key, if any.
@@ -154,11 +176,11 @@ pub struct StockOrder {
     pub price: Option<Price>,
     /// Where the order is in its life.
     pub status: OrderStatus,
-    /// Free text, e.g. why an order was rejected; `None` when there is nothing to say.
+    /// Free text, e.g. why an order was rejected.
     pub description: Option<String>,
     /// When the order was accepted.
     pub created_at: Timestamp,
-    /// When the status last changed (equal to `created_at` until then).
+    /// When the status last changed.
     pub updated_at: Timestamp,
     /// The price it executed at, once `FILLED`.
     pub fill_price: Option<Price>,
@@ -197,6 +219,149 @@ impl StockOrder {
             description: Some(reason),
             ..Self::pending(new, id, now)
         }
+    }
+
+    /// An order read back from a store, as the store holds it.
+    pub fn restore(stored: StoredOrder) -> Self {
+        let StoredOrder {
+            id,
+            client_order_id,
+            symbol,
+            order_type,
+            order_side,
+            quantity,
+            price,
+            status,
+            description,
+            created_at,
+            updated_at,
+            fill_price,
+            filled_at,
+            cancelled_at,
+        } = stored;
+        Self {
+            id,
+            client_order_id,
+            symbol,
+            order_type,
+            order_side,
+            quantity,
+            price,
+            status,
+            description,
+            created_at,
+            updated_at,
+            fill_price,
+            filled_at,
+            cancelled_at,
+        }
+    }
+
+    /// The order as a store holds it, e.g. to write every column, or in a test to make a state
+    /// that [`StockOrder::restore`] then reads back.
+    pub fn into_stored(self) -> StoredOrder {
+        let Self {
+            id,
+            client_order_id,
+            symbol,
+            order_type,
+            order_side,
+            quantity,
+            price,
+            status,
+            description,
+            created_at,
+            updated_at,
+            fill_price,
+            filled_at,
+            cancelled_at,
+        } = self;
+        StoredOrder {
+            id,
+            client_order_id,
+            symbol,
+            order_type,
+            order_side,
+            quantity,
+            price,
+            status,
+            description,
+            created_at,
+            updated_at,
+            fill_price,
+            filled_at,
+            cancelled_at,
+        }
+    }
+
+    /// Time-ordered identity.
+    pub fn id(&self) -> OrderId {
+        self.id
+    }
+
+    /// The client's idempotency key, if it gave one.
+    pub fn client_order_id(&self) -> Option<&ClientOrderId> {
+        self.client_order_id.as_ref()
+    }
+
+    /// Upper-cased ticker.
+    pub fn symbol(&self) -> &Symbol {
+        &self.symbol
+    }
+
+    /// Market or limit.
+    pub fn order_type(&self) -> OrderType {
+        self.order_type
+    }
+
+    /// Buy or sell.
+    pub fn order_side(&self) -> OrderSide {
+        self.order_side
+    }
+
+    /// Shares.
+    pub fn quantity(&self) -> Quantity {
+        self.quantity
+    }
+
+    /// Limit price; `None` for market orders.
+    pub fn price(&self) -> Option<Price> {
+        self.price
+    }
+
+    /// Where the order is in its life.
+    pub fn status(&self) -> OrderStatus {
+        self.status
+    }
+
+    /// Free text, e.g. why an order was rejected; `None` when there is nothing to say.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// When the order was accepted.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// When the status last changed (equal to `created_at` until then).
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// The price it executed at, once `FILLED`.
+    pub fn fill_price(&self) -> Option<Price> {
+        self.fill_price
+    }
+
+    /// When it was filled.
+    pub fn filled_at(&self) -> Option<Timestamp> {
+        self.filled_at
+    }
+
+    /// When it was cancelled.
+    pub fn cancelled_at(&self) -> Option<Timestamp> {
+        self.cancelled_at
     }
 }
 

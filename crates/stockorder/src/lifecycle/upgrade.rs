@@ -29,7 +29,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const UPGRADE_FROM: &str = "STOCKORDER_UPGRADE_FROM";
 
 /// Set in the new process's environment when the old one passes its database lock (a SQLite
-/// file's, see `adapter::sqlite`): the fd it is at.
+/// file's, see `adapter::outbound::sqlite`): the fd it is at.
 const DATABASE_LOCK_FD: &str = "STOCKORDER_DATABASE_LOCK_FD";
 
 /// The database lock the old process passed, claimed by [`adopt_upgrade_env`] before anything

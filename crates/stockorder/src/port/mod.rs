@@ -12,7 +12,5 @@ mod service;
 pub use listing::{ListQuery, Page, PageLimit, PageToken};
 pub use metrics::{NoMetrics, OrderMetrics};
 pub use price::PriceSource;
-pub use repository::{
-    Fault, Inserted, OrderRepository, QueuePosition, Queued, RepositoryError, StatusChange, Transition,
-};
+pub use repository::{Fault, Inserted, OrderRepository, QueuePosition, Queued, RepositoryError, Transition};
 pub use service::{CANCELLED_MESSAGE, Created, OrderError, OrderService};

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::domain::{OrderId, OrderStatus, Price, StockOrder, Timestamp};
+use crate::domain::{OrderId, StatusChange, StockOrder};
 
 use super::ListQuery;
 
@@ -15,23 +15,6 @@ pub enum Inserted {
     /// An order with the same `client_order_id` already exists; nothing was written. The
     /// service decides whether this is a replay or a conflict.
     Existing(StockOrder),
-}
-
-/// A conditional status change: applied only if the order is still in `from`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusChange {
-    /// The order to change.
-    pub id: OrderId,
-    /// The status the order must be in for the change to apply.
-    pub from: OrderStatus,
-    /// The new status.
-    pub to: OrderStatus,
-    /// Replaces the description when `Some` (e.g. a rejection reason).
-    pub description: Option<String>,
-    /// The execution price, for a change to `FILLED`.
-    pub fill_price: Option<Price>,
-    /// The new `updated_at`, and `filled_at` / `cancelled_at` for those changes.
-    pub at: Timestamp,
 }
 
 /// The outcome of a [`StatusChange`].

@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::domain::StockOrder;
 use crate::port::{OrderError, OrderRepository, QueuePosition, RepositoryError};
-use crate::service::{Backoff, Executed, OrderDesk};
+use crate::service::{Executed, OrderDesk};
 
 /// How the processor runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ProcessorConfig, run};
-use crate::adapter::memory::MemoryRepository;
+use crate::adapter::outbound::memory::MemoryRepository;
 use crate::domain::{OrderId, OrderSide, OrderStatus, OrderType, RiskRules};
 use crate::port::{Fault, OrderRepository, OrderService};
 use crate::service::OrderDesk;
@@ -21,7 +21,7 @@ const CONFIG: ProcessorConfig = ProcessorConfig {
 async fn decided(repository: &MemoryRepository, id: OrderId) -> OrderStatus {
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            let status = repository.get(id).await.ok().flatten().map(|o| o.status);
+            let status = repository.get(id).await.ok().flatten().map(|o| o.status());
             if let Some(s) = status.filter(|s| *s != OrderStatus::Pending) {
                 return s;
             }
@@ -57,7 +57,7 @@ async fn a_new_market_order_is_filled_and_the_processor_stops_when_told() {
         .await
         .unwrap()
         .order;
-    assert_eq!(decided(&repository, order.id).await, OrderStatus::Filled);
+    assert_eq!(decided(&repository, order.id()).await, OrderStatus::Filled);
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
@@ -80,7 +80,7 @@ async fn a_storage_fault_is_waited_out_and_the_queue_then_decided() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!task.is_finished(), "a fault that can clear does not end the processor");
     repository.fail_with(None);
-    assert_eq!(decided(&repository, order.id).await, OrderStatus::Filled);
+    assert_eq!(decided(&repository, order.id()).await, OrderStatus::Filled);
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
@@ -97,7 +97,7 @@ async fn with_no_workers_nothing_is_decided_until_the_stop() {
     let (stop, task) = start(Arc::clone(&desk), ProcessorConfig { workers: 0, ..CONFIG });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
-        repository.get(order.id).await.unwrap().unwrap().status,
+        repository.get(order.id()).await.unwrap().unwrap().status(),
         OrderStatus::Pending
     );
     stop.send(()).unwrap();
@@ -114,7 +114,7 @@ impl crate::port::PriceSource for MovablePrices {
     fn price(&self, symbol: &crate::domain::Symbol) -> crate::domain::Price {
         match *self.moved.lock().unwrap() {
             Some(p) => crate::domain::Price::parse(p).unwrap(),
-            None => crate::adapter::simulated_price::SimulatedPrices.price(symbol),
+            None => crate::adapter::outbound::simulated_price::SimulatedPrices.price(symbol),
         }
     }
 
@@ -129,7 +129,7 @@ impl crate::port::PriceSource for MovablePrices {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resting_limit_is_filled_when_the_price_moves_to_reach_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::adapter::sqlite::SqliteStore::open(dir.path().join("orders.db")).unwrap();
+    let store = crate::adapter::outbound::sqlite::SqliteStore::open(dir.path().join("orders.db")).unwrap();
     let prices = Arc::new(MovablePrices {
         moved: std::sync::Mutex::new(None),
         version: std::sync::atomic::AtomicU64::new(0),
@@ -157,23 +157,23 @@ async fn a_resting_limit_is_filled_when_the_price_moves_to_reach_it() {
     // Orders are decided in queue order, so once the later market order is filled, the limit
     // has been looked at.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while store.get(market.id).await.unwrap().unwrap().status == OrderStatus::Pending {
+    while store.get(market.id()).await.unwrap().unwrap().status() == OrderStatus::Pending {
         assert!(
             std::time::Instant::now() < deadline,
             "the market order is filled within 5 s"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let resting = store.get(limit.id).await.unwrap().unwrap();
-    assert_eq!(resting.status, OrderStatus::Pending, "the limit rests");
+    let resting = store.get(limit.id()).await.unwrap().unwrap();
+    assert_eq!(resting.status(), OrderStatus::Pending, "the limit rests");
     assert_eq!(resting, limit, "resting changed nothing of the order");
 
     *prices.moved.lock().unwrap() = Some(149.5);
     prices.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let filled = loop {
-        let o = store.get(limit.id).await.unwrap().unwrap();
-        if o.status != OrderStatus::Pending {
+        let o = store.get(limit.id()).await.unwrap().unwrap();
+        if o.status() != OrderStatus::Pending {
             break o;
         }
         assert!(
@@ -182,8 +182,8 @@ async fn a_resting_limit_is_filled_when_the_price_moves_to_reach_it() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    assert_eq!(filled.status, OrderStatus::Filled);
-    assert_eq!(filled.fill_price.map(crate::domain::Price::get), Some(149.5));
+    assert_eq!(filled.status(), OrderStatus::Filled);
+    assert_eq!(filled.fill_price().map(crate::domain::Price::get), Some(149.5));
     let _ = stop.send(());
     task.await.unwrap().unwrap();
     store.close().await.unwrap();

@@ -1,30 +1,32 @@
 //! The order desk: identity and timestamps of new orders, risk rules at placement, idempotent
 //! creates, paging, cancellation as a conditional transition, and the execution of pending
 //! orders. Depends on `domain` and `port` only: counts the state changes it makes through the
-//! [`OrderMetrics`] port (it is the one place that knows every transition), and reports what
-//! every storage call saw to its [`StorageHealth`].
+//! [`OrderMetrics`] port (it is the one place that knows every transition), and reaches storage
+//! through [`Watched`], so what every call saw reaches its [`StorageHealth`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::StorageHealth;
-use crate::domain::{Decision, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StockOrder, Timestamp, decide};
+use super::{StorageHealth, Watched};
+use crate::domain::{
+    Decision, Happened, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StatusChange, StockOrder, Timestamp,
+    decide,
+};
 use crate::port::{
     Created, Inserted, ListQuery, NoMetrics, OrderError, OrderMetrics, OrderRepository, OrderService, Page, PageToken,
-    PriceSource, QueuePosition, Queued, StatusChange, Transition,
+    PriceSource, QueuePosition, Queued, Transition,
 };
 
 /// The order desk: takes orders, answers for them, cancels them, and executes them. Generic over
 /// the repository so the same rules run on SQLite, PostgreSQL or a test double.
 pub struct OrderDesk<R> {
-    repository: R,
+    repository: Watched<R>,
     rules: RiskRules,
     prices: Arc<dyn PriceSource>,
     metrics: Arc<dyn OrderMetrics>,
     new_orders: Notify,
-    storage: StorageHealth,
 }
 
 impl<R> std::fmt::Debug for OrderDesk<R> {
@@ -55,12 +57,11 @@ impl<R: OrderRepository> OrderDesk<R> {
     /// A desk storing orders in `repository`, executing at `prices` under `rules`.
     pub fn new(repository: R, prices: Arc<dyn PriceSource>, rules: RiskRules) -> Self {
         Self {
-            repository,
+            repository: Watched::new(repository),
             rules,
             prices,
             metrics: Arc::new(NoMetrics),
             new_orders: Notify::new(),
-            storage: StorageHealth::default(),
         }
     }
 
@@ -72,17 +73,17 @@ impl<R: OrderRepository> OrderDesk<R> {
 
     /// The repository, for wiring code that needs to close it at shutdown.
     pub fn repository(&self) -> &R {
-        &self.repository
+        self.repository.inner()
     }
 
     /// Whether storage can write right now, as this desk's calls last saw it.
     pub fn storage(&self) -> &StorageHealth {
-        &self.storage
+        self.repository.health()
     }
 
     /// Probes storage while it fails, until `stop`; see [`StorageHealth::watch`].
     pub async fn watch_storage(&self, stop: impl std::future::Future<Output = ()>) -> Result<(), super::StorageBroken> {
-        self.storage.watch(&self.repository, stop).await
+        self.storage().watch(self.repository.inner(), stop).await
     }
 
     /// Notified after every new pending order is stored, so the processor runs at once instead
@@ -94,9 +95,7 @@ impl<R: OrderRepository> OrderDesk<R> {
 
     /// Up to `limit` orders from the processor's queue after `after`, in queue order.
     pub async fn pending_batch(&self, after: QueuePosition, limit: u32) -> Result<Vec<Queued>, OrderError> {
-        let batch = self.repository.unprocessed(after, limit).await;
-        self.storage.after_read(&batch);
-        Ok(batch?)
+        Ok(self.repository.unprocessed(after, limit).await?)
     }
 
     /// A number that changes whenever prices may have moved (see [`PriceSource::version`]).
@@ -106,9 +105,7 @@ impl<R: OrderRepository> OrderDesk<R> {
 
     /// Puts the resting orders back in the queue, for a store that takes them out of it.
     pub async fn reoffer_resting(&self) -> Result<(), OrderError> {
-        let done = self.repository.reoffer_resting().await;
-        self.storage.after_write(&done);
-        Ok(done?)
+        Ok(self.repository.reoffer_resting().await?)
     }
 
     /// Decides each order at the current price under the rules, and writes every decision in
@@ -126,39 +123,37 @@ impl<R: OrderRepository> OrderDesk<R> {
             ..Executed::default()
         };
         for order in &orders {
-            let market = self.prices.price(&order.symbol);
+            let market = self.prices.price(order.symbol());
             let decision = decide(
-                order.order_type,
-                order.order_side,
-                &order.symbol,
-                order.quantity,
-                order.price,
+                order.order_type(),
+                order.order_side(),
+                order.symbol(),
+                order.quantity(),
+                order.price(),
                 market,
                 &self.rules,
             );
-            let (to, fill_price, description) = match decision {
-                Decision::Fill(price) => (OrderStatus::Filled, Some(price), None),
-                Decision::Reject(reason) => (OrderStatus::Rejected, None, Some(reason.0)),
+            let change = match decision {
+                Decision::Fill(price) => order.fill(price, now),
+                Decision::Reject(reason) => order.reject(reason.0, now),
                 Decision::Rest => {
-                    resting.push(order.id);
+                    resting.push(order.id());
                     continue;
                 }
             };
-            let waited = now.unix_micros().saturating_sub(order.created_at.unix_micros());
-            decided.push((to == OrderStatus::Filled, waited));
-            changes.push(StatusChange {
-                id: order.id,
-                from: OrderStatus::Pending,
-                to,
-                description,
-                fill_price,
-                at: now,
-            });
+            // The batch holds what the store returned as pending; one that is not any more
+            // is a cancel that won, like a refused conditional write.
+            let Ok(change) = change else {
+                done.lost_race += 1;
+                continue;
+            };
+            let waited = now.unix_micros().saturating_sub(order.created_at().unix_micros());
+            decided.push((change.happened() == Happened::Filled, waited));
+            changes.push(change);
         }
         done.resting = resting.len();
-        let settled = self.repository.settle(changes, resting).await;
-        self.storage.after_write(&settled);
-        for (applied, (filled, waited)) in settled?.into_iter().zip(decided) {
+        let settled = self.repository.settle(changes, resting).await?;
+        for (applied, (filled, waited)) in settled.into_iter().zip(decided) {
             if !applied {
                 done.lost_race += 1;
                 continue;
@@ -181,7 +176,7 @@ impl<R: OrderRepository> OrderDesk<R> {
 
 impl<R: OrderRepository> OrderService for OrderDesk<R> {
     fn can_write(&self) -> bool {
-        self.storage.is_writing()
+        self.storage().is_writing()
     }
 
     async fn create(&self, new: NewOrder) -> Result<Created, OrderError> {
@@ -197,12 +192,10 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
             Ok(()) => StockOrder::pending(new.clone(), id, now),
             Err(reason) => StockOrder::rejected(new.clone(), id, now, reason.0),
         };
-        let inserted = self.repository.insert(order).await;
-        self.storage.after_write(&inserted);
-        match inserted? {
+        match self.repository.insert(order).await? {
             Inserted::Created(order) => {
-                self.metrics.transitions(None, order.status, 1);
-                if order.status == OrderStatus::Pending {
+                self.metrics.transitions(None, order.status(), 1);
+                if order.status() == OrderStatus::Pending {
                     self.new_orders.notify_one();
                 }
                 Ok(Created { order, replayed: false })
@@ -213,7 +206,7 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
             }),
             Inserted::Existing(existing) => Err(OrderError::ClientOrderIdReused(
                 existing
-                    .client_order_id
+                    .client_order_id()
                     .map(|k| k.as_str().to_owned())
                     .unwrap_or_default(),
             )),
@@ -221,20 +214,16 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
     }
 
     async fn get(&self, id: OrderId) -> Result<StockOrder, OrderError> {
-        let found = self.repository.get(id).await;
-        self.storage.after_read(&found);
-        found?.ok_or(OrderError::NotFound(id))
+        self.repository.get(id).await?.ok_or(OrderError::NotFound(id))
     }
 
     async fn list(&self, query: ListQuery) -> Result<Page, OrderError> {
         let limit = query.limit.get();
         // One row more than the page tells whether a next page exists without a COUNT.
-        let listed = self.repository.list(query, limit + 1).await;
-        self.storage.after_read(&listed);
-        let mut orders = listed?;
+        let mut orders = self.repository.list(query, limit + 1).await?;
         let next = if orders.len() > limit as usize {
             orders.truncate(limit as usize);
-            orders.last().map(|o| PageToken::after(o.id))
+            orders.last().map(|o| PageToken::after(o.id()))
         } else {
             None
         };
@@ -242,25 +231,16 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
     }
 
     async fn cancel(&self, id: OrderId) -> Result<StockOrder, OrderError> {
-        let change = StatusChange {
-            id,
-            from: OrderStatus::Pending,
-            to: OrderStatus::Cancelled,
-            description: None,
-            fill_price: None,
-            at: Timestamp::now(),
-        };
-        let changed = self.repository.change_status(change).await;
-        self.storage.after_write(&changed);
-        match changed? {
+        let change = StatusChange::cancel(id, Timestamp::now());
+        match self.repository.change_status(change).await? {
             Transition::Applied(order) => {
-                self.metrics.transitions(Some(OrderStatus::Pending), order.status, 1);
+                self.metrics.transitions(Some(OrderStatus::Pending), order.status(), 1);
                 Ok(order)
             }
             Transition::NotFound => Err(OrderError::NotFound(id)),
             Transition::Refused(order) => Err(OrderError::NotCancellable {
                 id,
-                status: order.status,
+                status: order.status(),
             }),
         }
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::Backoff;
+use crate::backoff::Backoff;
 use crate::port::{Fault, OrderRepository, RepositoryError};
 
 /// What storage is doing, as [`StorageHealth`] last saw it.

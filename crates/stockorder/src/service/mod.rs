@@ -2,13 +2,13 @@
 //! placement, idempotent creates, paging, cancellation as a conditional transition, the
 //! execution of pending orders, and what storage health means for all of them.
 
-mod backoff;
 mod desk;
 mod health;
+mod watched;
 
-pub use backoff::Backoff;
 pub use desk::{Executed, OrderDesk};
 pub use health::{StorageBroken, StorageHealth, StorageState};
+pub use watched::Watched;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::OrderDesk;
-use crate::adapter::memory::MemoryRepository;
+use crate::adapter::outbound::memory::MemoryRepository;
 use crate::domain::{
     ClientOrderId, NewOrder, OrderId, OrderSide, OrderStatus, OrderType, Price, Quantity, RiskRules, StockOrder, Symbol,
 };
@@ -68,8 +68,8 @@ async fn a_new_order_is_stored_pending_and_counted() {
         .await
         .unwrap();
     assert!(!created.replayed);
-    assert_eq!(created.order.status, OrderStatus::Pending);
-    assert_eq!(desk.get(created.order.id).await.unwrap(), created.order);
+    assert_eq!(created.order.status(), OrderStatus::Pending);
+    assert_eq!(desk.get(created.order.id()).await.unwrap(), created.order);
     let queue = repository.unprocessed(QueuePosition::START, 10).await.unwrap();
     assert_eq!(queue.into_iter().map(|q| q.order).collect::<Vec<_>>(), [created.order]);
     assert_eq!(*counted.0.lock().unwrap(), [(None, OrderStatus::Pending, 1)]);
@@ -100,8 +100,8 @@ async fn an_order_breaking_a_risk_rule_is_stored_rejected_with_the_reason() {
         .create(new_order(OrderType::Market, OrderSide::Buy, 101, None))
         .await
         .unwrap();
-    assert_eq!(created.order.status, OrderStatus::Rejected);
-    let reason = created.order.description.unwrap_or_default();
+    assert_eq!(created.order.status(), OrderStatus::Rejected);
+    let reason = created.order.description().unwrap_or_default();
     assert!(reason.contains("101") && reason.contains("100"), "{reason}");
 }
 
@@ -115,7 +115,7 @@ async fn pages_follow_their_tokens_to_the_end() {
                 .await
                 .unwrap()
                 .order
-                .id,
+                .id(),
         );
     }
     ids.reverse();
@@ -132,7 +132,7 @@ async fn pages_follow_their_tokens_to_the_end() {
             .await
             .unwrap();
         pages += 1;
-        seen.extend(page.orders.iter().map(|o| o.id));
+        seen.extend(page.orders.iter().map(|o| o.id()));
         match page.next {
             Some(next) => token = Some(next),
             None => break,
@@ -146,11 +146,11 @@ async fn pages_follow_their_tokens_to_the_end() {
 async fn only_a_pending_order_can_be_cancelled() {
     let (_, desk) = desk(RiskRules::default());
     let order = desk.create(keyed("to-cancel", 5)).await.unwrap().order;
-    let cancelled = desk.cancel(order.id).await.unwrap();
-    assert_eq!(cancelled.status, OrderStatus::Cancelled);
-    assert!(cancelled.cancelled_at.is_some());
+    let cancelled = desk.cancel(order.id()).await.unwrap();
+    assert_eq!(cancelled.status(), OrderStatus::Cancelled);
+    assert!(cancelled.cancelled_at().is_some());
     assert!(matches!(
-        desk.cancel(order.id).await,
+        desk.cancel(order.id()).await,
         Err(OrderError::NotCancellable {
             status: OrderStatus::Cancelled,
             ..
@@ -207,7 +207,7 @@ async fn execution_fills_at_the_market_rests_limits_below_it_and_loses_to_a_canc
     assert_eq!(batch.len(), 4);
     let last = batch[3].position;
     // The cancel comes between the claim and the decision: it must win.
-    desk.cancel(cancelled.id).await.unwrap();
+    desk.cancel(cancelled.id()).await.unwrap();
     let done = desk
         .execute(batch.into_iter().map(|q| q.order).collect())
         .await
@@ -222,30 +222,30 @@ async fn execution_fills_at_the_market_rests_limits_below_it_and_loses_to_a_canc
         let repository = repository.clone();
         async move { repository.get(id).await.unwrap().unwrap() }
     };
-    let filled: StockOrder = get(market.id).await;
+    let filled: StockOrder = get(market.id()).await;
     assert_eq!(
-        (filled.status, filled.fill_price.map(Price::get)),
+        (filled.status(), filled.fill_price().map(Price::get)),
         (OrderStatus::Filled, Some(100.0))
     );
     assert_eq!(
-        get(above.id).await.status,
+        get(above.id()).await.status(),
         OrderStatus::Filled,
         "a buy limit above the market fills"
     );
     assert_eq!(
-        get(below.id).await.status,
+        get(below.id()).await.status(),
         OrderStatus::Pending,
         "a buy limit below the market rests"
     );
-    assert_eq!(get(cancelled.id).await.status, OrderStatus::Cancelled);
+    assert_eq!(get(cancelled.id()).await.status(), OrderStatus::Cancelled);
     assert!(
         desk.pending_batch(last, 10).await.unwrap().is_empty(),
         "nothing after the batch"
     );
     let again = desk.pending_batch(QueuePosition::START, 10).await.unwrap();
     assert_eq!(
-        again.into_iter().map(|q| q.order.id).collect::<Vec<_>>(),
-        [below.id],
+        again.into_iter().map(|q| q.order.id()).collect::<Vec<_>>(),
+        [below.id()],
         "from the start, only the resting order is still pending"
     );
 }

@@ -1,4 +1,5 @@
-//! Logging, set up once per process.
+//! Telemetry: logging, set up once per process, and the Prometheus metrics ([`metrics`]) that
+//! every adapter records.
 //!
 //! Lines are formatted on the thread that logs them, then appended to a buffer that one writer
 //! thread writes to stdout every few milliseconds ([`batches`]). A request never waits for
@@ -8,6 +9,7 @@
 //! `stockorder_log_lines_dropped_total`, and a warning when the process exits.
 
 mod batches;
+pub mod metrics;
 pub(crate) mod text;
 
 use std::sync::OnceLock;
@@ -194,8 +196,8 @@ mod tests {
         }
         let (filter, _) = Filter::parse("warn,stockorder=debug");
         let targets = filter.targets.unwrap();
-        assert!(targets.would_enable("stockorder::adapter::http", &Level::DEBUG));
-        assert!(!targets.would_enable("stockorder::adapter::http", &Level::TRACE));
+        assert!(targets.would_enable("stockorder::adapter::inbound::http", &Level::DEBUG));
+        assert!(!targets.would_enable("stockorder::adapter::inbound::http", &Level::TRACE));
         assert!(!targets.would_enable("hyper", &Level::INFO));
         assert!(targets.would_enable("hyper", &Level::WARN));
         for spans in ["stockorder[request]=debug", "[{request_id=abc}]=trace", ""] {

@@ -3,8 +3,8 @@
 
 use crate::common::{TestApp, grpc_market_order, market_order, spawn_app};
 use serde_json::Value;
-use stockorder::adapter::grpc::proto;
-use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+use stockorder::adapter::inbound::grpc::proto;
+use stockorder::adapter::inbound::grpc::proto::stock_order_service_client::StockOrderServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 

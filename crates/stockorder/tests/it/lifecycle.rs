@@ -7,9 +7,9 @@ use std::time::Duration;
 use crate::common::{ServerProcess, TestApp, market_order, spawn_app_with};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use stockorder::adapter::grpc::proto;
-use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
-use stockorder::adapter::simulated_price::SimulatedPrices;
+use stockorder::adapter::inbound::grpc::proto;
+use stockorder::adapter::inbound::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+use stockorder::adapter::outbound::simulated_price::SimulatedPrices;
 use stockorder::domain::Symbol;
 use stockorder::port::PriceSource;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{ServerProcess, grpc_market_order, market_order};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use stockorder::adapter::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+use stockorder::adapter::inbound::grpc::proto::stock_order_service_client::StockOrderServiceClient;
 use stockorder_tools::load::Outcome;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;

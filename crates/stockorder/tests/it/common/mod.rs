@@ -98,8 +98,8 @@ pub fn market_order() -> Value {
 }
 
 /// [`market_order`] as a gRPC request.
-pub fn grpc_market_order() -> stockorder::adapter::grpc::proto::CreateOrderRequest {
-    use stockorder::adapter::grpc::proto;
+pub fn grpc_market_order() -> stockorder::adapter::inbound::grpc::proto::CreateOrderRequest {
+    use stockorder::adapter::inbound::grpc::proto;
     proto::CreateOrderRequest {
         symbol: "AAPL".into(),
         order_type: proto::OrderType::Market.into(),

@@ -1,0 +1,13 @@
+//! Adapters the core drives: order storage (SQLite, PostgreSQL, and an in-memory double for
+//! unit tests) and the simulated price feed. (Metrics, which every adapter records, are in
+//! `telemetry::metrics`.)
+
+#[cfg(test)]
+pub(crate) mod memory;
+pub mod migration;
+pub mod postgres;
+#[cfg(test)]
+pub(crate) mod repository_suite;
+pub mod simulated_price;
+pub mod sqlite;
+pub mod store;

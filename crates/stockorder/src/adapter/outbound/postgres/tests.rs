@@ -1,0 +1,317 @@
+//! The repository suite against PostgreSQL, plus what only a shared database has: leases on
+//! the processor's queue, and several replicas processing one queue.
+//!
+//! Each test gets its own schema in the database of `TEST_DATABASE_URL` (or `DATABASE_URL`),
+//! dropped afterwards; without a reachable PostgreSQL the tests print why and pass.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::*;
+use crate::adapter::outbound::repository_suite::{order, repository_suite};
+use crate::adapter::outbound::simulated_price::SimulatedPrices;
+use crate::domain::{OrderSide, RiskRules};
+use crate::service::OrderDesk;
+
+/// A schema of its own for one test; dropped (with everything in it) when the test ends.
+pub(crate) struct TestSchema {
+    url: String,
+    name: String,
+}
+
+impl TestSchema {
+    /// A fresh schema, and a connection string whose sessions use it. `None`, with the reason
+    /// printed, when no PostgreSQL is configured or reachable.
+    pub(crate) async fn create() -> Option<(Self, tokio_postgres::Config)> {
+        let url = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+        let Some(url) = url else {
+            crate::testing::skip(format_args!(
+                "set TEST_DATABASE_URL (or DATABASE_URL) to postgres://… to run the PostgreSQL tests"
+            ));
+            return None;
+        };
+        let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
+            Ok(c) => c,
+            Err(e) => {
+                crate::testing::skip(format_args!("PostgreSQL at {url} is not reachable: {e}"));
+                return None;
+            }
+        };
+        tokio::spawn(connection);
+        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+        client.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
+        let mut config = tokio_postgres::Config::from_str(&url).unwrap();
+        config.options(format!("-c search_path={name}"));
+        Some((Self { url, name }, config))
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let cleanup = async move {
+            let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await else {
+                return;
+            };
+            tokio::spawn(connection);
+            // Never wait forever on a lock a broken test left behind: report and move on.
+            if let Err(e) = client
+                .batch_execute(&format!("SET lock_timeout = '5s'; DROP SCHEMA {name} CASCADE"))
+                .await
+            {
+                eprintln!("warning: could not drop test schema {name}: {e}");
+            }
+        };
+        // Drop cannot await. On a multi-threaded runtime, block this worker only (the others
+        // keep driving the pool's connections); otherwise use a thread with its own runtime.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handle.block_on(cleanup));
+            }
+            _ => {
+                let _ = std::thread::spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map(|rt| rt.block_on(cleanup))
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// A store in a fresh schema.
+async fn open() -> Option<(TestSchema, PostgresStore)> {
+    let (schema, config) = TestSchema::create().await?;
+    let store = PostgresStore::open_config(config, 8, super::Timeouts::default())
+        .await
+        .unwrap();
+    Some((schema, store))
+}
+
+repository_suite!(open);
+
+/// Three replicas claiming from one queue at once get disjoint batches, and a batch nobody
+/// settles comes back when its lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_from_several_replicas_are_disjoint() {
+    let Some((schema, config)) = TestSchema::create().await else {
+        return;
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(
+            PostgresStore::open_config(config.clone(), 4, super::Timeouts::default())
+                .await
+                .unwrap(),
+        );
+    }
+    for _ in 0..90 {
+        replicas[0].insert(order("AAPL", OrderSide::Buy, None)).await.unwrap();
+    }
+    let claims: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            let r = r.clone();
+            tokio::spawn(async move { r.unprocessed(QueuePosition::START, 40).await.unwrap() })
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for c in claims {
+        for q in c.await.unwrap() {
+            assert!(seen.insert(q.order.id()), "order {} claimed twice", q.order.id());
+            total += 1;
+        }
+    }
+    assert_eq!(total, 90, "together they claimed the whole queue");
+    assert!(
+        replicas[1]
+            .unprocessed(QueuePosition::START, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "all leased"
+    );
+
+    // A replica dies holding its batch: let the leases run out (moved into the past here).
+    let (client, connection) = tokio_postgres::connect(&schema.url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "UPDATE {}.orders SET claimed_until = now() - interval '1 second'",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        replicas[2].unprocessed(QueuePosition::START, 100).await.unwrap().len(),
+        90,
+        "reclaimed"
+    );
+    drop(schema);
+}
+
+/// Three replicas' processors drain one queue together: every order is filled exactly once,
+/// and no replica wastes a decision on an order another one holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_replicas_fill_each_order_exactly_once() {
+    let Some((_schema, config)) = TestSchema::create().await else {
+        return;
+    };
+    let mut desks = Vec::new();
+    for _ in 0..3 {
+        let store = PostgresStore::open_config(config.clone(), 4, super::Timeouts::default())
+            .await
+            .unwrap();
+        desks.push(Arc::new(OrderDesk::new(
+            store,
+            Arc::new(SimulatedPrices),
+            RiskRules::default(),
+        )));
+    }
+    for _ in 0..600 {
+        desks[0]
+            .repository()
+            .insert(order("AAPL", OrderSide::Buy, None))
+            .await
+            .unwrap();
+    }
+    let workers: Vec<_> = desks
+        .iter()
+        .map(|desk| {
+            let desk = Arc::clone(desk);
+            tokio::spawn(async move {
+                let (mut filled, mut lost_race) = (0, 0);
+                loop {
+                    let batch = desk.pending_batch(QueuePosition::START, 25).await.unwrap();
+                    if batch.is_empty() {
+                        return (filled, lost_race);
+                    }
+                    let done = desk
+                        .execute(batch.into_iter().map(|q| q.order).collect())
+                        .await
+                        .unwrap();
+                    filled += done.filled;
+                    lost_race += done.lost_race;
+                }
+            })
+        })
+        .collect();
+    let (mut filled, mut lost_race, mut busy) = (0, 0, 0);
+    for w in workers {
+        let (f, l) = w.await.unwrap();
+        filled += f;
+        lost_race += l;
+        busy += usize::from(f > 0);
+    }
+    assert_eq!(filled, 600, "every order filled once");
+    assert_eq!(lost_race, 0, "no two replicas decided the same order");
+    assert!(busy >= 2, "the work was shared");
+    let pending = desks[1]
+        .repository()
+        .list(
+            ListQuery {
+                status: Some(crate::domain::OrderStatus::Pending),
+                ..ListQuery::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(pending.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let Some((schema, config)) = TestSchema::create().await else {
+        return;
+    };
+    PostgresStore::open_config(config.clone(), 1, super::Timeouts::default())
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&schema.url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {}.stockorder_schema (version) VALUES (99)",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    let err = PostgresStore::open_config(config, 1, super::Timeouts::default())
+        .await
+        .unwrap_err();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("newer than this binary"), "{err}: {cause}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_refuses_later_calls_and_keeps_what_was_acknowledged() {
+    let Some((_schema, config)) = TestSchema::create().await else {
+        return;
+    };
+    let store = PostgresStore::open_config(config.clone(), 4, super::Timeouts::default())
+        .await
+        .unwrap();
+    let o = order("AAPL", OrderSide::Buy, None);
+    store.insert(o.clone()).await.unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(store.get(o.id()).await, Err(RepositoryError::Closed)));
+    assert!(matches!(
+        store.insert(order("AAPL", OrderSide::Buy, None)).await,
+        Err(RepositoryError::Closed)
+    ));
+    let reopened = PostgresStore::open_config(config, 1, super::Timeouts::default())
+        .await
+        .unwrap();
+    assert_eq!(reopened.get(o.id()).await.unwrap(), Some(o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_list_query_uses_an_index() {
+    let Some((_schema, config)) = TestSchema::create().await else {
+        return;
+    };
+    let store = PostgresStore::open_config(config, 1, super::Timeouts::default())
+        .await
+        .unwrap();
+    let client = store.client().await.unwrap();
+    // Enough rows, and fresh statistics, that the planner prefers the indexes it would use
+    // on a real table.
+    client
+        .batch_execute(
+            "INSERT INTO orders (id, symbol, order_type, order_side, quantity, status, created_at, updated_at)
+             SELECT gen_random_uuid(), 'S' || (i % 50), 'MARKET', CASE WHEN i % 2 = 0 THEN 'BUY' ELSE 'SELL' END,
+                    1, CASE WHEN i % 4 = 0 THEN 'PENDING' ELSE 'FILLED' END, now(), now()
+             FROM generate_series(1, 20000) AS i;
+             ANALYZE orders;",
+        )
+        .await
+        .unwrap();
+    for mask in 0..16u8 {
+        let q = ListQuery {
+            status: (mask & 1 != 0).then_some(crate::domain::OrderStatus::Pending),
+            symbol: (mask & 2 != 0).then(|| crate::domain::Symbol::parse("S7").unwrap()),
+            side: (mask & 4 != 0).then_some(OrderSide::Buy),
+            page_token: (mask & 8 != 0).then(|| crate::port::PageToken::after(OrderId::generate())),
+            ..ListQuery::default()
+        };
+        let (sql, args) = rows::list_sql(&q, 101);
+        let params: Vec<_> = args.iter().map(rows::Param::as_sql).collect();
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN {sql}"), &params)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join(" | ");
+        assert!(plan.contains("Index"), "{sql} => {plan}");
+        assert!(!plan.contains("Seq Scan"), "{sql} => {plan}");
+    }
+}

@@ -1,0 +1,465 @@
+use super::*;
+use crate::adapter::outbound::repository_suite::{order, repository_suite};
+use crate::domain::{OrderSide, OrderStatus, Symbol};
+use crate::port::PageToken;
+
+/// A fresh store in a temp dir (the guard keeps the dir).
+async fn open() -> Option<(tempfile::TempDir, SqliteStore)> {
+    Some(store())
+}
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("orders.db")).unwrap();
+    (dir, store)
+}
+
+repository_suite!(open);
+
+/// Every combination of the list filters: status, symbol, side, page token.
+fn every_filter() -> impl Iterator<Item = ListQuery> {
+    (0..16u8).map(|mask| ListQuery {
+        status: (mask & 1 != 0).then_some(OrderStatus::Pending),
+        symbol: (mask & 2 != 0).then(|| Symbol::parse("AAPL").unwrap()),
+        side: (mask & 4 != 0).then_some(OrderSide::Buy),
+        page_token: (mask & 8 != 0).then(|| PageToken::after(OrderId::generate())),
+        ..ListQuery::default()
+    })
+}
+
+/// SQLite's plan for `sql` with `params`, its steps joined by ` | `.
+fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let plan: Vec<String> = stmt
+        .query_map(params, |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    plan.join(" | ")
+}
+
+/// Every filter combination must be an index seek in key order: no full scan, and no
+/// temporary sort whose cost would grow with the table.
+#[test]
+fn every_list_query_is_an_index_seek() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    for q in every_filter() {
+        let (sql, args) = rows::list_sql(&q, 101);
+        let plan = query_plan(&conn, &sql, rusqlite::params_from_iter(args));
+        assert!(
+            !plan.contains("TEMP B-TREE"),
+            "sorts instead of seeking: {sql} => {plan}"
+        );
+        // With a filter on status, symbol or side, the plan names the index it seeks.
+        if q.status.is_some() || q.symbol.is_some() || q.side.is_some() {
+            assert!(
+                plan.contains("USING INDEX") || plan.contains("PRIMARY KEY"),
+                "{sql} => {plan}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn close_commits_checkpoints_and_refuses_later_calls() {
+    let (dir, store) = store();
+    let writes: Vec<_> = (0..200)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert(order("AAPL", OrderSide::Buy, None)).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for w in writes {
+        if let Inserted::Created(o) = w.await.unwrap().unwrap() {
+            ids.push(o.id());
+        }
+    }
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.insert(order("AAPL", OrderSide::Buy, None)).await,
+        Err(RepositoryError::Closed)
+    ));
+    assert!(matches!(store.get(ids[0]).await, Err(RepositoryError::Closed)));
+    let wal = dir.path().join("orders.db-wal");
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
+        "WAL checkpointed into the file"
+    );
+
+    let reopened = SqliteStore::open(dir.path().join("orders.db")).unwrap();
+    for id in ids {
+        assert!(reopened.get(id).await.unwrap().is_some());
+    }
+    store.close().await.unwrap(); // closing twice is harmless
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    let cause = std::error::Error::source(&err)
+        .expect("the cause is chained")
+        .to_string();
+    assert!(cause.contains("newer than this binary"), "{err}: {cause}");
+}
+
+/// Idle readers' snapshots are ended after each commit, so the WAL can be checkpointed and does
+/// not grow without bound under writes.
+#[tokio::test]
+async fn idle_reader_snapshots_do_not_hold_the_wal() {
+    let (dir, store) = store();
+    let first = order("AAPL", OrderSide::Buy, None);
+    store.insert(first.clone()).await.unwrap();
+    // A read of the file (an id the cache of recent orders cannot answer): a reader now holds
+    // a snapshot.
+    assert_eq!(store.get(OrderId::generate()).await.unwrap(), None);
+    for _ in 0..3000 {
+        store.insert(order("AAPL", OrderSide::Buy, None)).await.unwrap();
+    }
+    let wal = std::fs::metadata(dir.path().join("orders.db-wal")).unwrap().len();
+    // SQLite checkpoints at 1000 pages (4 MiB); a held snapshot would stop the WAL from being
+    // reused, and 3000 commits would have written far more than that.
+    assert!(wal < 8 * 1024 * 1024, "WAL grew to {wal} bytes");
+    store.close().await.unwrap();
+}
+
+/// A double-quoted string is an identifier, on every connection the store opens: a misspelt
+/// column is an error, not a string that happens to compare unequal.
+#[test]
+fn double_quotes_name_columns_not_strings() {
+    let conn = Connection::open_in_memory().unwrap();
+    assert_eq!(
+        conn.query_row(r#"SELECT "no_such_column""#, [], |r| r.get::<_, String>(0))
+            .unwrap(),
+        "no_such_column",
+        "SQLite's lenient default, which the next two checks must not see"
+    );
+    schema::configure_reader(&conn).unwrap();
+    assert!(conn.query_row(r#"SELECT "no_such_column""#, [], |_| Ok(())).is_err());
+    let writer = Connection::open_in_memory().unwrap();
+    schema::configure_writer(&writer).unwrap();
+    assert!(writer.query_row(r#"SELECT "no_such_column""#, [], |_| Ok(())).is_err());
+}
+
+/// SQLite's memory statistics (and the global mutex they take on every allocation) are off in a
+/// process that opens a store. Checked in a fresh process, the only place where SQLite has not
+/// been initialised by another test: this test binary runs itself again with a marker.
+#[test]
+fn memory_statistics_are_off() {
+    const CHILD: &str = "STOCKORDER_SQLITE_MEMSTATUS_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let (_dir, _store) = store();
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (randomblob(100000));")
+            .unwrap();
+        // Non-operational when the statistics are off: it answers 0.
+        assert_eq!(unsafe { rusqlite::ffi::sqlite3_memory_used() }, 0);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "adapter::outbound::sqlite::tests::memory_statistics_are_off",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "the child ran the check"
+    );
+}
+
+/// A cached statement is used again as compiled: none of the store's statements is compiled
+/// anew on each use (see `rows::opaque`). Each runs several times, each time in its own
+/// transaction, as the writer and the readers run them.
+#[test]
+fn cached_statements_are_not_compiled_again() {
+    use crate::adapter::outbound::repository_suite::change;
+    use crate::port::QueuePosition;
+    use rusqlite::StatementStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
+    schema::configure_writer(&conn).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    let queries: Vec<ListQuery> = every_filter().collect();
+    for round in 0..5 {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut sequence = rows::Sequence::default();
+        let o = order("AAPL", OrderSide::Buy, Some(&format!("key-{round}")));
+        rows::insert(&conn, &o, sequence.next(&conn).unwrap()).unwrap();
+        let settled = order("AAPL", OrderSide::Buy, None);
+        rows::insert(&conn, &settled, sequence.next(&conn).unwrap()).unwrap();
+        sequence.store(&conn).unwrap();
+        assert!(rows::settle(&conn, &change(&settled, OrderStatus::Filled)).unwrap());
+        assert!(
+            rows::by_client_order_id(&conn, o.client_order_id().as_ref().unwrap())
+                .unwrap()
+                .is_some()
+        );
+        assert!(rows::by_id(&conn, o.id()).unwrap().is_some());
+        assert!(rows::settle(&conn, &change(&o, OrderStatus::Cancelled)).unwrap());
+        rows::probe(&conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        rows::unprocessed(&conn, QueuePosition::START, 10 + round).unwrap();
+        for q in &queries {
+            rows::list(&conn, q, 20 + round).unwrap();
+        }
+    }
+    let mut statements = vec![
+        rows::INSERT.to_owned(),
+        rows::BY_ID.to_owned(),
+        rows::BY_CLIENT_ORDER_ID.to_owned(),
+        rows::SETTLE.to_owned(),
+        rows::UNPROCESSED.to_owned(),
+    ];
+    statements.extend(queries.iter().map(|q| rows::list_sql(q, 1).0));
+    for sql in statements {
+        let compiled = conn
+            .prepare_cached(&sql)
+            .unwrap()
+            .get_status(StatementStatus::RePrepare);
+        // Once at most: the first use binds values the planner had not seen.
+        assert!(compiled <= 1, "compiled again {compiled} times in 5 uses: {sql}");
+    }
+}
+
+/// The writer's and the readers' point statements seek an index: none scans the table (the
+/// `CAST`s of `rows::opaque` hide values from the planner, not columns).
+#[test]
+fn every_point_statement_is_an_index_seek() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    for (sql, args) in [
+        (rows::BY_ID, 1),
+        (rows::BY_CLIENT_ORDER_ID, 1),
+        (rows::SETTLE, 6),
+        (rows::UNPROCESSED, 3),
+    ] {
+        let nulls = std::iter::repeat_n(rusqlite::types::Value::Null, args);
+        let plan = query_plan(&conn, sql, rusqlite::params_from_iter(nulls));
+        assert!(plan.starts_with("SEARCH "), "{sql} => {plan}");
+        assert!(
+            plan.contains("INDEX") || plan.contains("PRIMARY KEY"),
+            "{sql} => {plan}"
+        );
+    }
+}
+
+/// The opcodes SQLite compiles `sql` (with `args` parameters) to, by name.
+fn opcodes(conn: &Connection, sql: &str, args: usize) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+    let nulls = std::iter::repeat_n(rusqlite::types::Value::Null, args);
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(1))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Whether `sql` builds a temporary B-tree each time it runs.
+fn builds_a_temporary_table(conn: &Connection, sql: &str, args: usize) -> bool {
+    opcodes(conn, sql, args).iter().any(|op| op == "OpenEphemeral")
+}
+
+/// The statements of every create, fill and cancel build no temporary B-tree: SQLite builds
+/// one per run for `IN` with more than two values (the status CHECK before
+/// `schema::status_check_without_a_temporary_table`) and for `RETURNING` (the cancel's until it
+/// read the order back by its key).
+#[test]
+fn creates_fills_and_cancels_build_no_temporary_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    for (sql, args) in [(rows::INSERT, 15), (rows::SETTLE, 6), (rows::BY_ID, 1)] {
+        assert!(
+            !builds_a_temporary_table(&conn, sql, args),
+            "{sql} => {:?}",
+            opcodes(&conn, sql, args)
+        );
+    }
+}
+
+/// The status CHECK is rewritten in a database an older binary made, while another connection
+/// (the process still serving during an in-place upgrade) has the file open: that connection
+/// then runs the new CHECK, which still refuses an unknown status, and the file is intact. The
+/// schema version is the one older binaries know, so going back to one still works.
+#[test]
+fn the_status_check_is_rewritten_in_place_and_still_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let mut conn = Connection::open(&path).unwrap();
+    schema::configure_writer(&conn).unwrap();
+    schema::numbered_migrations(&mut conn).unwrap();
+    let serving = Connection::open(&path).unwrap();
+    schema::configure_writer(&serving).unwrap();
+    let mut sequence = rows::Sequence::default();
+    let before = order("AAPL", OrderSide::Buy, None);
+    rows::insert(&serving, &before, sequence.next(&serving).unwrap()).unwrap();
+    assert!(builds_a_temporary_table(&serving, rows::INSERT, 15));
+
+    schema::migrate(&mut conn).unwrap();
+
+    let table: String = conn
+        .query_row("SELECT sql FROM sqlite_schema WHERE name = 'orders'", [], |r| r.get(0))
+        .unwrap();
+    assert!(!table.contains("status IN"), "{table}");
+    assert!(table.contains("status = 'REJECTED'"), "{table}");
+    // The connection open across the rewrite sees the schema change at its next statement,
+    // and compiles its statements anew, with the new CHECK.
+    let after = order("AAPL", OrderSide::Buy, None);
+    rows::insert(&serving, &after, sequence.next(&serving).unwrap()).unwrap();
+    assert!(!builds_a_temporary_table(&serving, rows::INSERT, 15));
+    let bad = order("AAPL", OrderSide::Buy, None);
+    rows::insert(&serving, &bad, 0).unwrap();
+    let refused = serving.execute(
+        "UPDATE orders SET status = 'LOST' WHERE id = ?1",
+        [bad.id().as_uuid().as_bytes()],
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("CHECK")),
+        "{refused:?}"
+    );
+    for o in [&before, &after, &bad] {
+        assert_eq!(rows::by_id(&conn, o.id()).unwrap().as_ref(), Some(o));
+    }
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 4, "a binary from before the rewrite still opens the file");
+    // A second start: nothing left to do, and no schema change for the other connections.
+    let cookie = |c: &Connection| -> i64 { c.pragma_query_value(None, "schema_version", |r| r.get(0)).unwrap() };
+    let before_second_start = cookie(&conn);
+    schema::migrate(&mut conn).unwrap();
+    assert_eq!(cookie(&conn), before_second_start);
+}
+
+/// The orders the store keeps in memory (`recent`) are the orders in the file, after every kind
+/// of write: an insert, the same key again, a cancel, a refused cancel, the processor's fill.
+#[tokio::test]
+async fn the_orders_kept_in_memory_are_those_in_the_file() {
+    use crate::adapter::outbound::repository_suite::{cancel, change};
+    let (dir, store) = store();
+    let keyed = order("AAPL", OrderSide::Buy, Some("memo-1"));
+    let cancelled = order("MSFT", OrderSide::Sell, None);
+    let filled = order("GOOGL", OrderSide::Buy, None);
+    for o in [&keyed, &cancelled, &filled] {
+        store.insert(o.clone()).await.unwrap();
+    }
+    let again = order("AAPL", OrderSide::Buy, Some("memo-1"));
+    assert_eq!(store.insert(again).await.unwrap(), Inserted::Existing(keyed.clone()));
+    store.change_status(cancel(cancelled.id())).await.unwrap();
+    store.change_status(cancel(cancelled.id())).await.unwrap(); // refused: cancelled already
+    let fill = change(&filled, OrderStatus::Filled);
+    assert_eq!(store.settle(vec![fill], Vec::new()).await.unwrap(), vec![true]);
+
+    let file = Connection::open(dir.path().join("orders.db")).unwrap();
+    for id in [keyed.id(), cancelled.id(), filled.id()] {
+        // Twice: a read that missed the cache may have added the order to it.
+        for _ in 0..2 {
+            assert_eq!(store.get(id).await.unwrap(), rows::by_id(&file, id).unwrap());
+        }
+    }
+    assert_eq!(
+        store.get(filled.id()).await.unwrap().unwrap().status(),
+        OrderStatus::Filled
+    );
+    assert_eq!(
+        store.get(cancelled.id()).await.unwrap().unwrap().status(),
+        OrderStatus::Cancelled
+    );
+    store.close().await.unwrap();
+}
+
+/// While another process may write to the file (an upgrade's overlap), its changes are seen at
+/// once: nothing is answered from memory, then or after.
+#[tokio::test]
+async fn changes_by_another_process_are_seen_while_it_may_write() {
+    let (dir, store) = store();
+    let o = order("AAPL", OrderSide::Buy, None);
+    store.insert(o.clone()).await.unwrap();
+    assert_eq!(store.get(o.id()).await.unwrap().unwrap().status(), OrderStatus::Pending);
+    store.other_process_writes(true);
+    let other = Connection::open(dir.path().join("orders.db")).unwrap();
+    other
+        .execute(
+            "UPDATE orders SET status = 'CANCELLED' WHERE id = ?1",
+            [o.id().as_uuid().as_bytes()],
+        )
+        .unwrap();
+    assert_eq!(
+        store.get(o.id()).await.unwrap().unwrap().status(),
+        OrderStatus::Cancelled
+    );
+    store.other_process_writes(false);
+    assert_eq!(
+        store.get(o.id()).await.unwrap().unwrap().status(),
+        OrderStatus::Cancelled
+    );
+    store.close().await.unwrap();
+}
+
+/// Reads racing a change never leave an old order behind: once the change is acknowledged,
+/// every read sees it, however the readers' cache additions interleaved with the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_after_an_acknowledged_change_sees_it_despite_racing_reads() {
+    use crate::adapter::outbound::repository_suite::{cancel, change};
+    let (_dir, store) = store();
+    for round in 0..500 {
+        let o = order("RACE", OrderSide::Buy, None);
+        let id = o.id();
+        store.insert(o.clone()).await.unwrap();
+        store.other_process_writes(false); // empties the cache: the readers below read the file
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, stop) = (store.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        store.get(id).await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let to = if round % 2 == 0 {
+            store.change_status(cancel(o.id())).await.unwrap();
+            OrderStatus::Cancelled
+        } else {
+            store
+                .settle(vec![change(&o, OrderStatus::Filled)], Vec::new())
+                .await
+                .unwrap();
+            OrderStatus::Filled
+        };
+        for _ in 0..20 {
+            assert_eq!(store.get(o.id()).await.unwrap().unwrap().status(), to, "round {round}");
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert_eq!(
+            store.get(o.id()).await.unwrap().unwrap().status(),
+            to,
+            "round {round}, after"
+        );
+    }
+    store.close().await.unwrap();
+}
