@@ -8,7 +8,52 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::domain::{Quantity, RiskRules, Symbol};
+use crate::domain::{Quantity, RiskRules, Symbol, ValidationError};
+
+/// A setting that cannot be used, named by the variable that sets it, found before anything
+/// (a port, a database) is acquired.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// The drain delay leaves the servers no time to stop.
+    #[error(
+        "SHUTDOWN_DRAIN_DELAY ({drain:?}) must be shorter than SHUTDOWN_TIMEOUT ({deadline:?}): the servers need time to stop after it"
+    )]
+    DrainDelayTooLong {
+        /// `SHUTDOWN_DRAIN_DELAY`.
+        drain: Duration,
+        /// `SHUTDOWN_TIMEOUT`.
+        deadline: Duration,
+    },
+    /// `MAX_ORDER_QUANTITY` is not a quantity an order could have.
+    #[error("MAX_ORDER_QUANTITY: {0}")]
+    MaxOrderQuantity(ValidationError),
+    /// `MAX_ORDER_NOTIONAL` is not a positive number.
+    #[error("MAX_ORDER_NOTIONAL must be a positive number, got {0}")]
+    MaxOrderNotional(f64),
+    /// An entry of `ALLOWED_SYMBOLS` is not a symbol.
+    #[error("ALLOWED_SYMBOLS: {0}")]
+    AllowedSymbol(ValidationError),
+    /// `DATABASE_URL` names no store this build can use.
+    #[error("invalid DATABASE_URL: {0}")]
+    DatabaseUrl(#[from] DatabaseUrlError),
+}
+
+/// Why `DATABASE_URL` names no usable store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseUrlError {
+    /// A scheme that is neither SQLite nor PostgreSQL (`mysql:…`), which must not quietly
+    /// become a SQLite file of that name.
+    #[error(
+        "unknown database URL scheme {0:?}: use sqlite://PATH, postgres://… or a file path (sqlite:PATH for a file name with a colon)"
+    )]
+    UnknownScheme(String),
+    /// `sqlite://` with no path.
+    #[error("the SQLite URL names no file (expected sqlite://PATH)")]
+    NoFile,
+    /// `sqlite::memory:`, which would lose every order.
+    #[error("an in-memory SQLite database would lose every order; name a file")]
+    InMemory,
+}
 
 /// The defaults of the limits, written once: the command line shows and applies them, and
 /// [`LimitArgs::default`] (what tests and embedders start from) returns the same values. A
@@ -27,6 +72,9 @@ pub mod defaults {
     pub(super) const HEADER_READ_TIMEOUT_TEXT: &str = "10s";
     /// PostgreSQL connections per process (`DATABASE_POOL_SIZE`).
     pub const DATABASE_POOL_SIZE: u32 = 16;
+    /// Longest start-up waits for the database (`STARTUP_TIMEOUT`).
+    pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+    pub(super) const STARTUP_TIMEOUT_TEXT: &str = "30s";
 }
 
 /// stockorder: a stock-order service (REST + gRPC) that shuts down without losing a request.
@@ -100,7 +148,7 @@ pub struct ServeArgs {
 
     /// Longest start-up may wait for the database (a PostgreSQL server that is not up yet is
     /// tried again until then, with a log line saying so); then the service exits with the cause.
-    #[arg(long, env = "STARTUP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "STARTUP_TIMEOUT", default_value = defaults::STARTUP_TIMEOUT_TEXT, value_parser = parse_duration)]
     pub startup_timeout: Duration,
 
     /// PostgreSQL connections per process (SQLite uses one writer and its own readers).
@@ -202,15 +250,15 @@ impl Default for ProcessorArgs {
 
 impl ProcessorArgs {
     /// The risk rules these options describe, or why they are unusable.
-    pub fn risk_rules(&self) -> Result<RiskRules, String> {
+    pub fn risk_rules(&self) -> Result<RiskRules, ConfigError> {
         let max_quantity = self
             .max_order_quantity
-            .map(|q| Quantity::parse(q).map_err(|e| format!("MAX_ORDER_QUANTITY: {e}")))
+            .map(|q| Quantity::parse(q).map_err(ConfigError::MaxOrderQuantity))
             .transpose()?;
         if let Some(n) = self.max_order_notional
             && !(n.is_finite() && n > 0.0)
         {
-            return Err(format!("MAX_ORDER_NOTIONAL must be a positive number, got {n}"));
+            return Err(ConfigError::MaxOrderNotional(n));
         }
         let allowed_symbols = self
             .allowed_symbols
@@ -219,7 +267,7 @@ impl ProcessorArgs {
                 list.split(',')
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
-                    .map(|s| Symbol::parse(s).map_err(|e| format!("ALLOWED_SYMBOLS: {e}")))
+                    .map(|s| Symbol::parse(s).map_err(ConfigError::AllowedSymbol))
                     .collect::<Result<HashSet<_>, _>>()
             })
             .transpose()?;
@@ -265,7 +313,7 @@ pub enum DatabaseUrl {
 impl DatabaseUrl {
     /// Parses `postgres://…`, `postgresql://…`, `sqlite://PATH`, `sqlite:PATH` or a plain file
     /// path.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, DatabaseUrlError> {
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             return Ok(Self::Postgres(raw.to_owned()));
         }
@@ -276,19 +324,17 @@ impl DatabaseUrl {
             && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
             && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         {
-            return Err(format!(
-                "unknown database URL scheme {scheme:?}: use sqlite://PATH, postgres://… or a file path (sqlite:PATH for a file name with a colon)"
-            ));
+            return Err(DatabaseUrlError::UnknownScheme(scheme.to_owned()));
         }
         let path = raw
             .strip_prefix("sqlite://")
             .or_else(|| raw.strip_prefix("sqlite:"))
             .unwrap_or(raw);
         if path.is_empty() {
-            return Err("the SQLite URL names no file (expected sqlite://PATH)".into());
+            return Err(DatabaseUrlError::NoFile);
         }
         if path == ":memory:" {
-            return Err("an in-memory SQLite database would lose every order; name a file".into());
+            return Err(DatabaseUrlError::InMemory);
         }
         Ok(Self::Sqlite(PathBuf::from(path)))
     }
@@ -309,23 +355,14 @@ impl DatabaseUrl {
     }
 }
 
-/// Parses `30`, `2.5` (seconds), `1500ms`, `30s` or `2m`.
+/// Parses a bare number as seconds (`30`, `2.5`) and anything else with `humantime`
+/// (`1500ms`, `30s`, `1m30s`): the same syntax as `stockorder-tools`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let (number, scale) = if let Some(n) = raw.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = raw.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = raw.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (raw, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration (try 30, 30s or 1500ms)"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{raw:?} is not a non-negative duration"))
+    if let Ok(seconds) = raw.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|_| format!("{raw:?} is not a non-negative duration"));
+    }
+    humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration (try 30, 30s or 1500ms): {e}"))
 }
 
 #[cfg(test)]
@@ -338,6 +375,7 @@ mod tests {
         assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
     }
@@ -374,7 +412,7 @@ mod tests {
         );
         for unknown in ["mysql:orders.db", "mysql://db/orders", "file:orders.db", "redis://x"] {
             let err = DatabaseUrl::parse(unknown).unwrap_err();
-            assert!(err.contains("unknown database URL scheme"), "{unknown}: {err}");
+            assert!(matches!(err, DatabaseUrlError::UnknownScheme(_)), "{unknown}: {err}");
         }
         assert_eq!(
             DatabaseUrl::parse("sqlite:odd:name.db"),
@@ -426,6 +464,10 @@ mod tests {
             parse_duration(defaults::HEADER_READ_TIMEOUT_TEXT),
             Ok(defaults::HEADER_READ_TIMEOUT)
         );
+        assert_eq!(
+            parse_duration(defaults::STARTUP_TIMEOUT_TEXT),
+            Ok(defaults::STARTUP_TIMEOUT)
+        );
     }
 
     #[test]
@@ -442,12 +484,12 @@ mod tests {
             allowed_symbols: Some("AAPL,$$".into()),
             ..ProcessorArgs::default()
         };
-        assert!(bad.risk_rules().unwrap_err().starts_with("ALLOWED_SYMBOLS"));
+        assert!(matches!(bad.risk_rules(), Err(ConfigError::AllowedSymbol(_))));
         let bad = ProcessorArgs {
             max_order_notional: Some(-1.0),
             ..ProcessorArgs::default()
         };
-        assert!(bad.risk_rules().is_err());
+        assert_eq!(bad.risk_rules(), Err(ConfigError::MaxOrderNotional(-1.0)));
     }
 
     #[test]

@@ -9,12 +9,20 @@ mod framing;
 mod protocol;
 mod service;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
+use crate::adapter::inbound::middleware::access_log::LogResponse;
+use crate::adapter::inbound::middleware::admission::{AdmissionLayer, Limits};
+use crate::adapter::inbound::middleware::observe::ObserveLayer;
+use crate::adapter::inbound::middleware::request_id;
 use crate::port::OrderService;
 
 pub use codec::StrictCodec;
@@ -71,6 +79,38 @@ pub fn services<S: OrderService>(service: Arc<S>) -> Result<GrpcServices, Descri
         routes,
         health: Health(reporter),
     })
+}
+
+/// `routes` behind the same stack as the REST API's (see `http::router_with`), inner to outer:
+/// limits, metrics, the log span, the request id. Every call is logged at info, like an HTTP
+/// request (path, gRPC status, latency). A non-OK status is usually the client's mistake, so
+/// "failures" stay at debug; storage errors are logged at error where they happen.
+pub fn server_with(
+    routes: Routes,
+    limits: &Limits,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::http::Response<
+        impl hyper::body::Body<Data = bytes::Bytes, Error = impl Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static,
+    >,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        .layer(request_id::RequestIdLayer)
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(request_id::span)
+                .on_response(LogResponse)
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
+        .layer(ObserveLayer::<Grpc>::new())
+        .layer(AdmissionLayer::<Grpc>::new(limits))
+        .service(routes.prepare())
 }
 
 /// The readiness switch of the gRPC port: one call updates the overall status (`""`) and the
