@@ -4,7 +4,7 @@
 //! would), and `GET /api/orders/{id}` answers a small JSON object with the id. The service's
 //! figures are reported as a ratio of these, measured in the same run on the same machine.
 //!
-//! Run: `cargo run --release --example echo -- 127.0.0.1:9000`
+//! Run: `cargo run --release -p stockorder-bench --bin echo -- 127.0.0.1:9000`
 
 use axum::extract::Path;
 use axum::routing::{get, post};

@@ -5,7 +5,7 @@
 //! with the asked-for id, and `grpc.health.v1.Health` is served as in the real service. The
 //! service's gRPC figures are reported as a ratio of these, measured in the same run.
 //!
-//! Run: `cargo run --release --example grpc_echo -- 127.0.0.1:9001`
+//! Run: `cargo run --release -p stockorder-bench --bin grpc_echo -- 127.0.0.1:9001`
 
 use stockorder::adapter::inbound::grpc::proto;
 use stockorder::adapter::inbound::grpc::proto::stock_order_service_server::{

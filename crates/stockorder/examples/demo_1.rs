@@ -14,13 +14,12 @@
 //! `DEMO_SLEEP_SCALE=0` skips the pauses). It runs no order processor: orders stay PENDING.
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::Parser;
 use graceful::DrainSwitch;
 use graceful::serve::Server;
 use stockorder::adapter::inbound::http;
-use stockorder::lesson::LessonArgs;
+use stockorder::lesson::{LessonArgs, Marks};
 
 /// Lesson 1 of 3, the basic graceful shutdown: on Ctrl+C or SIGTERM the HTTP server stops and
 /// finishes every request it accepted, and only then is the database closed, so no request
@@ -37,19 +36,12 @@ fn main() -> ExitCode {
 }
 
 async fn lesson(args: LessonArgs) -> anyhow::Result<ExitCode> {
-    let _log = stockorder::telemetry::init(&args.log);
-    let pause = args.pacer();
-
-    // The port first (a port in use leaves nothing on disk), then the database, the order
-    // service over it, and the HTTP server in front.
-    let listener = args.http_listener()?;
-    let (store, service) = stockorder::app::open_desk(&args.database_url).await?;
-    tracing::info!(event = "listening", protocol = "http", addr = %listener.local_addr()?, "HTTP server listening");
+    let (pause, setup) = (args.pacer(), args.setup().await?);
+    let store = setup.store;
     let readiness = DrainSwitch::new();
-    let router = http::router(service, readiness.readiness());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        Server::new(listener, router)
+        Server::new(setup.listener, http::router(setup.service, readiness.readiness()))
             .readiness(readiness.readiness())
             .run(async {
                 let _ = stopped.await;
@@ -58,21 +50,20 @@ async fn lesson(args: LessonArgs) -> anyhow::Result<ExitCode> {
 
     // Wait for the signal. Each step below is logged with the time since it.
     stockorder::lifecycle::signals::terminate().await;
-    let signalled = Instant::now();
-    let mark = |event: &str, step: &str| tracing::info!(event, "[+{:.1}s] {step}", signalled.elapsed().as_secs_f64());
+    let marks = Marks::since_now();
     readiness.start_draining(); // /ready → 503; keep-alive clients are told to close
 
     // Step 1: the server stops accepting and returns once every accepted request is answered.
-    mark("server.stopping", "stopping the HTTP server");
+    marks.mark("server.stopping", "stopping the HTTP server");
     let _ = stop.send(());
     server.await?;
-    mark("server.stopped", "HTTP server stopped: every accepted request answered");
+    marks.mark("server.stopped", "HTTP server stopped: every accepted request answered");
     pause(2.0).await;
 
     // Step 2: nothing uses the database any more; close it.
-    mark("database.closing", "closing the database");
+    marks.mark("database.closing", "closing the database");
     pause(2.0).await;
     store.close().await?; // commits queued writes, checkpoints the WAL
-    mark("database.closed", "database closed; exiting 0");
+    marks.mark("database.closed", "database closed; exiting 0");
     Ok(ExitCode::SUCCESS)
 }

@@ -12,19 +12,16 @@
 //! server accepted fail. The fix is an order, not a timeout: close what requests use only after
 //! the servers have stopped (`demo_1`, `demo_3`).
 //!
-//! Run: `cargo run --release --example demo_2`, put load on it (`stockorder-tools client http
-//! --interval 100ms`), press Ctrl+C, and watch the failures from 5 s on. Options: `--help`;
-//! `DEMO_SLEEP_SCALE=0.1` runs it ten times faster. It runs no order processor: orders stay
-//! PENDING.
+//! Run it, put load on it (`stockorder-tools client http --interval 100ms`), press Ctrl+C, and
+//! watch the failures from 5 s on. `--help` lists its options. Orders stay PENDING (no processor).
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::Parser;
 use graceful::DrainSwitch;
 use graceful::serve::Server;
 use stockorder::adapter::inbound::http;
-use stockorder::lesson::LessonArgs;
+use stockorder::lesson::{LessonArgs, Marks};
 use stockorder::lifecycle::signals::terminate;
 
 /// Lesson 2 of 3, broken on purpose: on Ctrl+C or SIGTERM the database is closed 5 s later
@@ -42,17 +39,10 @@ fn main() -> ExitCode {
 }
 
 async fn lesson(args: LessonArgs) -> anyhow::Result<ExitCode> {
-    let _log = stockorder::telemetry::init(&args.log);
-    let pause = args.pacer();
-
-    // The port first (a port in use leaves nothing on disk), then the database, the order
-    // service over it, and the HTTP server in front.
-    let listener = args.http_listener()?;
-    let (store, service) = stockorder::app::open_desk(&args.database_url).await?;
-    tracing::info!(event = "listening", protocol = "http", addr = %listener.local_addr()?, "HTTP server listening");
+    let (pause, setup) = (args.pacer(), args.setup().await?);
+    let store = setup.store;
     let readiness = DrainSwitch::new();
-    let router = http::router(service, readiness.readiness());
-    let server = Server::new(listener, router)
+    let server = Server::new(setup.listener, http::router(setup.service, readiness.readiness()))
         .readiness(readiness.readiness())
         .run(async {
             terminate().await;
@@ -62,22 +52,20 @@ async fn lesson(args: LessonArgs) -> anyhow::Result<ExitCode> {
 
     let shutdown_processing = async {
         terminate().await;
-        let signalled = Instant::now();
-        let mark =
-            |event: &str, step: &str| tracing::info!(event, "[+{:.1}s] {step}", signalled.elapsed().as_secs_f64());
-        mark(
+        let marks = Marks::since_now();
+        marks.mark(
             "signal.handled",
             "signal: the server keeps serving; pre-shutdown processing starts",
         );
         pause(5.0).await;
         // THE BUG, part 2: nothing waits for the server before the database goes.
         store.close().await?;
-        mark(
+        marks.mark(
             "database.closed",
             "database closed while the server still serves: requests fail from now on",
         );
         pause(5.0).await;
-        mark("server.stopped", "server drain ends");
+        marks.mark("server.stopped", "server drain ends");
         anyhow::Ok(())
     };
 

@@ -15,20 +15,19 @@
 //!
 //! Adding a dependency is one `on_stop` line; its place in the order is its phase.
 //!
-//! Run: `cargo run --release --example demo_3`, put load on both ports (`stockorder-tools
-//! client http`, `stockorder-tools client grpc`), press Ctrl+C. Options: `--help` (PORT,
-//! GRPC_PORT, DATABASE_URL, SHUTDOWN_TIMEOUT, SHUTDOWN_DRAIN_DELAY, DEMO_SLEEP_SCALE;
-//! `DEMO_SLEEP_SCALE=0` skips the pauses). It runs no order processor: orders stay PENDING.
+//! Run it, put load on both ports (`stockorder-tools client http`, `… client grpc`), press
+//! Ctrl+C. `--help` lists its options. Orders stay PENDING (no processor).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
 
 use clap::Parser;
 use graceful::Shutdown;
-use graceful::serve::{Protocol, Server};
-use stockorder::adapter::inbound::{grpc, http};
-use stockorder::config::parse_duration;
-use stockorder::lesson::LessonArgs;
+use graceful::serve::Server;
+use stockorder::adapter::inbound::http;
+use stockorder::app::{Port, listener};
+use stockorder::lesson::{CoordinatedArgs, LessonArgs, serve_grpc};
 
 /// Lesson 3 of 3, the generic pattern: HTTP and gRPC stop together, then the cache, the message
 /// broker and the database, each registered once with the `graceful` crate, with a report at
@@ -38,19 +37,8 @@ use stockorder::lesson::LessonArgs;
 struct Cli {
     #[command(flatten)]
     lesson: LessonArgs,
-
-    /// gRPC port; 0 picks a free one (the log says which).
-    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
-    grpc_port: u16,
-
-    /// Longest the shutdown may take, from the signal to exit; what is still running then is
-    /// aborted and named, and the exit code is 1.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    shutdown_timeout: Duration,
-
-    /// How long to keep serving after the signal with readiness already off.
-    #[arg(long, env = "SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
-    shutdown_drain_delay: Duration,
+    #[command(flatten)]
+    shutdown: CoordinatedArgs,
 }
 
 fn main() -> ExitCode {
@@ -58,53 +46,31 @@ fn main() -> ExitCode {
 }
 
 async fn lesson(cli: Cli) -> anyhow::Result<ExitCode> {
-    let args = &cli.lesson;
-    let _log = stockorder::telemetry::init(&args.log);
-    let pause = args.pacer();
-
-    // The coordinator first, so a signal during start-up is handled.
+    let (args, pause) = (&cli.lesson, cli.lesson.pacer());
+    // The coordinator first, so a signal during start-up is handled; then the ports (a port in
+    // use leaves nothing on disk), the database and the order service over it.
     let mut shutdown = Shutdown::new()
-        .deadline(cli.shutdown_timeout)
-        .drain_delay(cli.shutdown_drain_delay)
+        .deadline(cli.shutdown.shutdown_timeout)
+        .drain_delay(cli.shutdown.shutdown_drain_delay)
         .catch_signals()?;
-    let readiness = shutdown.readiness();
     let servers = shutdown.phase("stop servers");
     let dependencies = shutdown.phase("close dependencies");
-
-    // The ports (a port in use leaves nothing on disk), then the database and the order
-    // service over it.
-    let http_listener = args.http_listener()?;
-    let grpc_addr = std::net::SocketAddr::new(args.host, cli.grpc_port);
-    let grpc_listener = stockorder::app::listener(stockorder::app::Port::Grpc, grpc_addr)?;
-    let (store, service) = stockorder::app::open_desk(&args.database_url).await?;
+    let grpc_listener = listener(Port::Grpc, SocketAddr::new(args.host, cli.shutdown.grpc_port))?;
+    let setup = args.setup().await?;
 
     // The servers: each started with one call, stopped when their phase comes (no new
-    // connections, every accepted request answered, GOAWAY on HTTP/2).
-    tracing::info!(event = "listening", protocol = "http", addr = %http_listener.local_addr()?, "HTTP server listening");
-    tracing::info!(event = "listening", protocol = "grpc", addr = %grpc_listener.local_addr()?, "gRPC server listening");
-    let router = http::router(std::sync::Arc::clone(&service), readiness.clone());
-    shutdown.serve(servers, "http server", Server::new(http_listener, router));
-    let grpc::GrpcServices { routes, health } = grpc::services(service)?;
-    shutdown.serve(
-        servers,
-        "grpc server",
-        Server::new(grpc_listener, routes.prepare()).protocol(Protocol::Grpc),
-    );
-    // gRPC health follows /ready: NOT_SERVING from the moment the shutdown starts.
-    shutdown.spawn_oneshot(servers, "grpc health", move |_| async move {
-        health.follow(&readiness).await
-    });
+    // connections, every accepted request answered, GOAWAY on HTTP/2). gRPC health follows
+    // /ready as in `serve`: NOT_SERVING from the signal on.
+    let router = http::router(Arc::clone(&setup.service), shutdown.readiness());
+    shutdown.serve(servers, "http server", Server::new(setup.listener, router));
+    serve_grpc(&mut shutdown, servers, grpc_listener, &setup.service).await?;
 
     // Every other dependency: a name, a phase, a stop function. The same for all of them.
-    shutdown.on_stop(dependencies, "cache", move || async move {
-        pause(1.0).await; // flush dirty entries
-    });
-    shutdown.on_stop(dependencies, "message broker", move || async move {
-        pause(1.0).await; // ack what was processed, close the channel
-    });
+    shutdown.on_stop(dependencies, "cache", move || pause(1.0)); // flush dirty entries
+    shutdown.on_stop(dependencies, "message broker", move || pause(1.0)); // ack, close the channel
     shutdown.on_stop(dependencies, "database", move || async move {
         pause(1.0).await;
-        store.close().await // commit queued writes, checkpoint the WAL
+        setup.store.close().await // commit queued writes, checkpoint the WAL
     });
 
     let report = shutdown.run().await;

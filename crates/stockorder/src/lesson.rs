@@ -5,13 +5,64 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::adapter::outbound::store::Store;
 use crate::app::{Port, StartupError};
 use crate::config::LogArgs;
+use crate::service::OrderDesk;
+use crate::telemetry::LogGuard;
+
+/// The options of the demo that uses the coordinator (demo_3): the gRPC port and the shutdown's
+/// bounds, as `serve` takes them.
+#[derive(Debug, Args)]
+pub struct CoordinatedArgs {
+    /// gRPC port; 0 picks a free one (the log says which).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+
+    /// Longest the shutdown may take, from the signal to exit; what is still running then is
+    /// aborted and named, and the exit code is 1.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// How long to keep serving after the signal with readiness already off.
+    #[arg(long, env = "SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = crate::config::parse_duration)]
+    pub shutdown_drain_delay: Duration,
+}
+
+/// What every demo starts from, made by [`LessonArgs::setup`]: logging on, the HTTP port
+/// taken, the order store open and the order service over it.
+pub struct Setup {
+    /// The HTTP listener, listening.
+    pub listener: TcpListener,
+    /// The order store: what the lesson closes, in the right order or not.
+    pub store: Store,
+    /// The order service, for the REST (and gRPC) API.
+    pub service: Arc<OrderDesk<Store>>,
+    /// Keeps the log writer running until the demo returns.
+    pub log: LogGuard,
+}
+
+/// Logs a step of the shutdown with the time since the signal: `[+5.0s] closing the database`.
+#[derive(Debug, Clone, Copy)]
+pub struct Marks(Instant);
+
+impl Marks {
+    /// Counting from now (the signal).
+    pub fn since_now() -> Self {
+        Self(Instant::now())
+    }
+
+    /// Logs `step` as `event` (the JSON log's key, which the tests and the tools read).
+    pub fn mark(&self, event: &str, step: &str) {
+        tracing::info!(event, "[+{:.1}s] {step}", self.0.elapsed().as_secs_f64());
+    }
+}
 
 /// The options every demo takes.
 #[derive(Debug, Args)]
@@ -59,6 +110,40 @@ impl LessonArgs {
     pub fn http_listener(&self) -> Result<TcpListener, StartupError> {
         crate::app::listener(Port::Http, SocketAddr::new(self.host, self.port))
     }
+
+    /// Logging, then the port (a port in use leaves nothing on disk), then the database and
+    /// the order service over it, opened as `serve` opens them.
+    pub async fn setup(&self) -> Result<Setup, StartupError> {
+        let log = crate::telemetry::init(&self.log);
+        let listener = self.http_listener()?;
+        let (store, service) = crate::app::open_desk(&self.database_url).await?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(event = "listening", protocol = "http", %addr, "HTTP server listening");
+        }
+        Ok(Setup {
+            listener,
+            store,
+            service,
+            log,
+        })
+    }
+}
+
+/// Serves the gRPC API over `service` on `listener` in `phase`, as `serve` does (its
+/// middleware, and health following `/ready` and storage), with the default limits.
+pub async fn serve_grpc(
+    shutdown: &mut graceful::Shutdown,
+    phase: graceful::Phase,
+    listener: TcpListener,
+    service: &Arc<OrderDesk<Store>>,
+) -> Result<(), StartupError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(event = "listening", protocol = "grpc", %addr, "gRPC server listening");
+    }
+    let services = crate::adapter::inbound::grpc::services(Arc::clone(service))?;
+    let limits = (&Default::default(), Default::default());
+    crate::app::serve_grpc(shutdown, phase, listener, services, service, limits).await;
+    Ok(())
 }
 
 /// Runs a demo: `demo` on a multi-threaded runtime, its error (if any) printed once with its

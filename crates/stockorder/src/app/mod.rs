@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use graceful::serve::{Protocol, Server};
-use graceful::{Phase, Readiness, Report, Shutdown};
+use graceful::serve::{ConnectionLimits, Protocol, Server};
+use graceful::{Phase, Report, Shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::adapter::inbound::grpc::{self, DescriptorError};
 use crate::adapter::inbound::http;
+use crate::adapter::inbound::middleware::admission::Limits;
 use crate::adapter::inbound::middleware::api_keys::ApiKeysError;
 use crate::adapter::outbound::simulated_price::SimulatedPrices;
 use crate::adapter::outbound::store::{OpenError, Store};
@@ -280,13 +281,9 @@ impl Application {
                 .limits(settings.connection_limits)
                 .readiness(readiness.clone()),
         );
-        let grpc_server = Server::new(grpc_listener, grpc::server_with(grpc.routes, &settings.http.limits))
-            .protocol(Protocol::Grpc)
-            .limits(settings.connection_limits)
-            .readiness(readiness.clone());
-        grpc.health.set(desk.can_write()).await;
         tracing::info!(event = "listening", protocol = "grpc", addr = %grpc_addr, "gRPC server listening");
-        spawn_grpc(&mut shutdown, servers, grpc_server, grpc.health, &desk, readiness);
+        let limits = (&settings.http.limits, settings.connection_limits);
+        serve_grpc(&mut shutdown, servers, grpc_listener, grpc, &desk, limits).await;
         spawn_workers(&mut shutdown, workers, &desk, settings.processor);
         shutdown.on_stop(resources, "database", move || async move { store.close().await });
 
@@ -325,31 +322,26 @@ fn plan_phases(shutdown: &mut Shutdown, settings: &Settings) -> [Phase; 3] {
     [servers, workers, resources]
 }
 
-/// The gRPC server, with its health service following readiness and storage: NOT_SERVING
-/// while storage fails, and for good once draining (the same rule as `/ready`). NOT_SERVING is
-/// queued before the server ends its streams, so a health Watch sees it before its UNAVAILABLE
-/// even with no drain delay.
-fn spawn_grpc<S, B>(
+/// Serves the gRPC `services` on `listener` in `phase`, behind the same middleware as the REST
+/// API (`limits`: its request limits and both ports' connection limits), with gRPC health
+/// following readiness and storage as `/ready` does: NOT_SERVING while storage fails, and for
+/// good once draining. NOT_SERVING is queued before the server ends its streams, so a health
+/// Watch sees it before its UNAVAILABLE even with no drain delay.
+pub async fn serve_grpc(
     shutdown: &mut Shutdown,
     phase: Phase,
-    server: Server<S>,
-    health: grpc::Health,
+    listener: TcpListener,
+    services: grpc::GrpcServices,
     desk: &OrderDesk<Store>,
-    readiness: Readiness,
-) where
-    S: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+    (limits, connection_limits): (&Limits, ConnectionLimits),
+) {
+    let readiness = shutdown.readiness();
+    let server = Server::new(listener, grpc::server_with(services.routes, limits))
+        .protocol(Protocol::Grpc)
+        .limits(connection_limits)
+        .readiness(readiness.clone());
+    let health = services.health;
+    health.set(desk.can_write()).await;
     let mut storage = desk.storage().subscribe();
     shutdown.spawn(phase, "grpc server", move |stop| async move {
         let unready = async {
