@@ -12,10 +12,16 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{Entry, Failure, Outcome, Reason, Report};
+use crate::report::{Entry, Failure, Reason, Report};
 use crate::signal::Signals;
 use crate::watchdog::{self, Watchdog};
 use crate::{DrainSwitch, Readiness, StopResult, StopSignal};
+
+mod plan;
+mod roll;
+
+use plan::{Component, Plan};
+use roll::{Entries, Roll};
 
 /// How long an aborted straggler may take to be joined. A task that is blocking its thread
 /// cannot be aborted (an abort takes effect at its next `.await`); it is left behind, named in
@@ -124,22 +130,30 @@ impl Drop for EndGuard {
 /// readiness turns to draining and its tasks are aborted.
 pub struct Shutdown {
     id: u64,
+    /// How the shutdown runs, as the builder methods set it.
+    settings: Settings,
+    /// What it stops: the phases, and the components registered in them.
     phases: Vec<PhaseSpec>,
     hooks: Vec<Hook>,
     tasks: Vec<Task>,
-    deadline: Duration,
-    drain_delay: Duration,
-    watchdog_grace: Option<Duration>,
+    /// Run state: the triggers, readiness, and how components report their end.
     signals: Option<Signals>,
-    second_signal: SecondSignal,
     draining: DrainSwitch,
     handle: ShutdownHandle,
     ended_tx: mpsc::UnboundedSender<usize>,
     ended_rx: mpsc::UnboundedReceiver<usize>,
+    ran: bool,
+}
+
+/// The coordinator's configuration, apart from its run state.
+struct Settings {
+    deadline: Duration,
+    drain_delay: Duration,
+    watchdog_grace: Option<Duration>,
+    second_signal: SecondSignal,
+    termination_message: Option<std::path::PathBuf>,
     observer: Option<Observer>,
     on_start: Option<OnStart>,
-    termination_message: Option<std::path::PathBuf>,
-    ran: bool,
 }
 
 /// Called with each report entry the moment it is known.
@@ -182,14 +196,19 @@ impl Shutdown {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         Self {
             id: NEXT_COORDINATOR.fetch_add(1, Ordering::Relaxed),
+            settings: Settings {
+                deadline: Self::DEFAULT_DEADLINE,
+                drain_delay: Duration::ZERO,
+                watchdog_grace: Some(Self::DEFAULT_WATCHDOG_GRACE),
+                second_signal: SecondSignal::Exit,
+                termination_message: None,
+                observer: None,
+                on_start: None,
+            },
             phases: Vec::new(),
             hooks: Vec::new(),
             tasks: Vec::new(),
-            deadline: Self::DEFAULT_DEADLINE,
-            drain_delay: Duration::ZERO,
-            watchdog_grace: Some(Self::DEFAULT_WATCHDOG_GRACE),
             signals: None,
-            second_signal: SecondSignal::Exit,
             draining: DrainSwitch::new(),
             handle: ShutdownHandle {
                 token: CancellationToken::new(),
@@ -197,22 +216,19 @@ impl Shutdown {
             },
             ended_tx,
             ended_rx,
-            observer: None,
-            on_start: None,
-            termination_message: None,
             ran: false,
         }
     }
 
     /// The global deadline, counted from the trigger and including the drain delay.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
+        self.settings.deadline = deadline;
         self
     }
 
     /// How long to keep serving, already unready, before the first phase.
     pub fn drain_delay(mut self, delay: Duration) -> Self {
-        self.drain_delay = delay;
+        self.settings.drain_delay = delay;
         self
     }
 
@@ -222,7 +238,7 @@ impl Shutdown {
     /// `None` turns it off: for a program embedding the coordinator that must never have its
     /// process exited by a library.
     pub fn watchdog_grace(mut self, grace: Option<Duration>) -> Self {
-        self.watchdog_grace = grace;
+        self.settings.watchdog_grace = grace;
         self
     }
 
@@ -232,7 +248,7 @@ impl Shutdown {
     /// default), so `kubectl describe pod` shows why the last shutdown was not clean. Off by
     /// default.
     pub fn termination_message(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.termination_message = Some(path.into());
+        self.settings.termination_message = Some(path.into());
         self
     }
 
@@ -252,7 +268,7 @@ impl Shutdown {
     /// - A shutdown started another way (a [`ShutdownHandle`], such as an in-place upgrade, or
     ///   a component ending) takes the first signal as the first request, not as a second.
     pub fn on_second_signal(mut self, action: SecondSignal) -> Self {
-        self.second_signal = action;
+        self.settings.second_signal = action;
         self
     }
 
@@ -261,7 +277,7 @@ impl Shutdown {
     /// phase durations without waiting for [`Shutdown::run`] to return (the process may be
     /// gone by then, or killed at the deadline).
     pub fn on_entry(mut self, observe: impl Fn(&Entry) + Send + Sync + 'static) -> Self {
-        self.observer = Some(Box::new(observe));
+        self.settings.observer = Some(Box::new(observe));
         self
     }
 
@@ -269,7 +285,7 @@ impl Shutdown {
     /// its reason: how a metric or a supervisor learns of it without a task of its own waiting
     /// on [`Readiness::draining`].
     pub fn on_start(mut self, started: impl FnOnce(&Reason) + Send + 'static) -> Self {
-        self.on_start = Some(Box::new(started));
+        self.settings.on_start = Some(Box::new(started));
         self
     }
 
@@ -406,70 +422,17 @@ impl Shutdown {
 
     /// Waits for a trigger, then shuts down as described on [`Shutdown`], and reports.
     pub async fn run(mut self) -> Report {
-        let (reason, mut ended_early) = self.wait_for_trigger().await;
+        let (reason, ended_early) = self.wait_for_trigger().await;
         let started = Instant::now();
-        // Readiness first: whoever reads "readiness off" in the log must find it off.
-        self.draining.start_draining();
-        tracing::info!(event = "shutdown.started", reason = %reason, "shutdown started: readiness off");
-        self.ran = true;
-        let overrun_grace = self.watchdog_grace.unwrap_or_default();
-        crate::systemd::stopping(&reason, self.deadline + overrun_grace);
-        if let Some(started) = self.on_start.take() {
-            started(&reason);
-        }
-
-        let first_signal = matches!(reason, Reason::Signal(_)).then(std::time::Instant::now);
-        let watch_signals = self.signals.is_some() && self.second_signal == SecondSignal::Exit;
-        let watchdog = Watchdog::start(watchdog::Plan {
-            hard_deadline: self
-                .watchdog_grace
-                .map(|grace| std::time::Instant::now() + self.deadline + grace),
-            signals: watch_signals,
-            first_signal,
-            termination_message: self.termination_message.clone(),
-        });
-        let watchdog = match watchdog {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the shutdown watchdog: the deadline holds only while the runtime runs");
-                None
-            }
-        };
-        // Components that ended while the trigger was being noticed.
-        while let Ok(id) = self.ended_rx.try_recv() {
-            ended_early.insert(id);
-        }
-        let entries = Arc::new(Mutex::new(Vec::new()));
-        let aborts = Arc::new(Mutex::new(
-            self.tasks.iter().map(|t| t.handle.abort_handle()).collect::<Vec<_>>(),
-        ));
-        let roll = Roll::new(
-            self.tasks
-                .iter()
-                .map(|t| (t.name.clone(), t.phase))
-                .chain(self.hooks.iter().map(|h| (h.name.clone(), h.phase)))
-                .map(|(name, phase)| (name, self.phases[phase].name.clone()))
-                .collect(),
-            (!self.drain_delay.is_zero()).then_some(started),
+        self.begin(&reason);
+        let watchdog = self.start_watchdog(&reason);
+        let plan = self.plan(ended_early, started, watchdog.as_ref());
+        // Shared with the plan: a second signal abandons it and still reports.
+        let (roll, entries, aborts) = (
+            plan.roll.clone(),
+            Arc::clone(&plan.entries.list),
+            Arc::clone(&plan.aborts),
         );
-        let plan = Plan {
-            roll: roll.clone(),
-            phases: std::mem::take(&mut self.phases),
-            hooks: std::mem::take(&mut self.hooks),
-            tasks: std::mem::take(&mut self.tasks),
-            ended_early,
-            started,
-            deadline_at: started + self.deadline,
-            overrun_grace,
-            drain_delay: self.drain_delay,
-            ended_tx: self.ended_tx.clone(),
-            entries: Entries {
-                list: Arc::clone(&entries),
-                observer: self.observer.take(),
-            },
-            aborts: Arc::clone(&aborts),
-            stopping: watchdog.as_ref().map(|w| Arc::clone(&w.shared)),
-        };
         let interrupt = watchdog.as_ref().map(|w| w.interrupt.clone());
         let interrupted = tokio::select! {
             () = plan.execute(&mut self.ended_rx) => None,
@@ -493,15 +456,97 @@ impl Shutdown {
         if interrupted.is_some() {
             entries.extend(roll.unfinished(started));
         }
-        let report = Report {
+        self.finish(Report {
             reason,
             entries,
             total: started.elapsed(),
-            deadline: self.deadline,
+            deadline: self.settings.deadline,
             interrupted,
-        };
+        })
+    }
+
+    /// Readiness off first (whoever reads "readiness off" in the log must find it off), then
+    /// the log line, systemd's STOPPING=1 and the `on_start` callback.
+    fn begin(&mut self, reason: &Reason) {
+        self.draining.start_draining();
+        tracing::info!(event = "shutdown.started", reason = %reason, "shutdown started: readiness off");
+        self.ran = true;
+        let overrun_grace = self.settings.watchdog_grace.unwrap_or_default();
+        crate::systemd::stopping(reason, self.settings.deadline + overrun_grace);
+        if let Some(started) = self.settings.on_start.take() {
+            started(reason);
+        }
+    }
+
+    /// The watchdog thread: the deadline (plus its grace) and a second signal hold even if the
+    /// runtime is wedged. `None` when the thread cannot be started; the deadline then holds
+    /// only while the runtime runs.
+    fn start_watchdog(&self, reason: &Reason) -> Option<Watchdog> {
+        let first_signal = matches!(reason, Reason::Signal(_)).then(std::time::Instant::now);
+        let settings = &self.settings;
+        let watchdog = Watchdog::start(watchdog::Plan {
+            hard_deadline: settings
+                .watchdog_grace
+                .map(|grace| std::time::Instant::now() + settings.deadline + grace),
+            signals: self.signals.is_some() && settings.second_signal == SecondSignal::Exit,
+            first_signal,
+            termination_message: settings.termination_message.clone(),
+        });
+        match watchdog {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the shutdown watchdog: the deadline holds only while the runtime runs");
+                None
+            }
+        }
+    }
+
+    /// The stop to execute: every component by id, the phases, the entries it fills.
+    fn plan(&mut self, mut ended_early: HashSet<usize>, started: Instant, watchdog: Option<&Watchdog>) -> Plan {
+        // Components that ended while the trigger was being noticed.
+        while let Ok(id) = self.ended_rx.try_recv() {
+            ended_early.insert(id);
+        }
+        let aborts = self.tasks.iter().map(|t| t.handle.abort_handle()).collect();
+        let roll = Roll::new(
+            self.tasks
+                .iter()
+                .map(|t| (t.name.clone(), t.phase))
+                .chain(self.hooks.iter().map(|h| (h.name.clone(), h.phase)))
+                .map(|(name, phase)| (name, self.phases[phase].name.clone()))
+                .collect(),
+            (!self.settings.drain_delay.is_zero()).then_some(started),
+        );
+        // Ids as the roll has them: the tasks, then the stop functions.
+        let components = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .map(Component::Task)
+            .chain(std::mem::take(&mut self.hooks).into_iter().map(Component::Hook))
+            .map(Some)
+            .collect();
+        Plan {
+            roll,
+            phases: std::mem::take(&mut self.phases),
+            components,
+            ended_early,
+            started,
+            deadline_at: started + self.settings.deadline,
+            overrun_grace: self.settings.watchdog_grace.unwrap_or_default(),
+            drain_delay: self.settings.drain_delay,
+            ended_tx: self.ended_tx.clone(),
+            entries: Entries {
+                list: Arc::new(Mutex::new(Vec::new())),
+                observer: self.settings.observer.take(),
+            },
+            aborts: Arc::new(Mutex::new(aborts)),
+            watched: watchdog.map(|w| Arc::clone(&w.shared)),
+        }
+    }
+
+    /// Tells systemd and the termination message how it ended.
+    fn finish(&self, report: Report) -> Report {
         crate::systemd::finished(&report.summary());
-        if let Some(path) = &self.termination_message
+        if let Some(path) = &self.settings.termination_message
             && let Err(e) = std::fs::write(path, report.summary())
         {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
@@ -537,376 +582,5 @@ async fn next_signal(signals: &mut Option<Signals>) -> crate::Signal {
     match signals {
         Some(s) => s.next().await,
         None => std::future::pending().await,
-    }
-}
-
-/// The stop itself, after the trigger.
-struct Plan {
-    phases: Vec<PhaseSpec>,
-    hooks: Vec<Hook>,
-    tasks: Vec<Task>,
-    /// Every component known to have ended, whenever it was learnt: its end message has been
-    /// consumed, so its phase must not wait for one.
-    ended_early: HashSet<usize>,
-    started: Instant,
-    deadline_at: Instant,
-    /// What the watchdog allows past the deadline: part of the time a supervisor should wait.
-    overrun_grace: Duration,
-    drain_delay: Duration,
-    ended_tx: mpsc::UnboundedSender<usize>,
-    entries: Entries,
-    /// Every task's abort handle, for a second signal to abandon what is still stopping.
-    aborts: Arc<Mutex<Vec<AbortHandle>>>,
-    /// What the watchdog reports as still stopping, if there is a watchdog.
-    stopping: Option<Arc<watchdog::Shared>>,
-    /// Which components have started stopping and which are done, for a report cut short.
-    roll: Roll,
-}
-
-/// Every component by id (tasks, then stop functions) with where its stop stands, shared with
-/// [`Shutdown::run`] so that a shutdown cut short by a second signal still reports each one:
-/// those stopping as interrupted, those whose phase never came as not reached.
-#[derive(Clone)]
-struct Roll {
-    inner: Arc<Mutex<RollInner>>,
-}
-
-struct RollInner {
-    /// `(component, phase)` by id.
-    names: Vec<(String, String)>,
-    started: std::collections::HashMap<usize, Instant>,
-    done: HashSet<usize>,
-    /// The drain delay's start, while it runs.
-    drain: Option<Instant>,
-}
-
-impl Roll {
-    /// The drain delay's id.
-    const DRAIN: usize = usize::MAX;
-
-    fn new(names: Vec<(String, String)>, drain: Option<Instant>) -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(RollInner {
-                names,
-                started: std::collections::HashMap::new(),
-                done: HashSet::new(),
-                drain,
-            })),
-        }
-    }
-
-    fn start(&self, id: usize, at: Instant) {
-        if let Ok(mut roll) = self.inner.lock() {
-            roll.started.insert(id, at);
-        }
-    }
-
-    fn done(&self, id: usize) {
-        if let Ok(mut roll) = self.inner.lock() {
-            if id == Self::DRAIN {
-                roll.drain = None;
-            } else {
-                roll.done.insert(id);
-            }
-        }
-    }
-
-    /// The entries of every component not reported yet, as a second signal leaves them.
-    fn unfinished(&self, trigger: Instant) -> Vec<Entry> {
-        let Ok(roll) = self.inner.lock() else {
-            return Vec::new();
-        };
-        let mut entries = Vec::new();
-        if let Some(at) = roll.drain {
-            entries.push(Entry {
-                component: "drain delay".into(),
-                phase: "drain".into(),
-                started: at - trigger,
-                took: at.elapsed(),
-                outcome: Outcome::Interrupted,
-                counts: Vec::new(),
-            });
-        }
-        for (id, (component, phase)) in roll.names.iter().enumerate() {
-            if roll.done.contains(&id) {
-                continue;
-            }
-            let (started, took, outcome) = match roll.started.get(&id) {
-                Some(at) => (*at - trigger, at.elapsed(), Outcome::Interrupted),
-                None => (trigger.elapsed(), Duration::ZERO, Outcome::NotReached),
-            };
-            entries.push(Entry {
-                component: component.clone(),
-                phase: phase.clone(),
-                started,
-                took,
-                outcome,
-                counts: Vec::new(),
-            });
-        }
-        entries
-    }
-}
-
-/// The report's entries as they come, each shown to the observer when added. Shared, so a
-/// shutdown cut short still reports what had finished.
-struct Entries {
-    list: Arc<Mutex<Vec<Entry>>>,
-    observer: Option<Observer>,
-}
-
-impl Entries {
-    fn push(&mut self, entry: Entry) {
-        if let Some(observe) = &self.observer {
-            observe(&entry);
-        }
-        if let Ok(mut list) = self.list.lock() {
-            list.push(entry);
-        }
-    }
-}
-
-/// A component whose stop is under way in the current phase.
-struct Stopping {
-    id: usize,
-    name: String,
-    started: Instant,
-    handle: JoinHandle<Result<(), Failure>>,
-    /// Ended before its phase (learnt any time before).
-    early: bool,
-    oneshot: bool,
-    /// A task's stop signal, for the counts it recorded; `None` for a stop function.
-    signal: Option<StopSignal>,
-}
-
-impl Plan {
-    async fn execute(self, ended: &mut mpsc::UnboundedReceiver<usize>) {
-        let Plan {
-            phases,
-            hooks,
-            tasks,
-            mut ended_early,
-            started,
-            deadline_at,
-            overrun_grace,
-            drain_delay,
-            ended_tx,
-            mut entries,
-            aborts,
-            stopping: watched,
-            roll,
-        } = self;
-        if !drain_delay.is_zero() {
-            tracing::info!(
-                event = "drain.started",
-                delay_ms = drain_delay.as_millis() as u64,
-                "drain delay: still serving, unready"
-            );
-            // A component that ends meanwhile is noted, so its phase reports it as ended early
-            // (with its error) instead of waiting for an end that was already announced.
-            let until = tokio::time::sleep_until((started + drain_delay).min(deadline_at));
-            tokio::pin!(until);
-            loop {
-                tokio::select! {
-                    () = &mut until => break,
-                    Some(id) = ended.recv() => { ended_early.insert(id); }
-                }
-            }
-            roll.done(Roll::DRAIN);
-            entries.push(Entry {
-                component: "drain delay".into(),
-                phase: "drain".into(),
-                started: Duration::ZERO,
-                took: started.elapsed(),
-                outcome: Outcome::Stopped,
-                counts: Vec::new(),
-            });
-        }
-
-        // Hook ids follow task ids so both report through one channel.
-        let mut tasks: Vec<Option<Task>> = tasks.into_iter().map(Some).collect();
-        let mut hooks: Vec<Option<Hook>> = hooks.into_iter().map(Some).collect();
-        let hook_base = tasks.len();
-
-        for (index, phase) in phases.iter().enumerate() {
-            let phase_start = Instant::now();
-            let phase_deadline = phase.budget.map_or(deadline_at, |b| (phase_start + b).min(deadline_at));
-            let out_of_time = phase_start >= deadline_at;
-            let mut stopping = Vec::new();
-            let mut skipped = Vec::new();
-            for (id, slot) in tasks.iter_mut().enumerate() {
-                if slot.as_ref().is_some_and(|t| t.phase == index)
-                    && let Some(task) = slot.take()
-                {
-                    let early = ended_early.contains(&id);
-                    if out_of_time && !early {
-                        // Its phase never got time: aborted unasked, and not its fault.
-                        task.handle.abort();
-                        skipped.push((id, task.name));
-                        continue;
-                    }
-                    task.stop.stop_by(phase_deadline);
-                    roll.start(id, phase_start);
-                    stopping.push(Stopping {
-                        id,
-                        name: task.name,
-                        started: phase_start,
-                        handle: task.handle,
-                        early,
-                        oneshot: task.oneshot,
-                        signal: Some(task.stop),
-                    });
-                }
-            }
-            for (offset, slot) in hooks.iter_mut().enumerate() {
-                if slot.as_ref().is_some_and(|h| h.phase == index)
-                    && let Some(hook) = slot.take()
-                {
-                    if out_of_time {
-                        skipped.push((hook_base + offset, hook.name));
-                        continue;
-                    }
-                    let guard = EndGuard {
-                        id: hook_base + offset,
-                        ended: ended_tx.clone(),
-                    };
-                    let stop = (hook.stop)();
-                    let handle = tokio::spawn(async move {
-                        let _guard = guard;
-                        stop.await
-                    });
-                    if let Ok(mut aborts) = aborts.lock() {
-                        aborts.push(handle.abort_handle());
-                    }
-                    roll.start(hook_base + offset, phase_start);
-                    stopping.push(Stopping {
-                        id: hook_base + offset,
-                        name: hook.name,
-                        started: phase_start,
-                        handle,
-                        early: false,
-                        oneshot: false,
-                        signal: None,
-                    });
-                }
-            }
-            if stopping.is_empty() && skipped.is_empty() {
-                continue;
-            }
-            tracing::info!(event = "phase.started", phase = %phase.name, components = stopping.len(), "phase started");
-            crate::systemd::phase(
-                &phase.name,
-                index + 1,
-                phases.len(),
-                stopping.len(),
-                deadline_at.saturating_duration_since(phase_start) + overrun_grace,
-            );
-            for (id, name) in skipped {
-                roll.done(id);
-                entries.push(Entry {
-                    component: name,
-                    phase: phase.name.clone(),
-                    started: phase_start - started,
-                    took: Duration::ZERO,
-                    outcome: Outcome::Skipped,
-                    counts: Vec::new(),
-                });
-            }
-            // What the watchdog names if the deadline is overrun: only what is still stopping.
-            let watch = |stopping: &[Stopping]| {
-                if let Some(w) = &watched
-                    && let Ok(mut names) = w.stopping.lock()
-                {
-                    *names = stopping
-                        .iter()
-                        .map(|s| format!("{} ({})", s.name, phase.name))
-                        .collect();
-                }
-            };
-            // Those that ended before their phase need no message: it was consumed already.
-            let (done, mut stopping): (Vec<_>, Vec<_>) = stopping.into_iter().partition(|s| s.early);
-            for s in done {
-                let id = s.id;
-                entries.push(finish(s, &phase.name, started, false).await);
-                roll.done(id);
-            }
-            watch(&stopping);
-            let timer = tokio::time::sleep_until(phase_deadline);
-            tokio::pin!(timer);
-            while !stopping.is_empty() {
-                tokio::select! {
-                    Some(id) = ended.recv() => {
-                        if let Some(pos) = stopping.iter().position(|s| s.id == id) {
-                            let s = stopping.swap_remove(pos);
-                            let id = s.id;
-                            entries.push(finish(s, &phase.name, started, false).await);
-                            roll.done(id);
-                            watch(&stopping);
-                        } else {
-                            // A component of a later phase ended before its turn.
-                            ended_early.insert(id);
-                        }
-                    }
-                    () = &mut timer => {
-                        for s in stopping.drain(..) {
-                            s.handle.abort();
-                            let id = s.id;
-                            entries.push(finish(s, &phase.name, started, true).await);
-                            roll.done(id);
-                        }
-                    }
-                }
-            }
-            watch(&stopping);
-        }
-    }
-}
-
-/// Joins a component's task (at most [`ABORT_JOIN`] after an abort) and turns how it ended
-/// into a report entry.
-async fn finish(s: Stopping, phase: &str, trigger: Instant, aborted: bool) -> Entry {
-    let joined = if aborted {
-        tokio::time::timeout(ABORT_JOIN, s.handle).await.ok()
-    } else {
-        Some(s.handle.await)
-    };
-    let outcome = match joined {
-        // Blocking its thread: the abort cannot reach it. Left behind, named.
-        None => Outcome::TimedOut,
-        Some(Err(e)) if e.is_cancelled() => Outcome::TimedOut,
-        Some(Err(e)) => Outcome::Panicked(panic_message(e)),
-        Some(Ok(result)) if s.oneshot && s.early => match result {
-            Ok(()) => Outcome::Finished,
-            Err(e) => Outcome::Failed(e),
-        },
-        Some(Ok(result)) if s.early => Outcome::EndedEarly(result.err()),
-        // Finished in the instant between the deadline and the abort: it made it.
-        Some(Ok(Ok(()))) => Outcome::Stopped,
-        Some(Ok(Err(e))) => Outcome::Failed(e),
-    };
-    let entry = Entry {
-        component: s.name,
-        phase: phase.to_owned(),
-        started: s.started - trigger,
-        took: s.started.elapsed(),
-        outcome,
-        counts: s.signal.map(|signal| signal.counts()).unwrap_or_default(),
-    };
-    if entry.outcome.is_clean() {
-        tracing::info!(event = "component.stopped", component = %entry.component, took_ms = entry.took.as_millis() as u64, clean = true, "stopped");
-    } else {
-        tracing::warn!(event = "component.stopped", component = %entry.component, outcome = %entry.outcome, clean = false, "did not stop cleanly");
-    }
-    entry
-}
-
-fn panic_message(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into()),
-        Err(e) => e.to_string(),
     }
 }
