@@ -7,6 +7,7 @@ mod readers;
 mod recent;
 mod rows;
 mod schema;
+mod visibility;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -212,18 +213,13 @@ impl SqliteStore {
         schema::migrate(&mut conn).map_err(migrate_err)?;
         let commits = readers::Commits::default();
         let readers = Arc::new(readers::ReadPool::new(path.clone(), commits.clone()));
-        let pool = Arc::clone(&readers);
         let recent = Arc::new(recent::Recent::new(commits.clone()));
-        let cache = Arc::clone(&recent);
-        // Readers reuse a snapshot while nothing has been committed (see `readers`): count the
-        // commit before any caller hears of it, then end the snapshots it made stale.
-        // The cache follows the commit after the count moved (see `recent`), before any caller
-        // hears of it.
-        let writer = writer::Writer::spawn(conn, move |changes| {
-            commits.bump();
-            changes.for_each(|change| cache.committed(change));
-            pool.release_stale();
-        })?;
+        let visibility = visibility::Visibility {
+            commits,
+            recent: Arc::clone(&recent),
+            readers: Arc::clone(&readers),
+        };
+        let writer = writer::Writer::spawn(conn, move |changes| visibility.after_commit(changes))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -280,7 +276,16 @@ impl OrderRepository for SqliteStore {
             return Ok(Some(order));
         }
         let seen = self.inner.recent.before_read();
-        let order = self.inner.readers.with(|conn| rows::by_id(conn, id))?;
+        let order = match self.inner.readers.try_with(move |conn| rows::by_id(conn, id)) {
+            Ok(read) => read?,
+            // Every pooled reader is busy: open one on the blocking pool, not on this worker.
+            Err(read) => {
+                let inner = Arc::clone(&self.inner);
+                tokio::task::spawn_blocking(move || inner.readers.with(read))
+                    .await
+                    .map_err(|e| RepositoryError::Database(Box::new(e)))??
+            }
+        };
         if let Some(order) = &order {
             self.inner.recent.offer(order, seen);
         }

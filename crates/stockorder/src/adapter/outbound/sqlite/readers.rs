@@ -1,13 +1,10 @@
 //! Read connections. WAL mode lets any number of them read while the writer commits; each
 //! reader sees the last committed state, so a read after an acknowledged write finds it.
 //!
-//! A read transaction costs SQLite file-lock system calls to open and close (about 9% of the
-//! server's CPU under a GET load, measured with perf). So a reader keeps its read transaction
-//! open across reads for as long as nothing has been committed since it began: the writer
-//! counts commits ([`Commits`]) and bumps the count *before* answering its callers, so a read
-//! that follows an acknowledged write always finds the count moved and starts a fresh snapshot.
-//! After each commit the writer also ends the snapshots of idle readers, so an old snapshot
-//! never holds the WAL back from being checkpointed.
+//! A read transaction costs SQLite file-lock system calls to open and close. So a reader keeps
+//! its read transaction open across reads for as long as nothing has been committed since it
+//! began ([`Commits`] unchanged); why a read after an acknowledged write still finds it is the
+//! ordering rule in `visibility`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,13 +105,31 @@ impl ReadPool {
         Ok(conn)
     }
 
-    /// Runs `read` on a pooled connection on the calling thread. Callers choose the thread:
-    /// a point read from the page cache takes microseconds, less than a hand-off to another
-    /// thread costs, while a page of up to 1000 rows belongs on the blocking pool.
+    /// Runs `read` on a pooled connection on the calling thread, or on a connection of its own
+    /// when every pooled one is busy. For the blocking pool: opening a connection is file I/O.
     pub(super) fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, RepositoryError> {
+        match self.try_with(read) {
+            Ok(done) => done,
+            // Every slot is busy: more concurrent reads than slots. Serve this one on its own
+            // connection rather than wait.
+            Err(read) => {
+                let db = |e| super::errors::classify(e, Some(&self.path));
+                read(&self.open().map_err(db)?).map_err(db)
+            }
+        }
+    }
+
+    /// Runs `read` on a pooled connection on the calling thread, or gives it back when every
+    /// pooled connection is busy. What a point read on a runtime worker uses: a read from the
+    /// page cache takes microseconds, less than a hand-off to another thread costs, but opening
+    /// a connection does not belong on a worker.
+    pub(super) fn try_with<T, F>(&self, read: F) -> Result<Result<T, RepositoryError>, F>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T>,
+    {
         let db = |e| super::errors::classify(e, Some(&self.path));
         if self.closed.load(Ordering::Acquire) {
-            return Err(RepositoryError::Closed);
+            return Ok(Err(RepositoryError::Closed));
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..SLOTS {
@@ -122,26 +137,26 @@ impl ReadPool {
                 // Checked again under the slot lock: `close` sets the flag before emptying the
                 // slots, so a read that raced it cannot reopen a connection after the close.
                 if self.closed.load(Ordering::Acquire) {
-                    return Err(RepositoryError::Closed);
+                    return Ok(Err(RepositoryError::Closed));
                 }
                 let reader = match slot.as_mut() {
                     Some(reader) => reader,
-                    None => slot.insert(Reader {
-                        conn: self.open().map_err(db)?,
-                        snapshot: None,
-                    }),
+                    None => match self.open() {
+                        Ok(conn) => slot.insert(Reader { conn, snapshot: None }),
+                        Err(e) => return Ok(Err(db(e))),
+                    },
                 };
-                reader.fresh_snapshot(&self.commits).map_err(db)?;
+                if let Err(e) = reader.fresh_snapshot(&self.commits) {
+                    return Ok(Err(db(e)));
+                }
                 let result = read(&reader.conn);
                 if result.is_err() || self.shared.load(Ordering::Acquire) {
                     reader.end_snapshot();
                 }
-                return result.map_err(db);
+                return Ok(result.map_err(db));
             }
         }
-        // Every slot is busy: more concurrent reads than slots. Serve this one on its own
-        // connection rather than wait.
-        read(&self.open().map_err(db)?).map_err(db)
+        Err(read)
     }
 
     /// See [`super::SqliteStore::other_process_writes`].
