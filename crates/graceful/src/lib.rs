@@ -72,7 +72,7 @@ mod watchdog;
 pub use readiness::{DrainSwitch, Readiness};
 pub use report::{Entry, Failure, Outcome, Reason, Report};
 pub use shutdown::{Phase, SecondSignal, Shutdown, ShutdownHandle};
-pub use signal::Signal;
+pub use signal::{Signal, terminated};
 pub use stop::{StopResult, StopSignal};
 pub use watchdog::DUPLICATE_WINDOW;
 

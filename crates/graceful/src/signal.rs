@@ -28,6 +28,15 @@ impl Signal {
     }
 }
 
+/// Resolves on the first SIGINT (Ctrl+C) or SIGTERM (what `kill`, systemd and Kubernetes send)
+/// received after the call, and says which: for a program that stops on its own terms. A
+/// [`Shutdown`](crate::Shutdown) catches them itself ([`Shutdown::catch_signals`](crate::Shutdown::catch_signals)),
+/// from the moment it is asked to, so that none sent before `run` is lost. Fails only if the
+/// handlers cannot be installed (outside a runtime, say).
+pub async fn terminated() -> std::io::Result<Signal> {
+    Ok(Signals::install()?.next().await)
+}
+
 /// The process's termination signals, registered when this is created, so a signal that arrives
 /// before anyone awaits it is still seen (and does not kill the process by default action).
 pub(crate) struct Signals {

@@ -34,26 +34,14 @@ fn termination() -> nix::sys::signal::SigSet {
     set
 }
 
-/// Resolves on the first SIGINT (Ctrl+C) or SIGTERM (what `kill`, systemd and Kubernetes send).
+/// Resolves on the first SIGINT (Ctrl+C) or SIGTERM (what `kill`, systemd and Kubernetes send),
+/// and logs which: [`graceful::terminated`], for the demos that stop on their own terms.
 pub async fn terminate() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => tracing::info!(event = "signal", signal = "SIGINT", "signal received"),
-                    _ = term.recv() => tracing::info!(event = "signal", signal = "SIGTERM", "signal received"),
-                }
-            }
-            _ => {
-                tracing::warn!("cannot install SIGTERM handler; only Ctrl+C will stop the service");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    match graceful::terminated().await {
+        Ok(signal) => tracing::info!(event = "signal", signal = signal.name, "signal received"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the SIGTERM handler; only Ctrl+C will stop the service");
+            let _ = tokio::signal::ctrl_c().await;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
