@@ -17,6 +17,16 @@ struct Echo;
 
 #[tonic::async_trait]
 impl StockOrderService for Echo {
+    type WatchOrdersStream = stockorder::adapter::inbound::grpc::OrderEvents;
+
+    /// No events: the echo measures unary calls only.
+    async fn watch_orders(
+        &self,
+        _: Request<proto::WatchOrdersRequest>,
+    ) -> Result<Response<Self::WatchOrdersStream>, Status> {
+        Err(Status::unimplemented("the echo server has no event log"))
+    }
+
     async fn create_order(
         &self,
         request: Request<proto::CreateOrderRequest>,

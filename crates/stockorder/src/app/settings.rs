@@ -15,6 +15,7 @@ use crate::adapter::inbound::middleware::api_keys::ApiKeys;
 use crate::adapter::outbound::postgres::Timeouts;
 use crate::config::{ConfigError, DatabaseUrl, ServeArgs, defaults};
 use crate::domain::RiskRules;
+use crate::port::EventRetention;
 use crate::processor::ProcessorConfig;
 
 /// Everything `serve` needs, checked.
@@ -51,6 +52,8 @@ pub struct StoreSettings {
     pub pool_size: usize,
     /// PostgreSQL's connect and statement timeouts, and `STARTUP_TIMEOUT`.
     pub timeouts: Timeouts,
+    /// How much of the event log is kept.
+    pub retention: EventRetention,
 }
 
 impl StoreSettings {
@@ -70,6 +73,7 @@ impl StoreSettings {
                 statement: request_timeout,
                 startup: startup_timeout,
             },
+            retention: EventRetention::default(),
         })
     }
 

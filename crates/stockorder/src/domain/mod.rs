@@ -3,12 +3,14 @@
 //! "valid" and one state machine.
 
 mod enums;
+mod event;
 mod execution;
 mod order;
 mod transition;
 mod validation;
 
 pub use enums::{OrderSide, OrderStatus, OrderType, UnknownVariant};
+pub use event::{EventKind, OrderEvent};
 pub use execution::{Decision, Rejection, RiskRules, decide};
 pub use order::{NewOrder, OrderId, StockOrder, StoredOrder, Timestamp};
 pub use transition::{Happened, IllegalTransition, StatusChange};

@@ -12,5 +12,7 @@ mod service;
 pub use listing::{ListQuery, Page, PageLimit, PageToken};
 pub use metrics::{NoMetrics, OrderMetrics};
 pub use price::PriceSource;
-pub use repository::{Fault, Inserted, OrderRepository, QueuePosition, Queued, RepositoryError, Transition};
-pub use service::{CANCELLED_MESSAGE, Created, OrderError, OrderService};
+pub use repository::{
+    EventBounds, EventRetention, Fault, Inserted, OrderRepository, QueuePosition, Queued, RepositoryError, Transition,
+};
+pub use service::{CANCELLED_MESSAGE, Created, EventStart, EventStream, OrderError, OrderService};

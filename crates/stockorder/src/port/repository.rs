@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::domain::{OrderId, StatusChange, StockOrder};
+use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
 
 use super::ListQuery;
 
@@ -146,6 +146,45 @@ pub struct Queued {
     pub order: StockOrder,
 }
 
+/// How much of the event log a store keeps: events older than `max_age`, and all but the newest
+/// `max_events`, are pruned. A client that was away longer resumes with a 410 / OUT_OF_RANGE and
+/// reads the orders instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRetention {
+    /// Longest an event is kept.
+    pub max_age: std::time::Duration,
+    /// Most events kept.
+    pub max_events: u64,
+}
+
+impl Default for EventRetention {
+    /// A day, and a million events (a few hundred MB at most).
+    fn default() -> Self {
+        Self {
+            max_age: std::time::Duration::from_secs(24 * 3600),
+            max_events: 1_000_000,
+        }
+    }
+}
+
+/// Where the event log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventBounds {
+    /// The oldest sequence still held (older ones were pruned); the next to come when the log
+    /// holds none. A client may resume after any sequence from `first - 1` on.
+    pub first: u64,
+    /// The newest sequence committed; 0 before the first event.
+    pub last: u64,
+}
+
+impl EventBounds {
+    /// Whether a client that has seen every event up to `after` can continue with no gap: the
+    /// log still holds every event after it. `after = 0` asks for whatever is held.
+    pub fn can_resume_after(&self, after: u64) -> bool {
+        after == 0 || after.saturating_add(1) >= self.first
+    }
+}
+
 /// Durable storage of orders.
 ///
 /// Every write is committed before its future resolves: an `Ok` means the change survives a
@@ -203,4 +242,22 @@ pub trait OrderRepository: Send + Sync + 'static {
         changes: Vec<StatusChange>,
         resting: Vec<OrderId>,
     ) -> impl Future<Output = Result<Vec<bool>, RepositoryError>> + Send;
+
+    /// Up to `limit` events after sequence `after`, in sequence order, only `symbol`'s when
+    /// given. Every insert that creates an order and every applied change appends its event in
+    /// the same transaction, so an acknowledged change always has one and no event describes a
+    /// change that did not commit.
+    fn events(
+        &self,
+        after: u64,
+        symbol: Option<Symbol>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OrderEvent>, RepositoryError>> + Send;
+
+    /// The oldest event still held and the newest committed.
+    fn event_bounds(&self) -> impl Future<Output = Result<EventBounds, RepositoryError>> + Send;
+
+    /// Changes after each commit that may have appended events: what a follower of the log
+    /// waits on before it reads again. The log is the truth; a wake-up only says "look".
+    fn event_wakeups(&self) -> tokio::sync::watch::Receiver<u64>;
 }

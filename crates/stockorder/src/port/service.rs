@@ -2,10 +2,28 @@
 //! can map them to its own status codes without inspecting messages.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::domain::{NewOrder, OrderId, OrderStatus, StockOrder};
+use futures_util::Stream;
+
+use crate::domain::{NewOrder, OrderEvent, OrderId, OrderStatus, StockOrder, Symbol};
 
 use super::{Fault, ListQuery, Page, RepositoryError};
+
+/// The events a follower of the log is sent, in sequence order, until it stops reading or the
+/// server ends the stream (at shutdown, through the serve adapter). An error ends it; the
+/// follower resumes after the last event it received.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<OrderEvent, OrderError>> + Send>>;
+
+/// Where a follower of the event log starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStart {
+    /// With the events committed from now on.
+    Live,
+    /// With every event after this sequence (0: the whole history the log holds), then live.
+    After(u64),
+}
 
 /// The confirmation both APIs send for a successful cancel: the original service's wording, which
 /// its clients print.
@@ -51,6 +69,17 @@ pub enum OrderError {
         "the database connection was lost during the commit: the outcome is unknown; retry with the same client_order_id"
     )]
     OutcomeUnknown,
+    /// A follower asked to resume after an event the log no longer holds: what came between is
+    /// gone from the log (the orders themselves are not).
+    #[error(
+        "events after {after} are no longer held: the log starts at sequence {first}; read the orders (GET /api/orders) and follow from there"
+    )]
+    EventsPruned {
+        /// The sequence asked for.
+        after: u64,
+        /// The oldest sequence held.
+        first: u64,
+    },
     /// Storage failed; the client did nothing wrong.
     #[error("internal error")]
     Internal(#[source] RepositoryError),
@@ -80,6 +109,15 @@ pub trait OrderService: Send + Sync + 'static {
 
     /// Cancels a pending order.
     fn cancel(&self, id: OrderId) -> impl Future<Output = Result<StockOrder, OrderError>> + Send;
+
+    /// The order event log from `start` (only `symbol`'s events when given): the history first,
+    /// then each event as it is committed. Fails at once, with [`OrderError::EventsPruned`],
+    /// when `start` is older than the log holds.
+    fn follow(
+        self: Arc<Self>,
+        start: EventStart,
+        symbol: Option<Symbol>,
+    ) -> impl Future<Output = Result<EventStream, OrderError>> + Send;
 
     /// False while storage cannot commit writes for a reason that can clear by itself (a full
     /// disk, a database that is down): readiness probes then answer "not ready", so a load

@@ -11,12 +11,12 @@ use tokio::sync::Notify;
 
 use super::{StorageHealth, Watched};
 use crate::domain::{
-    Decision, Happened, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StatusChange, StockOrder, Timestamp,
-    decide,
+    Decision, Happened, NewOrder, OrderId, OrderStatus, OrderType, RiskRules, StatusChange, StockOrder, Symbol,
+    Timestamp, decide,
 };
 use crate::port::{
-    Created, Inserted, ListQuery, NoMetrics, OrderError, OrderMetrics, OrderRepository, OrderService, Page, PageToken,
-    PriceSource, QueuePosition, Queued, Transition,
+    Created, EventStart, EventStream, Inserted, ListQuery, NoMetrics, OrderError, OrderMetrics, OrderRepository,
+    OrderService, Page, PageToken, PriceSource, QueuePosition, Queued, Transition,
 };
 
 /// The order desk: takes orders, answers for them, cancels them, and executes them. Generic over
@@ -74,6 +74,12 @@ impl<R: OrderRepository> OrderDesk<R> {
     /// The repository, for wiring code that needs to close it at shutdown.
     pub fn repository(&self) -> &R {
         self.repository.inner()
+    }
+
+    /// The repository as this desk reaches it (every call reported to its health): for the
+    /// event log's followers.
+    pub(super) fn log(&self) -> &Watched<R> {
+        &self.repository
     }
 
     /// Whether storage can write right now, as this desk's calls last saw it.
@@ -228,6 +234,10 @@ impl<R: OrderRepository> OrderService for OrderDesk<R> {
             None
         };
         Ok(Page { orders, next })
+    }
+
+    async fn follow(self: Arc<Self>, start: EventStart, symbol: Option<Symbol>) -> Result<EventStream, OrderError> {
+        super::events::follow(self, start, symbol).await
     }
 
     async fn cancel(&self, id: OrderId) -> Result<StockOrder, OrderError> {

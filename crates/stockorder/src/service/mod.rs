@@ -3,6 +3,7 @@
 //! execution of pending orders, and what storage health means for all of them.
 
 mod desk;
+mod events;
 mod health;
 mod watched;
 

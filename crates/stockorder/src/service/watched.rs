@@ -8,8 +8,10 @@
 use std::future::Future;
 
 use super::StorageHealth;
-use crate::domain::{OrderId, StatusChange, StockOrder};
-use crate::port::{Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, Transition};
+use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
+use crate::port::{
+    EventBounds, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, Transition,
+};
 
 /// A repository whose every call reports to a [`StorageHealth`]: a write's success or fault, a
 /// read's fault only (a read that works proves nothing about writes).
@@ -83,6 +85,18 @@ impl<R: OrderRepository> OrderRepository for Watched<R> {
     async fn settle(&self, changes: Vec<StatusChange>, resting: Vec<OrderId>) -> Result<Vec<bool>, RepositoryError> {
         self.write(self.repository.settle(changes, resting)).await
     }
+
+    async fn events(&self, after: u64, symbol: Option<Symbol>, limit: u32) -> Result<Vec<OrderEvent>, RepositoryError> {
+        self.read(self.repository.events(after, symbol, limit)).await
+    }
+
+    async fn event_bounds(&self) -> Result<EventBounds, RepositoryError> {
+        self.read(self.repository.event_bounds()).await
+    }
+
+    fn event_wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.repository.event_wakeups()
+    }
 }
 
 #[cfg(test)]
@@ -105,6 +119,8 @@ mod tests {
             "reoffer_resting" => watched.reoffer_resting().await.is_err(),
             "probe" => watched.probe().await.is_err(),
             "settle" => watched.settle(vec![cancel(o.id())], Vec::new()).await.is_err(),
+            "events" => watched.events(0, None, 10).await.is_err(),
+            "event_bounds" => watched.event_bounds().await.is_err(),
             other => unreachable!("{other}"),
         }
     }
@@ -124,6 +140,8 @@ mod tests {
             ("reoffer_resting", true),
             ("probe", true),
             ("settle", true),
+            ("events", false),
+            ("event_bounds", false),
         ];
         for (name, writes) in calls {
             let memory = MemoryRepository::new();

@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::domain::{OrderId, OrderStatus, StatusChange, StockOrder};
-use crate::port::{Fault, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, Transition};
+use crate::domain::{EventKind, OrderEvent, OrderId, OrderStatus, StatusChange, StockOrder, Symbol};
+use crate::port::{
+    EventBounds, Fault, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, Transition,
+};
 
 #[derive(Default)]
 struct Orders {
@@ -19,12 +21,25 @@ struct Orders {
     last_seq: i64,
     /// While set, every call fails with this fault.
     failing: Option<Fault>,
+    /// The event log, in sequence order; sequences start at 1.
+    events: Vec<OrderEvent>,
 }
 
 /// Orders in a map behind a mutex. Cheap to clone; clones share the orders.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryRepository {
     orders: Arc<Mutex<Orders>>,
+    /// Bumped after each change that appended events.
+    wakeups: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for MemoryRepository {
+    fn default() -> Self {
+        Self {
+            orders: Arc::default(),
+            wakeups: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl MemoryRepository {
@@ -60,18 +75,25 @@ impl MemoryRepository {
 
 impl Orders {
     /// Applies `change` as the domain says it does, if the order is still where the change
-    /// starts: the conditional write the SQL stores do with `WHERE status = 'PENDING'`.
+    /// starts: the conditional write the SQL stores do with `WHERE status = 'PENDING'`; with its
+    /// event, as they append it in the same transaction.
     fn change(&mut self, change: &StatusChange) -> Transition {
         let Some(order) = self.by_id.get_mut(&change.id()) else {
             return Transition::NotFound;
         };
         match change.apply(order) {
             Ok(after) => {
-                *order = after;
-                Transition::Applied(order.clone())
+                *order = after.clone();
+                self.append(change.happened().into(), after.clone());
+                Transition::Applied(after)
             }
             Err(_) => Transition::Refused(order.clone()),
         }
+    }
+
+    fn append(&mut self, kind: EventKind, order: StockOrder) {
+        let sequence = self.events.last().map_or(1, |e| e.sequence + 1);
+        self.events.push(OrderEvent { sequence, kind, order });
     }
 }
 
@@ -90,6 +112,9 @@ impl OrderRepository for MemoryRepository {
         let seq = orders.last_seq;
         orders.seq.insert(order.id(), seq);
         orders.by_id.insert(order.id(), order.clone());
+        orders.append(EventKind::Created, order.clone());
+        drop(orders);
+        self.wakeups.send_modify(|n| *n += 1);
         Ok(Inserted::Created(order))
     }
 
@@ -114,7 +139,9 @@ impl OrderRepository for MemoryRepository {
     }
 
     async fn change_status(&self, change: StatusChange) -> Result<Transition, RepositoryError> {
-        Ok(self.orders()?.change(&change))
+        let transition = self.orders()?.change(&change);
+        self.wakeups.send_modify(|n| *n += 1);
+        Ok(transition)
     }
 
     async fn unprocessed(&self, after: QueuePosition, limit: u32) -> Result<Vec<Queued>, RepositoryError> {
@@ -149,10 +176,37 @@ impl OrderRepository for MemoryRepository {
         // Resting orders cost nothing here, as in SQLite: the caller's cursor has passed them.
         let _ = resting;
         let mut orders = self.orders()?;
-        Ok(changes
+        let applied = changes
             .iter()
             .map(|c| matches!(orders.change(c), Transition::Applied(_)))
+            .collect();
+        drop(orders);
+        self.wakeups.send_modify(|n| *n += 1);
+        Ok(applied)
+    }
+
+    async fn events(&self, after: u64, symbol: Option<Symbol>, limit: u32) -> Result<Vec<OrderEvent>, RepositoryError> {
+        Ok(self
+            .orders()?
+            .events
+            .iter()
+            .filter(|e| e.sequence > after && symbol.as_ref().is_none_or(|s| e.order.symbol() == s))
+            .take(limit as usize)
+            .cloned()
             .collect())
+    }
+
+    async fn event_bounds(&self) -> Result<EventBounds, RepositoryError> {
+        let orders = self.orders()?;
+        let last = orders.events.last().map_or(0, |e| e.sequence);
+        Ok(EventBounds {
+            first: orders.events.first().map_or(last + 1, |e| e.sequence),
+            last,
+        })
+    }
+
+    fn event_wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wakeups.subscribe()
     }
 }
 

@@ -1,14 +1,14 @@
 //! One repository test suite for every storage adapter: SQLite and PostgreSQL must keep the
 //! same promises (read-back exactness, idempotency, conditional transitions, paging, the
-//! processor's queue), so the same tests run against both. Each adapter's `tests` module calls
+//! processor's queue, the event log), so the same tests run against both. Each adapter's `tests` module calls
 //! [`repository_suite!`] with a function that opens a fresh, empty store (or `None`, with the
 //! reason printed, when its database is not reachable here).
 
 use std::collections::HashSet;
 
 use crate::domain::{
-    ClientOrderId, NewOrder, OrderId, OrderSide, OrderStatus, OrderType, Price, Quantity, StatusChange, StockOrder,
-    Symbol, Timestamp,
+    ClientOrderId, EventKind, NewOrder, OrderEvent, OrderId, OrderSide, OrderStatus, OrderType, Price, Quantity,
+    StatusChange, StockOrder, Symbol, Timestamp,
 };
 use crate::port::{Inserted, ListQuery, OrderRepository, PageLimit, PageToken, QueuePosition, Transition};
 
@@ -302,6 +302,86 @@ pub async fn reads_after_an_acknowledged_write_see_it<S: OrderRepository + Clone
 /// Generates one `#[tokio::test]` per suite test for an adapter. `$open` is an async function
 /// returning `Option<(guard, store)>`: a fresh empty store, and whatever must live as long as
 /// it (a temp dir, a schema to drop); `None` skips the test (it prints why).
+/// Every event after `after` once there are at least `expected`: a store that numbers events
+/// after they commit (PostgreSQL's publisher) does so within a tick or two.
+pub async fn events_once_published<S: OrderRepository>(store: &S, after: u64, expected: usize) -> Vec<OrderEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let events = store.events(after, None, 1000).await.unwrap();
+        if events.len() >= expected || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn every_committed_change_has_its_event_in_order<S: OrderRepository>(store: S) {
+    let a = order("AAPL", OrderSide::Buy, Some("ev-a"));
+    let b = order("MSFT", OrderSide::Sell, None);
+    let mut wakeups = store.event_wakeups();
+    wakeups.borrow_and_update();
+    store.insert(a.clone()).await.unwrap();
+    store.insert(b.clone()).await.unwrap();
+    // Not changes: a replayed key, a refused cancel and a fill of an order that is not there.
+    store.insert(order("AAPL", OrderSide::Buy, Some("ev-a"))).await.unwrap();
+    store.change_status(cancel(a.id())).await.unwrap();
+    store.change_status(cancel(a.id())).await.unwrap();
+    let applied = store
+        .settle(
+            vec![
+                change(&b, OrderStatus::Filled),
+                change(&order("NONE", OrderSide::Buy, None), OrderStatus::Filled),
+            ],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, [true, false]);
+
+    let events = events_once_published(&store, 0, 4).await;
+    let got: Vec<(EventKind, OrderId, OrderStatus)> = events
+        .iter()
+        .map(|e| (e.kind, e.order.id(), e.order.status()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (EventKind::Created, a.id(), OrderStatus::Pending),
+            (EventKind::Created, b.id(), OrderStatus::Pending),
+            (EventKind::Cancelled, a.id(), OrderStatus::Cancelled),
+            (EventKind::Filled, b.id(), OrderStatus::Filled),
+        ]
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].sequence < w[1].sequence),
+        "strictly increasing"
+    );
+    // Each event holds the order as it was right after its change.
+    assert_eq!(events[0].order, a);
+    assert_eq!(Some(&events[2].order), store.get(a.id()).await.unwrap().as_ref());
+    assert_eq!(events[3].order.fill_price(), Some(Price::parse(101.5).unwrap()));
+    assert!(
+        wakeups.has_changed().unwrap(),
+        "a follower waiting for commits was woken"
+    );
+
+    // Resuming after any of them gives exactly the rest; one symbol's only when asked.
+    let after_second = store.events(events[1].sequence, None, 1000).await.unwrap();
+    assert_eq!(after_second, events[2..]);
+    let msft = store
+        .events(0, Some(Symbol::parse("MSFT").unwrap()), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        msft.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Created, EventKind::Filled]
+    );
+    assert_eq!(store.events(events[0].sequence, None, 2).await.unwrap(), events[1..3]);
+    let bounds = store.event_bounds().await.unwrap();
+    assert_eq!((bounds.first, bounds.last), (events[0].sequence, events[3].sequence));
+    assert!(bounds.can_resume_after(0) && bounds.can_resume_after(bounds.last));
+}
+
 macro_rules! repository_suite {
     ($open:ident) => {
         $crate::adapter::outbound::repository_suite::repository_suite!(
@@ -314,6 +394,7 @@ macro_rules! repository_suite {
             list_is_newest_first_paged_and_filtered,
             the_queue_is_settled_in_one_batch,
             reads_after_an_acknowledged_write_see_it,
+            every_committed_change_has_its_event_in_order,
         );
     };
     ($open:ident; $($name:ident),+ $(,)?) => {

@@ -6,8 +6,11 @@
 use super::postgres::{self, PostgresStore};
 use super::sqlite::{self, SqliteStore};
 use crate::config::DatabaseUrl;
-use crate::domain::{OrderId, StatusChange, StockOrder};
-use crate::port::{Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, Transition};
+use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
+use crate::port::{
+    EventBounds, EventRetention, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError,
+    Transition,
+};
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +36,13 @@ impl Store {
     /// Opens (creating and migrating as needed) the store `url` names; `pool_size` is the
     /// number of PostgreSQL connections (SQLite has its own fixed pool), `timeouts` bound how
     /// long PostgreSQL may take. A SQLite file belongs to one process; `handed_lock` is its
-    /// lock as the process this one replaces in an in-place upgrade passed it on.
+    /// lock as the process this one replaces in an in-place upgrade passed it on. `retention`
+    /// bounds the event log.
     pub async fn open(
         url: &DatabaseUrl,
         pool_size: usize,
         timeouts: postgres::Timeouts,
+        retention: EventRetention,
         handed_lock: Option<std::os::fd::OwnedFd>,
     ) -> Result<Self, OpenError> {
         Ok(match url {
@@ -45,12 +50,15 @@ impl Store {
             // threads, so a signal during start-up is still handled at once.
             DatabaseUrl::Sqlite(path) => {
                 let path = path.clone();
-                let opened = tokio::task::spawn_blocking(move || SqliteStore::open_taking_over(path, handed_lock))
-                    .await
-                    .map_err(|e| sqlite::OpenError::Thread(std::io::Error::other(e)))?;
+                let opened =
+                    tokio::task::spawn_blocking(move || SqliteStore::open_taking_over(path, handed_lock, retention))
+                        .await
+                        .map_err(|e| sqlite::OpenError::Thread(std::io::Error::other(e)))?;
                 Store::Sqlite(opened?)
             }
-            DatabaseUrl::Postgres(url) => Store::Postgres(PostgresStore::open(url, pool_size, timeouts).await?),
+            DatabaseUrl::Postgres(url) => {
+                Store::Postgres(PostgresStore::open(url, pool_size, timeouts, retention).await?)
+            }
         })
     }
 
@@ -143,6 +151,27 @@ impl OrderRepository for Store {
         match self {
             Store::Sqlite(s) => s.settle(changes, resting).await,
             Store::Postgres(p) => p.settle(changes, resting).await,
+        }
+    }
+
+    async fn events(&self, after: u64, symbol: Option<Symbol>, limit: u32) -> Result<Vec<OrderEvent>, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.events(after, symbol, limit).await,
+            Store::Postgres(p) => p.events(after, symbol, limit).await,
+        }
+    }
+
+    async fn event_bounds(&self) -> Result<EventBounds, RepositoryError> {
+        match self {
+            Store::Sqlite(s) => s.event_bounds().await,
+            Store::Postgres(p) => p.event_bounds().await,
+        }
+    }
+
+    fn event_wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            Store::Sqlite(s) => s.event_wakeups(),
+            Store::Postgres(p) => p.event_wakeups(),
         }
     }
 }

@@ -19,6 +19,7 @@ impl From<OrderError> for Status {
             OrderError::NotFound(_) => Status::not_found(e.to_string()),
             OrderError::NotCancellable { .. } => Status::failed_precondition(e.to_string()),
             OrderError::ClientOrderIdReused(_) => Status::already_exists(e.to_string()),
+            OrderError::EventsPruned { .. } => Status::out_of_range(e.to_string()),
             OrderError::Unavailable | OrderError::StorageUnavailable(_) => Status::unavailable(e.to_string()),
             // "may have completed": what DEADLINE_EXCEEDED means for a call that changes state.
             OrderError::OutcomeUnknown => Status::deadline_exceeded(e.to_string()),

@@ -28,7 +28,7 @@ use crate::port::OrderService;
 pub use codec::StrictCodec;
 pub use framing::{MAX_MESSAGE_BYTES, UnaryFraming};
 pub use protocol::Grpc;
-pub use service::GrpcOrders;
+pub use service::{GrpcOrders, OrderEvents};
 
 /// The code generated from `proto/stock_order.proto`, shared by the server, the clients and the
 /// load generator.

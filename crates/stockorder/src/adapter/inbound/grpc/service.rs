@@ -1,12 +1,14 @@
 //! The tonic service: decode, call the order service, encode. No business rule lives here; the
 //! REST handlers make the same calls.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
-use crate::domain::RawOrder;
-use crate::port::{CANCELLED_MESSAGE, OrderService};
+use crate::domain::{RawOrder, Symbol};
+use crate::port::{CANCELLED_MESSAGE, EventStart, OrderService};
 
 use super::convert::{list_query, order_id};
 use super::proto;
@@ -31,8 +33,35 @@ impl<S: OrderService> GrpcOrders<S> {
     }
 }
 
+/// The events `WatchOrders` sends.
+pub type OrderEvents = Pin<Box<dyn Stream<Item = Result<proto::OrderEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl<S: OrderService> StockOrderService for GrpcOrders<S> {
+    type WatchOrdersStream = OrderEvents;
+
+    async fn watch_orders(
+        &self,
+        request: Request<proto::WatchOrdersRequest>,
+    ) -> Result<Response<Self::WatchOrdersStream>, Status> {
+        let request = request.into_inner();
+        let symbol = Some(request.symbol.trim())
+            .filter(|s| !s.is_empty())
+            .map(Symbol::parse)
+            .transpose()?;
+        let start = request.after_sequence.map_or(EventStart::Live, EventStart::After);
+        let events = Arc::clone(&self.service).follow(start, symbol).await?;
+        Ok(Response::new(Box::pin(events.map(|event| {
+            event
+                .map(|e| proto::OrderEvent {
+                    sequence: e.sequence,
+                    r#type: e.kind.as_str().to_owned(),
+                    order: Some(proto::StockOrder::from(&e.order)),
+                })
+                .map_err(Status::from)
+        }))))
+    }
+
     async fn create_order(
         &self,
         request: Request<proto::CreateOrderRequest>,

@@ -121,6 +121,20 @@ pub struct ListParams {
     pub side: Option<String>,
 }
 
+/// `GET /api/orders/events` query string.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventParams {
+    /// Resume after this sequence (0: the whole history the log holds); wins over the
+    /// `Last-Event-ID` header. Neither: live events only, from now.
+    #[param(required = false, value_type = i64, minimum = 0)]
+    pub after: Option<String>,
+    /// Only events of orders of this symbol.
+    #[param(required = false, value_type = String, pattern = r"^[A-Za-z0-9.\-]{1,12}$")]
+    pub symbol: Option<String>,
+}
+
 // Borrows from the domain order: serialising a page of 1000 orders copies no strings.
 /// An order as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]

@@ -60,6 +60,7 @@ impl From<OrderError> for ApiError {
         let status = match &e {
             OrderError::NotFound(_) => StatusCode::NOT_FOUND,
             OrderError::NotCancellable { .. } | OrderError::ClientOrderIdReused(_) => StatusCode::CONFLICT,
+            OrderError::EventsPruned { .. } => StatusCode::GONE,
             // Storage faults are logged once per change of state (`service::StorageHealth`),
             // not once per request: a full disk would otherwise write a line per refusal.
             OrderError::Unavailable | OrderError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

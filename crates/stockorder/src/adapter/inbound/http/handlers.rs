@@ -6,11 +6,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::dto::{CreateOrderBody, ListParams, MessageBody, OrderBody, StatusBody};
+use super::dto::{CreateOrderBody, EventParams, ListParams, MessageBody, OrderBody, StatusBody};
 use super::error::{ApiError, ErrorBody};
 use super::{HttpState, json};
 use crate::domain::{OrderId, RawOrder, Symbol, ValidationError, parse_variant};
-use crate::port::{CANCELLED_MESSAGE, ListQuery, OrderService, PageLimit, PageToken};
+use crate::port::{CANCELLED_MESSAGE, EventStart, ListQuery, OrderService, PageLimit, PageToken};
 
 /// The answers any order endpoint may give whatever the request: refusals by the limits and
 /// the API keys (`adapter::inbound::middleware`), documented once for every operation.
@@ -82,6 +82,69 @@ pub async fn create_order<S: OrderService>(
     let location = HeaderValue::try_from(format!("/api/orders/{}", created.order.id()))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok((status, [(header::LOCATION, location)], json::order(&created.order)?).into_response())
+}
+
+/// The order event log as Server-Sent Events: `id: <sequence>`, `event: order`, `data:` the
+/// event's JSON. Resumes after the `Last-Event-ID` header or `?after=`; with neither, live events
+/// only. A comment every 15 s keeps proxies from closing an idle stream. At shutdown the stream
+/// ends after the event in progress with a `retry:` hint (the serve adapter's doing); the
+/// client reconnects, here or elsewhere, with its last id.
+#[utoipa::path(get, path = "/api/orders/events", tag = "orders", params(EventParams),
+    responses(
+        (status = 200, description = "A stream of `text/event-stream` events", content_type = "text/event-stream"),
+        (status = 400, description = "`after` (or `Last-Event-ID`) is not a sequence number, or `symbol` is invalid", body = ErrorBody),
+        (status = 410, description = "`after` is older than the history the log holds", body = ErrorBody),
+        Refusals,
+    ))]
+pub async fn order_events<S: OrderService>(
+    State(state): State<HttpState<S>>,
+    headers: axum::http::HeaderMap,
+    params: Result<Query<EventParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt as _;
+
+    let Query(params) = params?;
+    let after = match (params.after.as_deref(), headers.get("last-event-id")) {
+        (Some(after), _) => Some(sequence("after", after)?),
+        (None, Some(id)) => Some(sequence("Last-Event-ID", id.to_str().unwrap_or("?"))?),
+        (None, None) => None,
+    };
+    let symbol = params.symbol.as_deref().map(Symbol::parse).transpose()?;
+    let start = after.map_or(EventStart::Live, EventStart::After);
+    let events = state.service.clone().follow(start, symbol).await?;
+    // An error ends the stream (`scan` stops at the first `None`); the client resumes after
+    // the last id it got.
+    let stream = events.scan((), |(), event| {
+        let sent = match event.map(|e| (e.sequence, json::event(&e))) {
+            Ok((sequence, Ok(data))) => Some(Ok::<_, std::convert::Infallible>(
+                Event::default().id(sequence.to_string()).event("order").data(data),
+            )),
+            Ok((_, Err(e))) => {
+                tracing::error!(error = ?e, "cannot write an order event");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "order event stream ended by a storage error");
+                None
+            }
+        };
+        std::future::ready(sent)
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
+/// A sequence number from the query or the `Last-Event-ID` header.
+fn sequence(field: &'static str, text: &str) -> Result<u64, ValidationError> {
+    text.trim().parse().map_err(|_| {
+        let shown: String = text.chars().take(32).collect();
+        ValidationError::new(
+            field,
+            format!("must be an event sequence number (0 or more), got {shown:?}"),
+        )
+    })
 }
 
 /// One order.

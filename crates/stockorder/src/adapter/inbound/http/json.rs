@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::ApiError;
 #[cfg(test)]
 use super::dto::OrderBody;
-use crate::domain::{StockOrder, Timestamp};
+use crate::domain::{OrderEvent, StockOrder, Timestamp};
 use crate::rfc3339;
 
 /// Room for one order's JSON without growing the buffer (a full order is ~400 bytes).
@@ -41,6 +41,20 @@ pub fn orders(orders: &[StockOrder]) -> Result<Response, ApiError> {
     }
     out.push(b']');
     Ok(answer(out))
+}
+
+/// An event's `data`: `{"sequence":N,"type":"…","order":{…the order as GET shows it…}}`.
+pub fn event(event: &OrderEvent) -> Result<String, ApiError> {
+    let mut out = Vec::with_capacity(ORDER_BYTES + 48);
+    out.extend_from_slice(b"{\"sequence\":");
+    out.extend_from_slice(itoa::Buffer::new().format(event.sequence).as_bytes());
+    out.extend_from_slice(b",\"type\":\"");
+    out.extend_from_slice(event.kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"order\":");
+    write_order(&mut out, &event.order)?;
+    out.push(b'}');
+    // Only ASCII punctuation and what `write_order` wrote, which is UTF-8.
+    String::from_utf8(out).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 fn answer(body: Vec<u8>) -> Response {

@@ -87,6 +87,7 @@ pub fn router_with<S: OrderService>(service: Arc<S>, readiness: Readiness, optio
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
                 .get(handlers::list_orders::<S>),
         )
+        .route("/api/orders/events", get(handlers::order_events::<S>))
         .route("/api/orders/{id}", get(handlers::get_order::<S>))
         .route("/api/orders/{id}/cancel", post(handlers::cancel_order::<S>));
     let doc = openapi::document(options.limits.keys.is_some());

@@ -19,6 +19,7 @@ use super::handlers;
     paths(
         handlers::create_order,
         handlers::list_orders,
+        handlers::order_events,
         handlers::get_order,
         handlers::cancel_order,
         handlers::health,

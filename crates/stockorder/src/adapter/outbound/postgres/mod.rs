@@ -12,10 +12,12 @@
 //! [`CLAIM_LEASE`]).
 
 mod errors;
+mod events;
 mod rows;
 mod schema;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -23,8 +25,11 @@ use errors::Stage;
 use tokio_postgres::NoTls;
 
 use crate::backoff::Backoff;
-use crate::domain::{OrderId, StatusChange, StockOrder};
-use crate::port::{Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, Transition};
+use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
+use crate::port::{
+    EventBounds, EventRetention, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError,
+    Transition,
+};
 use crate::telemetry::metrics::metrics;
 
 pub use schema::MigrationError;
@@ -66,6 +71,10 @@ pub enum OpenError {
 pub struct PostgresStore {
     pool: Pool,
     target: String,
+    /// The event log's wake-ups, moved by the publisher (`events`).
+    wakeups: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Stops the publisher when the store closes.
+    publishing: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -113,9 +122,28 @@ impl Default for Timeouts {
 
 impl PostgresStore {
     /// Connects to `url` with up to `pool_size` connections and migrates the schema.
-    pub async fn open(url: &str, pool_size: usize, timeouts: Timeouts) -> Result<Self, OpenError> {
+    pub async fn open(
+        url: &str,
+        pool_size: usize,
+        timeouts: Timeouts,
+        retention: EventRetention,
+    ) -> Result<Self, OpenError> {
         let config = tokio_postgres::Config::from_str(url).map_err(OpenError::Url)?;
-        Self::open_config(config, pool_size, timeouts).await
+        let store = Self::open_config(config, pool_size, timeouts).await?;
+        store.start_publishing(retention);
+        Ok(store)
+    }
+
+    /// Starts the event log's publisher (see `events`), which runs until [`PostgresStore::close`].
+    /// [`PostgresStore::open`] does; a store opened with [`PostgresStore::open_config`] starts it
+    /// when it is to serve events.
+    pub fn start_publishing(&self, retention: EventRetention) {
+        tokio::spawn(events::publisher(
+            self.pool.clone(),
+            Arc::clone(&self.wakeups),
+            retention,
+            self.publishing.clone(),
+        ));
     }
 
     /// [`PostgresStore::open`] with a parsed configuration (e.g. with session `options`).
@@ -169,7 +197,12 @@ impl PostgresStore {
                 source,
             })?;
         drop(client);
-        Ok(Self { pool, target })
+        Ok(Self {
+            pool,
+            target,
+            wakeups: Arc::new(tokio::sync::watch::channel(0).0),
+            publishing: tokio_util::sync::CancellationToken::new(),
+        })
     }
 
     /// A first connection, retried while the server is unreachable, up to `patience`.
@@ -217,6 +250,7 @@ impl PostgresStore {
     /// later calls answer [`RepositoryError::Closed`]. Every acknowledged write has committed
     /// already, so there is nothing to flush. Call it after the servers have stopped.
     pub async fn close(&self) -> Result<(), RepositoryError> {
+        self.publishing.cancel();
         self.pool.close();
         Ok(())
     }
@@ -442,6 +476,18 @@ impl OrderRepository for PostgresStore {
             .iter()
             .map(|t| matches!(t, Transition::Applied(_)))
             .collect())
+    }
+
+    async fn events(&self, after: u64, symbol: Option<Symbol>, limit: u32) -> Result<Vec<OrderEvent>, RepositoryError> {
+        events::read(&self.pool, after, symbol, limit).await
+    }
+
+    async fn event_bounds(&self) -> Result<EventBounds, RepositoryError> {
+        events::bounds(&self.pool).await
+    }
+
+    fn event_wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wakeups.subscribe()
     }
 }
 

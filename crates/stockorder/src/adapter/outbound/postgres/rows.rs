@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::domain::{ClientOrderId, OrderId, Price, Quantity, StockOrder, StoredOrder, Symbol, Timestamp};
+use crate::domain::{ClientOrderId, OrderEvent, OrderId, Price, Quantity, StockOrder, StoredOrder, Symbol, Timestamp};
 use crate::port::{ListQuery, RepositoryError};
 
 /// The order columns in the order [`order_from_row`] reads them.
@@ -84,10 +84,17 @@ pub(super) fn orders(rows: &[Row]) -> Result<Vec<StockOrder>, RepositoryError> {
 }
 
 pub(super) const INSERT: &str = concat!(
-    "INSERT INTO orders (",
+    "WITH inserted AS (INSERT INTO orders (",
     columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-     ON CONFLICT (client_order_id) WHERE client_order_id IS NOT NULL DO NOTHING"
+     ON CONFLICT (client_order_id) WHERE client_order_id IS NOT NULL DO NOTHING
+     RETURNING ",
+    columns!(),
+    ") INSERT INTO order_events (kind, ",
+    columns!(),
+    ") SELECT 'created', ",
+    columns!(),
+    " FROM inserted"
 );
 
 /// The parameters of [`INSERT`], owned so they can be borrowed as `&dyn ToSql`.
@@ -156,9 +163,11 @@ pub(super) const BY_CLIENT_ORDER_ID: &str = concat!("SELECT ", columns!(), " FRO
 
 /// Applies a batch of conditional changes in one statement: each row changes if, and only if,
 /// it is still in its `from` status. A change to FILLED records the fill price and `filled_at`,
-/// one to CANCELLED `cancelled_at`. Returns the changed rows.
+/// one to CANCELLED `cancelled_at`. Each applied change appends its event (`filled`,
+/// `cancelled` or `rejected`: the new status, in lower case) in the same statement. Returns the
+/// changed rows.
 pub(super) const CHANGE_STATUS: &str = concat!(
-    "UPDATE orders AS o SET status = c.to_status,
+    "WITH changed AS (UPDATE orders AS o SET status = c.to_status,
             description = coalesce(c.description, o.description),
             updated_at = c.at,
             fill_price = coalesce(c.fill_price, o.fill_price),
@@ -169,7 +178,14 @@ pub(super) const CHANGE_STATUS: &str = concat!(
           AS c(id, from_status, to_status, description, fill_price, at)
      WHERE o.id = c.id AND o.status = c.from_status
      RETURNING ",
-    prefixed_columns!()
+    prefixed_columns!(),
+    "), logged AS (INSERT INTO order_events (kind, ",
+    columns!(),
+    ") SELECT lower(status), ",
+    columns!(),
+    " FROM changed) SELECT ",
+    columns!(),
+    " FROM changed"
 );
 
 /// Takes pending orders out of the processor's queue, leaving them pending (resting limits).
@@ -247,3 +263,27 @@ pub(super) fn list_sql(query: &ListQuery, limit: u32) -> (String, Vec<Param>) {
 /// The storage probe's write (see `OrderRepository::probe`): one fixed row, rewritten.
 pub(super) const PROBE: &str =
     "INSERT INTO storage_probe (id, at) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET at = excluded.at";
+
+/// Numbered events after `$1`, in sequence order, at most `$2`.
+pub(super) const EVENTS: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", sequence, kind FROM order_events WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+);
+
+/// [`EVENTS`] of one symbol (`$3`).
+pub(super) const EVENTS_OF_SYMBOL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", sequence, kind FROM order_events WHERE symbol = $3 AND sequence > $1 ORDER BY sequence LIMIT $2"
+);
+
+/// An event row of [`EVENTS`]: the order's columns, then its number and kind.
+pub(super) fn event_from_row(row: &Row) -> Result<OrderEvent, RepositoryError> {
+    let kind: String = column(row, 15)?;
+    Ok(OrderEvent {
+        order: order_from_row(row)?,
+        sequence: column::<i64>(row, 14)?.max(0) as u64,
+        kind: kind.parse().map_err(|_| corrupt("event kind", &kind))?,
+    })
+}

@@ -40,6 +40,37 @@ const MIGRATIONS: &[&str] = &[
     // 2: the storage probe: while writes fail, replicas commit this one row now and then to
     // learn when they work again, without touching an order.
     "CREATE TABLE storage_probe (id integer PRIMARY KEY CHECK (id = 1), at timestamptz NOT NULL);",
+    // 3: the order event log (outbox), and the ordering trap it avoids. A number given when an
+    // event is written (a `bigserial`) follows the order writes *start*, not the order they
+    // commit: the transaction holding 10 can commit after the one holding 11 is visible, and a
+    // reader that delivered 11 would resume "after 11" and skip 10 for ever. So an event is
+    // written with `position` only (insertion order, never shown) and `sequence` NULL; the
+    // publisher (see `events.rs`) numbers committed events, one replica at a time, from the
+    // counter `order_event_seq`. Numbers are given only to what has committed, each round above
+    // the last, so a reader can never see N + 1 before N.
+    "CREATE TABLE order_events (
+        position        bigserial PRIMARY KEY,
+        sequence        bigint UNIQUE,
+        kind            text NOT NULL CHECK (kind IN ('created', 'filled', 'cancelled', 'rejected')),
+        id              uuid NOT NULL,
+        client_order_id text,
+        symbol          text NOT NULL,
+        order_type      text NOT NULL,
+        order_side      text NOT NULL,
+        quantity        integer NOT NULL,
+        price           double precision,
+        status          text NOT NULL,
+        description     text,
+        created_at      timestamptz NOT NULL,
+        updated_at      timestamptz NOT NULL,
+        fill_price      double precision,
+        filled_at       timestamptz,
+        cancelled_at    timestamptz
+    );
+    CREATE INDEX order_events_unpublished ON order_events (position) WHERE sequence IS NULL;
+    CREATE INDEX order_events_by_symbol ON order_events (symbol, sequence);
+    CREATE TABLE order_event_seq (id integer PRIMARY KEY CHECK (id = 1), last bigint NOT NULL);
+    INSERT INTO order_event_seq (id, last) VALUES (1, 0);",
 ];
 
 /// The schema version this binary writes.

@@ -90,6 +90,7 @@ async fn open() -> Option<(TestSchema, PostgresStore)> {
     let store = PostgresStore::open_config(config, 8, super::Timeouts::default())
         .await
         .unwrap();
+    store.start_publishing(Default::default());
     Some((schema, store))
 }
 
@@ -314,4 +315,55 @@ async fn every_list_query_uses_an_index() {
         assert!(plan.contains("Index"), "{sql} => {plan}");
         assert!(!plan.contains("Seq Scan"), "{sql} => {plan}");
     }
+}
+
+/// The ordering trap: two writers whose commits come out of order. The first begins and writes
+/// its event, the second writes and commits, a follower reads the second's event; then the
+/// first commits. A number given at write time would put the first's event *below* what the
+/// follower has seen, and a follower resuming after it would never get it. Numbered at
+/// publication (`events.rs`), it comes after: the follower resuming gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_commits_late_is_not_skipped_by_a_follower_that_resumes() {
+    let Some((_schema, store)) = open().await else {
+        return;
+    };
+    let config = tokio_postgres::Config::from_str(&_schema.url).unwrap();
+    let raw_event = format!(
+        "INSERT INTO {}.order_events (kind, id, symbol, order_type, order_side, quantity, status, created_at, updated_at)
+         VALUES ('created', $1, $2, 'MARKET', 'BUY', 1, 'PENDING', now(), now())",
+        _schema.name
+    );
+    let connect = || async {
+        let (client, connection) = config.connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let (mut first, mut second) = (connect().await, connect().await);
+    let early = first.transaction().await.unwrap();
+    early
+        .execute(&raw_event, &[&uuid::Uuid::now_v7(), &"EARLY"])
+        .await
+        .unwrap();
+    let late = second.transaction().await.unwrap();
+    late.execute(&raw_event, &[&uuid::Uuid::now_v7(), &"LATE"])
+        .await
+        .unwrap();
+    late.commit().await.unwrap();
+
+    // The follower sees the event that committed, and resumes after it.
+    let seen = crate::adapter::outbound::repository_suite::events_once_published(&store, 0, 1).await;
+    assert_eq!(
+        seen.iter().map(|e| e.order.symbol().as_str()).collect::<Vec<_>>(),
+        ["LATE"]
+    );
+    let resume_after = seen[0].sequence;
+
+    early.commit().await.unwrap();
+    let rest = crate::adapter::outbound::repository_suite::events_once_published(&store, resume_after, 1).await;
+    assert_eq!(
+        rest.iter().map(|e| e.order.symbol().as_str()).collect::<Vec<_>>(),
+        ["EARLY"],
+        "the event that committed late comes after what the follower saw, not before it"
+    );
+    assert!(rest[0].sequence > resume_after);
 }

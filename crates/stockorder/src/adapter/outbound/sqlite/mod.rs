@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, MAIN_DB};
 
-use crate::domain::{OrderId, StatusChange, StockOrder};
-use crate::port::{Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError, Transition};
+use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
+use crate::port::{
+    EventBounds, EventRetention, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError,
+    Transition,
+};
 
 pub use schema::MigrationError;
 
@@ -124,6 +127,8 @@ struct Inner {
     recent: Arc<recent::Recent>,
     /// The file's lock (see `lock`), until [`SqliteStore::close`].
     lock: Mutex<Option<lock::FileLock>>,
+    /// Bumped after each commit (see `visibility`): followers of the event log wait on it.
+    wakeups: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl SqliteStore {
@@ -131,14 +136,18 @@ impl SqliteStore {
     /// The file is this process's alone until [`SqliteStore::close`]: a second process opening
     /// it is refused ([`OpenError::InUse`], naming this one).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
-        Self::open_taking_over(path, None)
+        Self::open_taking_over(path, None, EventRetention::default())
     }
 
     /// [`SqliteStore::open`] in the new process of an in-place upgrade: `handed` is the file
     /// lock the old process passed on (see [`SqliteStore::lock_fd`]), adopted so that the file
     /// is never unlocked between the two. Until the old process has exited, say so with
     /// [`SqliteStore::other_process_writes`].
-    pub fn open_taking_over(path: impl AsRef<Path>, handed: Option<std::os::fd::OwnedFd>) -> Result<Self, OpenError> {
+    pub fn open_taking_over(
+        path: impl AsRef<Path>,
+        handed: Option<std::os::fd::OwnedFd>,
+        retention: EventRetention,
+    ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
             let dir = dir.to_path_buf();
@@ -214,18 +223,21 @@ impl SqliteStore {
         let commits = readers::Commits::default();
         let readers = Arc::new(readers::ReadPool::new(path.clone(), commits.clone()));
         let recent = Arc::new(recent::Recent::new(commits.clone()));
+        let wakeups = Arc::new(tokio::sync::watch::channel(0).0);
         let visibility = visibility::Visibility {
             commits,
             recent: Arc::clone(&recent),
             readers: Arc::clone(&readers),
+            wakeups: Arc::clone(&wakeups),
         };
-        let writer = writer::Writer::spawn(conn, move |changes| visibility.after_commit(changes))?;
+        let writer = writer::Writer::spawn(conn, retention, move |changes| visibility.after_commit(changes))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer,
                 readers,
                 recent,
+                wakeups,
                 lock: Mutex::new(Some(lock)),
             }),
         })
@@ -322,6 +334,28 @@ impl OrderRepository for SqliteStore {
     async fn settle(&self, changes: Vec<StatusChange>, _resting: Vec<OrderId>) -> Result<Vec<bool>, RepositoryError> {
         // Resting orders are left as they are: the processor's cursor has passed them.
         self.inner.writer.settle(changes).await
+    }
+
+    async fn events(&self, after: u64, symbol: Option<Symbol>, limit: u32) -> Result<Vec<OrderEvent>, RepositoryError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            inner
+                .readers
+                .with(|conn| rows::events(conn, after, symbol.as_ref(), limit))
+        })
+        .await
+        .map_err(|e| RepositoryError::Database(Box::new(e)))?
+    }
+
+    async fn event_bounds(&self) -> Result<EventBounds, RepositoryError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.readers.with(rows::event_bounds))
+            .await
+            .map_err(|e| RepositoryError::Database(Box::new(e)))?
+    }
+
+    fn event_wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.wakeups.subscribe()
     }
 }
 

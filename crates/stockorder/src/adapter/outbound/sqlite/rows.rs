@@ -4,8 +4,10 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
-use crate::domain::{ClientOrderId, OrderId, Price, Quantity, StockOrder, StoredOrder, Symbol, Timestamp};
-use crate::port::{ListQuery, QueuePosition, Queued};
+use crate::domain::{
+    ClientOrderId, EventKind, OrderEvent, OrderId, Price, Quantity, StockOrder, StoredOrder, Symbol, Timestamp,
+};
+use crate::port::{EventBounds, ListQuery, QueuePosition, Queued};
 
 /// The order columns in the order `order_from_row` reads them, as a literal so the fixed
 /// statements below are `&'static str`: a GET looks its statement up in the cache without
@@ -282,4 +284,94 @@ pub(super) fn probe(conn: &Connection) -> rusqlite::Result<()> {
     )?
     .execute([Timestamp::now().unix_micros()])
     .map(drop)
+}
+
+/// Appends the event of a change just made to order `id`: the order row as it is now, copied
+/// inside the same transaction (no decoding, and no second copy of the order in Rust).
+pub(super) const APPEND_EVENT: &str = concat!(
+    "INSERT INTO order_events (kind, ",
+    columns!(),
+    ") SELECT ?1, ",
+    columns!(),
+    " FROM orders WHERE id = ?2"
+);
+
+pub(super) fn append_event(conn: &Connection, kind: EventKind, id: OrderId) -> rusqlite::Result<()> {
+    conn.prepare_cached(APPEND_EVENT)?
+        .execute(params![kind.as_str(), id.as_uuid().as_bytes()])
+        .map(drop)
+}
+
+pub(super) const EVENTS: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", sequence, kind FROM order_events WHERE sequence > ?1 ORDER BY sequence LIMIT ",
+    opaque!(2, "INTEGER")
+);
+
+pub(super) const EVENTS_OF_SYMBOL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", sequence, kind FROM order_events INDEXED BY order_events_by_symbol
+     WHERE symbol = ",
+    opaque!(3, "TEXT"),
+    " AND sequence > ?1 ORDER BY sequence LIMIT ",
+    opaque!(2, "INTEGER")
+);
+
+/// Up to `limit` events after `after`, in sequence order (one symbol's when given).
+pub(super) fn events(
+    conn: &Connection,
+    after: u64,
+    symbol: Option<&Symbol>,
+    limit: u32,
+) -> rusqlite::Result<Vec<OrderEvent>> {
+    let event = |row: &Row<'_>| {
+        let kind: String = row.get(15)?;
+        Ok(OrderEvent {
+            order: order_from_row(row)?,
+            sequence: row.get::<_, i64>(14)? as u64,
+            kind: kind.parse().map_err(|_| corrupt("event kind", &kind))?,
+        })
+    };
+    let after = after.min(i64::MAX as u64) as i64;
+    match symbol {
+        None => conn
+            .prepare_cached(EVENTS)?
+            .query_map(params![after, limit], event)?
+            .collect(),
+        Some(symbol) => conn
+            .prepare_cached(EVENTS_OF_SYMBOL)?
+            .query_map(params![after, limit, symbol.as_str()], event)?
+            .collect(),
+    }
+}
+
+/// The oldest event held and the newest number given (`sqlite_sequence` remembers it after the
+/// rows are pruned).
+pub(super) const EVENT_BOUNDS: &str = "SELECT (SELECT min(sequence) FROM order_events),
+    (SELECT seq FROM sqlite_sequence WHERE name = 'order_events')";
+
+pub(super) fn event_bounds(conn: &Connection) -> rusqlite::Result<EventBounds> {
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        .prepare_cached(EVENT_BOUNDS)?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let last = last.unwrap_or(0).max(0) as u64;
+    Ok(EventBounds {
+        first: first.map_or(last + 1, |f| f.max(0) as u64),
+        last,
+    })
+}
+
+/// Looks at the `chunk` oldest events and deletes those beyond the newest `keep` or older than
+/// `before` (µs since the epoch): at most `chunk` rows read, however long the log, so pruning
+/// costs the writer a bounded moment. Returns how many went.
+pub(super) const PRUNE_EVENTS: &str = "DELETE FROM order_events WHERE sequence IN (
+    SELECT sequence FROM (SELECT sequence, updated_at FROM order_events ORDER BY sequence LIMIT ?3)
+     WHERE sequence <= (SELECT seq FROM sqlite_sequence WHERE name = 'order_events') - ?1
+        OR updated_at < ?2)";
+
+pub(super) fn prune_events(conn: &Connection, keep: u64, before: i64, chunk: u32) -> rusqlite::Result<usize> {
+    conn.prepare_cached(PRUNE_EVENTS)?
+        .execute(params![keep.min(i64::MAX as u64) as i64, before, chunk])
 }

@@ -55,6 +55,36 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO order_seq (id, last) VALUES (1, 0);",
 ];
 
+/// The order event log (outbox). Each row is the order as it was right after one change,
+/// appended in the transaction that made the change. `sequence` is AUTOINCREMENT so a number is
+/// never given twice, even after the oldest rows are pruned: a client resuming after N must
+/// never be handed a different event N + 1. The one writer (or, in an in-place upgrade's
+/// overlap, SQLite's write lock) allocates numbers in commit order. (The kind CHECK is written
+/// with `OR`: an `IN` list builds a temporary B-tree per insert, see
+/// [`status_check_without_a_temporary_table`].)
+///
+/// Additive and not numbered: a binary from before it still opens the file (it writes orders
+/// without events), so an upgrade can be rolled back.
+const EVENT_LOG: &str = "CREATE TABLE IF NOT EXISTS order_events (
+        sequence        INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind            TEXT NOT NULL CHECK (kind = 'created' OR kind = 'filled' OR kind = 'cancelled' OR kind = 'rejected'),
+        id              BLOB NOT NULL,
+        client_order_id TEXT,
+        symbol          TEXT NOT NULL,
+        order_type      TEXT NOT NULL,
+        order_side      TEXT NOT NULL,
+        quantity        INTEGER NOT NULL,
+        price           REAL,
+        status          TEXT NOT NULL,
+        description     TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        fill_price      REAL,
+        filled_at       INTEGER,
+        cancelled_at    INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS order_events_by_symbol ON order_events (symbol, sequence);";
+
 /// The schema version this binary writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
@@ -146,11 +176,17 @@ fn version(conn: &Connection) -> Result<usize, MigrationError> {
     Ok(found)
 }
 
-/// Runs every migration the database has not seen yet, each in its own transaction, then the
-/// rewrite of the status CHECK ([`status_check_without_a_temporary_table`]).
+/// Runs every migration the database has not seen yet, each in its own transaction, creates the
+/// event log if it is not there ([`EVENT_LOG`]), then the rewrite of the status CHECK
+/// ([`status_check_without_a_temporary_table`]).
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
     let new_file = version(conn)? == 0;
     numbered_migrations(conn)?;
+    conn.execute_batch(EVENT_LOG)
+        .map_err(|source| MigrationError::Rewrite {
+            what: "the order event log",
+            source: Box::new(source),
+        })?;
     let rewrote = status_check_without_a_temporary_table(conn).map_err(|source| MigrationError::Rewrite {
         what: "the orders table's status CHECK",
         source: Box::new(source),

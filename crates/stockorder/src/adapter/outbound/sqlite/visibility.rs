@@ -9,7 +9,9 @@
 //!    the count did not move while it ran (`recent`). Counted first, so neither can keep or add
 //!    anything older than this commit;
 //! 2. **update the cache** of recent orders with what the batch changed (`recent`);
-//! 3. **end idle readers' stale snapshots**, so none holds the WAL back from a checkpoint.
+//! 3. **end idle readers' stale snapshots**, so none holds the WAL back from a checkpoint;
+//! 4. **wake the followers of the event log**, who read what the commit appended (from a fresh
+//!    snapshot, by step 1).
 //!
 //! So a read that follows an acknowledged write finds that write, from a fresh snapshot or from
 //! the cache. While another process also writes to the file (an in-place upgrade's overlap),
@@ -26,6 +28,8 @@ pub(super) struct Visibility {
     pub(super) commits: Commits,
     pub(super) recent: Arc<Recent>,
     pub(super) readers: Arc<ReadPool>,
+    /// What followers of the event log wait on.
+    pub(super) wakeups: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Visibility {
@@ -34,5 +38,6 @@ impl Visibility {
         self.commits.bump();
         changes.for_each(|change| self.recent.committed(change));
         self.readers.release_stale();
+        self.wakeups.send_modify(|n| *n += 1);
     }
 }

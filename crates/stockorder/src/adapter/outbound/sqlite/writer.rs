@@ -15,9 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::errors::{self, again};
 use super::recent::Committed;
 use super::rows;
-use crate::domain::StatusChange;
-use crate::domain::StockOrder;
-use crate::port::{Inserted, RepositoryError, Transition};
+use crate::domain::{EventKind, StatusChange, StockOrder};
+use crate::port::{EventRetention as Retention, Inserted, RepositoryError, Transition};
 
 /// The most requests committed in one transaction; bounds the latency a batch adds to its first
 /// request.
@@ -163,12 +162,13 @@ impl Writer {
     /// each successful commit and before any of its callers is answered.
     pub(super) fn spawn(
         conn: Connection,
+        retention: Retention,
         after_commit: impl Fn(Changes<'_>) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, requests, &after_commit))?;
+            .spawn(move || run(conn, requests, &after_commit, retention))?;
         Ok(Self {
             queue,
             thread: std::sync::Mutex::new(Some(thread)),
@@ -226,11 +226,16 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit: &AfterCommit) {
+fn run(mut conn: Connection, mut requests: mpsc::Receiver<Command>, after_commit: &AfterCommit, retention: Retention) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut patience = Patience::default();
     let mut closing = None;
+    let mut batches = 0_u64;
     while let Some(first) = requests.blocking_recv() {
+        batches += 1;
+        if batches.is_multiple_of(PRUNE_EVERY) {
+            prune(&conn, retention);
+        }
         take(first, &mut batch, &mut closing);
         while batch.len() < MAX_BATCH && closing.is_none() {
             match requests.try_recv() {
@@ -353,8 +358,17 @@ fn apply(conn: &Connection, write: Write, sequence: &mut rows::Sequence) -> Outc
 fn settle(conn: &Connection, changes: &[StatusChange]) -> Result<Vec<bool>, RepositoryError> {
     changes
         .iter()
-        .map(|change| rows::settle(conn, change).map_err(errors::on(conn)))
+        .map(|change| applied_with_event(conn, change).map_err(errors::on(conn)))
         .collect()
+}
+
+/// Applies `change` if the order is still where it starts, and appends its event if it was.
+fn applied_with_event(conn: &Connection, change: &StatusChange) -> rusqlite::Result<bool> {
+    let applied = rows::settle(conn, change)?;
+    if applied {
+        rows::append_event(conn, change.happened().into(), change.id())?;
+    }
+    Ok(applied)
 }
 
 fn insert(conn: &Connection, order: StockOrder, sequence: &mut rows::Sequence) -> Result<Inserted, RepositoryError> {
@@ -367,18 +381,47 @@ fn insert(conn: &Connection, order: StockOrder, sequence: &mut rows::Sequence) -
     }
     let seq = sequence.next(conn).map_err(errors::on(conn))?;
     rows::insert(conn, &order, seq).map_err(errors::on(conn))?;
+    rows::append_event(conn, EventKind::Created, order.id()).map_err(errors::on(conn))?;
     Ok(Inserted::Created(order))
 }
 
 /// The change if the order is still in `change.from`, and the order as it is now either way:
 /// read back in the same transaction (see [`rows::SETTLE`] for why not `RETURNING`).
 fn change_status(conn: &Connection, change: &StatusChange) -> Result<Transition, RepositoryError> {
-    let applied = rows::settle(conn, change).map_err(errors::on(conn))?;
+    let applied = applied_with_event(conn, change).map_err(errors::on(conn))?;
     Ok(match rows::by_id(conn, change.id()).map_err(errors::on(conn))? {
         Some(order) if applied => Transition::Applied(order),
         Some(current) => Transition::Refused(current),
         None => Transition::NotFound,
     })
+}
+
+/// Batches between two looks at the event log's retention.
+const PRUNE_EVERY: u64 = 1024;
+
+/// Events one look at the retention deletes at most.
+const PRUNE_CHUNK: u32 = 2048;
+
+/// Deletes the oldest events beyond the retention, a bounded chunk in a transaction of its own
+/// between two batches: the writer pauses for at most one small delete, and a log that grew
+/// past its bounds shrinks back over the next looks. A failure (a full disk) is logged and
+/// tried again at the next look.
+fn prune(conn: &Connection, retention: Retention) {
+    let before = crate::domain::Timestamp::now().unix_micros()
+        - i64::try_from(retention.max_age.as_micros()).unwrap_or(i64::MAX);
+    let pruned = rows::control(conn, "BEGIN IMMEDIATE")
+        .and_then(|()| rows::prune_events(conn, retention.max_events, before, PRUNE_CHUNK))
+        .and_then(|n| rows::control(conn, "COMMIT").map(|()| n));
+    match pruned {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(events = n, "pruned the event log"),
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = rows::control(conn, "ROLLBACK");
+            }
+            tracing::warn!(error = %e, "cannot prune the event log; trying again later");
+        }
+    }
 }
 
 /// Moves the whole WAL into the database file and closes, so the file is complete on its own
