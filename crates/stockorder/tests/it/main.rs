@@ -10,6 +10,7 @@ mod common;
 
 mod api;
 mod demos;
+mod events;
 mod fuzz_requests;
 mod grpc;
 mod grpc_interop;

@@ -1,0 +1,300 @@
+//! The order event stream end to end, with clients that are not the service's: raw SSE readers
+//! on plain sockets and tonic `WatchOrders` clients follow the log while orders of every kind
+//! are placed, through a SIGTERM and a restart on the same file. Each resumes with the last
+//! sequence it received; at the end each has every event of the log exactly once, in order,
+//! and every stream ended cleanly at the signal (an SSE `retry:`, a gRPC UNAVAILABLE).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use stockorder::adapter::inbound::grpc::proto;
+use stockorder::adapter::inbound::grpc::proto::stock_order_service_client::StockOrderServiceClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::common::ServerProcess;
+
+/// What a follower received, and how each of its streams ended.
+#[derive(Debug, Default)]
+struct Followed {
+    /// `(sequence, type, order id, status)` in the order received.
+    events: Vec<(u64, String, String, String)>,
+    /// One per stream: "clean" (the server ended it as its protocol defines) or what happened.
+    ends: Vec<String>,
+}
+
+/// Where the server is now: the follower reconnects there (a restart gets new ports).
+type Addrs = watch::Receiver<Option<(SocketAddr, SocketAddr)>>;
+
+/// An SSE follower on a plain socket: HTTP/1.0, so the body is the stream itself, ended by
+/// the server closing the connection.
+async fn follow_sse(mut addrs: Addrs, seen: Arc<Mutex<Followed>>) {
+    let mut last: u64 = 0;
+    loop {
+        let Some((http, _)) = *addrs.borrow_and_update() else {
+            return; // the test is over
+        };
+        let Ok(mut socket) = tokio::net::TcpStream::connect(http).await else {
+            // Down between the old process and the new: wait for the next address.
+            let _ = tokio::time::timeout(Duration::from_millis(50), addrs.changed()).await;
+            continue;
+        };
+        let request = format!("GET /api/orders/events HTTP/1.0\r\nLast-Event-ID: {last}\r\n\r\n");
+        if socket.write_all(request.as_bytes()).await.is_err() {
+            continue;
+        }
+        let (mut text, mut buf, mut retry) = (String::new(), [0u8; 8192], false);
+        let end = loop {
+            match socket.read(&mut buf).await {
+                Ok(0) => {
+                    break if retry {
+                        "clean".to_owned()
+                    } else {
+                        "closed without retry".to_owned()
+                    };
+                }
+                Ok(n) => {
+                    text.push_str(std::str::from_utf8(&buf[..n]).expect("UTF-8"));
+                    while let Some(end) = text.find("\n\n") {
+                        let block: String = text.drain(..end + 2).collect();
+                        retry |= block.lines().any(|l| l.starts_with("retry:"));
+                        if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                            let event: Value = serde_json::from_str(data).unwrap();
+                            last = event["sequence"].as_u64().unwrap();
+                            seen.lock().unwrap().events.push((
+                                last,
+                                event["type"].as_str().unwrap().to_owned(),
+                                event["order"]["id"].as_str().unwrap().to_owned(),
+                                event["order"]["status"].as_str().unwrap().to_owned(),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => break format!("error: {e}"),
+            }
+        };
+        let headers_only = text.starts_with("HTTP/1.") && !text.contains("\n\n");
+        seen.lock()
+            .unwrap()
+            .ends
+            .push(if headers_only { "refused".into() } else { end });
+    }
+}
+
+/// A tonic follower of `WatchOrders`.
+async fn follow_grpc(mut addrs: Addrs, seen: Arc<Mutex<Followed>>) {
+    let mut last: u64 = 0;
+    loop {
+        let Some((_, grpc)) = *addrs.borrow_and_update() else {
+            return;
+        };
+        let Ok(mut client) = StockOrderServiceClient::connect(format!("http://{grpc}")).await else {
+            let _ = tokio::time::timeout(Duration::from_millis(50), addrs.changed()).await;
+            continue;
+        };
+        let request = proto::WatchOrdersRequest {
+            after_sequence: Some(last),
+            symbol: String::new(),
+        };
+        let mut stream = match client.watch_orders(request).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => {
+                seen.lock().unwrap().ends.push(format!("refused: {status}"));
+                continue;
+            }
+        };
+        let end = loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    last = event.sequence;
+                    let order = event.order.unwrap();
+                    let status = proto::OrderStatus::try_from(order.status)
+                        .unwrap()
+                        .as_str_name()
+                        .to_owned();
+                    seen.lock()
+                        .unwrap()
+                        .events
+                        .push((event.sequence, event.r#type, order.id, status));
+                }
+                Ok(None) => break "ended without a status".to_owned(),
+                Err(status) if status.code() == tonic::Code::Unavailable => break "clean".to_owned(),
+                Err(status) => break format!("error: {status}"),
+            }
+        };
+        seen.lock().unwrap().ends.push(end);
+    }
+}
+
+/// Places orders of every kind until `stop`: market orders (filled by the processor), limit
+/// orders the price never reaches (resting, half of them cancelled), and orders over the
+/// quantity limit (rejected at placement). Errors while the server is down are ignored: only
+/// acknowledged orders matter.
+async fn place_orders(addrs: Addrs, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let client = reqwest::Client::new();
+    let mut n = 0_u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Some((http, _)) = *addrs.borrow() else { return };
+        n += 1;
+        let body = match n % 4 {
+            0 => json!({"symbol": "AAPL", "order_type": "MARKET", "order_side": "BUY", "quantity": 10}),
+            1 | 2 => {
+                json!({"symbol": "MSFT", "order_type": "LIMIT", "order_side": "BUY", "quantity": 10, "price": 1.0})
+            }
+            _ => json!({"symbol": "GOOGL", "order_type": "MARKET", "order_side": "SELL", "quantity": 5000}),
+        };
+        let Ok(answer) = client
+            .post(format!("http://{http}/api/orders"))
+            .json(&body)
+            .send()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if n % 4 == 2
+            && let Ok(order) = answer.json::<Value>().await
+            && let Some(id) = order["id"].as_str()
+        {
+            let _ = client
+                .post(format!("http://{http}/api/orders/{id}/cancel"))
+                .send()
+                .await;
+        }
+    }
+}
+
+/// The events the log must hold for these orders: each order's `created`, and for one that
+/// left PENDING after it was placed, its final event.
+fn expected_events(orders: &[Value]) -> BTreeSet<(String, String)> {
+    let mut expected = BTreeSet::new();
+    for order in orders {
+        let id = order["id"].as_str().unwrap().to_owned();
+        expected.insert((id.clone(), "created".to_owned()));
+        let changed_later = order["updated_at"] != order["created_at"];
+        match order["status"].as_str().unwrap() {
+            "FILLED" => expected.insert((id, "filled".into())),
+            "CANCELLED" => expected.insert((id, "cancelled".into())),
+            "REJECTED" if changed_later => expected.insert((id, "rejected".into())),
+            _ => false,
+        };
+    }
+    expected
+}
+
+#[tokio::test]
+async fn followers_resume_across_a_restart_with_no_event_missing_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let env = [("MAX_ORDER_QUANTITY", "1000")];
+    let mut server = ServerProcess::start(&db, &env).await;
+    let (addrs, addrs_rx) = watch::channel(Some((server.addr, server.grpc_addr)));
+
+    let followers: Vec<(&str, Arc<Mutex<Followed>>)> = (0..6)
+        .map(|i| (if i % 2 == 0 { "sse" } else { "grpc" }, Arc::default()))
+        .collect();
+    let tasks: Vec<_> = followers
+        .iter()
+        .map(|(kind, seen)| match *kind {
+            "sse" => tokio::spawn(follow_sse(addrs_rx.clone(), Arc::clone(seen))),
+            _ => tokio::spawn(follow_grpc(addrs_rx.clone(), Arc::clone(seen))),
+        })
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(place_orders(addrs_rx.clone(), Arc::clone(&stop)));
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait().await, Some(0), "clean exit under load with followers");
+    let server = ServerProcess::start(&db, &env).await;
+    addrs.send_replace(Some((server.addr, server.grpc_addr)));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+
+    // Every order, and what the log must say about each, once the processor has decided every
+    // market order (a limit order at 1.0 rests for good).
+    let orders = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let orders: Vec<Value> = reqwest::get(server.url("/api/orders?limit=1000"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !orders
+                .iter()
+                .any(|o| o["order_type"] == "MARKET" && o["status"] == "PENDING")
+            {
+                return orders;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the processor decides every market order");
+    let expected = expected_events(&orders);
+    let kinds: BTreeMap<&str, usize> = orders.iter().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(o["status"].as_str().unwrap()).or_default() += 1;
+        m
+    });
+    assert!(
+        ["FILLED", "PENDING", "CANCELLED", "REJECTED"]
+            .iter()
+            .all(|s| kinds.contains_key(s)),
+        "orders of every kind: {kinds:?}"
+    );
+
+    // Wait until each follower has caught up with the whole log.
+    let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if followers
+                .iter()
+                .all(|(_, seen)| seen.lock().unwrap().events.len() >= expected.len())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    addrs.send_replace(None);
+    drop(server); // ends the streams; the followers see no address and stop
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    eprintln!("{} orders ({kinds:?}), {} events", orders.len(), expected.len());
+    for (kind, seen) in &followers {
+        let seen = seen.lock().unwrap();
+        eprintln!(
+            "{kind} follower: {} events, streams ended: {:?}",
+            seen.events.len(),
+            seen.ends
+        );
+        assert!(
+            caught_up.is_ok(),
+            "{kind} follower got {} of {} events",
+            seen.events.len(),
+            expected.len()
+        );
+        let sequences: Vec<u64> = seen.events.iter().map(|e| e.0).collect();
+        assert_eq!(
+            sequences,
+            (1..=expected.len() as u64).collect::<Vec<_>>(),
+            "{kind}: every sequence once, in order"
+        );
+        let got: BTreeSet<(String, String)> = seen.events.iter().map(|e| (e.2.clone(), e.1.clone())).collect();
+        assert_eq!(got, expected, "{kind}: each order's created and final events");
+        // The stream open at the SIGTERM ended as its protocol defines.
+        assert_eq!(
+            seen.ends.first().map(String::as_str),
+            Some("clean"),
+            "{kind}: {:?}",
+            seen.ends
+        );
+    }
+}
