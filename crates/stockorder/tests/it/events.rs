@@ -186,46 +186,32 @@ fn expected_events(orders: &[Value]) -> BTreeSet<(String, String)> {
     expected
 }
 
-#[tokio::test]
-async fn followers_resume_across_a_restart_with_no_event_missing_or_repeated() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orders.db");
-    let env = [("MAX_ORDER_QUANTITY", "1000")];
-    let mut server = ServerProcess::start(&db, &env).await;
-    let (addrs, addrs_rx) = watch::channel(Some((server.addr, server.grpc_addr)));
-
+/// Six followers, half SSE and half gRPC, following wherever `addrs` says the server is.
+fn start_followers(
+    addrs: &Addrs,
+) -> (
+    Vec<(&'static str, Arc<Mutex<Followed>>)>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let followers: Vec<(&str, Arc<Mutex<Followed>>)> = (0..6)
         .map(|i| (if i % 2 == 0 { "sse" } else { "grpc" }, Arc::default()))
         .collect();
-    let tasks: Vec<_> = followers
+    let tasks = followers
         .iter()
         .map(|(kind, seen)| match *kind {
-            "sse" => tokio::spawn(follow_sse(addrs_rx.clone(), Arc::clone(seen))),
-            _ => tokio::spawn(follow_grpc(addrs_rx.clone(), Arc::clone(seen))),
+            "sse" => tokio::spawn(follow_sse(addrs.clone(), Arc::clone(seen))),
+            _ => tokio::spawn(follow_grpc(addrs.clone(), Arc::clone(seen))),
         })
         .collect();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = tokio::spawn(place_orders(addrs_rx.clone(), Arc::clone(&stop)));
+    (followers, tasks)
+}
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    server.signal(Signal::SIGTERM);
-    assert_eq!(server.wait().await, Some(0), "clean exit under load with followers");
-    let server = ServerProcess::start(&db, &env).await;
-    addrs.send_replace(Some((server.addr, server.grpc_addr)));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    load.await.unwrap();
-
-    // Every order, and what the log must say about each, once the processor has decided every
-    // market order (a limit order at 1.0 rests for good).
+/// Every order once the processor has decided every market order (a limit order at 1.0 rests
+/// for good), and the events the log must hold for them.
+async fn settled_orders(server: &ServerProcess) -> (Vec<Value>, BTreeSet<(String, String)>) {
     let orders = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let orders: Vec<Value> = reqwest::get(server.url("/api/orders?limit=1000"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let orders: Vec<Value> = server.all_orders().await.into_values().collect();
             if !orders
                 .iter()
                 .any(|o| o["order_type"] == "MARKET" && o["status"] == "PENDING")
@@ -237,7 +223,6 @@ async fn followers_resume_across_a_restart_with_no_event_missing_or_repeated() {
     })
     .await
     .expect("the processor decides every market order");
-    let expected = expected_events(&orders);
     let kinds: BTreeMap<&str, usize> = orders.iter().fold(BTreeMap::new(), |mut m, o| {
         *m.entry(o["status"].as_str().unwrap()).or_default() += 1;
         m
@@ -248,8 +233,21 @@ async fn followers_resume_across_a_restart_with_no_event_missing_or_repeated() {
             .all(|s| kinds.contains_key(s)),
         "orders of every kind: {kinds:?}"
     );
+    let expected = expected_events(&orders);
+    eprintln!("{} orders ({kinds:?}), {} events", orders.len(), expected.len());
+    (orders, expected)
+}
 
-    // Wait until each follower has caught up with the whole log.
+/// Waits until each follower has the whole log, stops them, and checks what each received:
+/// every sequence once and in order, each order's created and final events, and the streams
+/// open at the first `ends_at_stop` stops ended as their protocol defines.
+async fn check_followers(
+    followers: &[(&str, Arc<Mutex<Followed>>)],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    addrs: &watch::Sender<Option<(SocketAddr, SocketAddr)>>,
+    expected: &BTreeSet<(String, String)>,
+    ends_at_stop: usize,
+) {
     let caught_up = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if followers
@@ -263,12 +261,10 @@ async fn followers_resume_across_a_restart_with_no_event_missing_or_repeated() {
     })
     .await;
     addrs.send_replace(None);
-    drop(server); // ends the streams; the followers see no address and stop
     for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        task.abort();
     }
-    eprintln!("{} orders ({kinds:?}), {} events", orders.len(), expected.len());
-    for (kind, seen) in &followers {
+    for (kind, seen) in followers {
         let seen = seen.lock().unwrap();
         eprintln!(
             "{kind} follower: {} events, streams ended: {:?}",
@@ -288,13 +284,83 @@ async fn followers_resume_across_a_restart_with_no_event_missing_or_repeated() {
             "{kind}: every sequence once, in order"
         );
         let got: BTreeSet<(String, String)> = seen.events.iter().map(|e| (e.2.clone(), e.1.clone())).collect();
-        assert_eq!(got, expected, "{kind}: each order's created and final events");
-        // The stream open at the SIGTERM ended as its protocol defines.
-        assert_eq!(
-            seen.ends.first().map(String::as_str),
-            Some("clean"),
-            "{kind}: {:?}",
-            seen.ends
-        );
+        assert_eq!(&got, expected, "{kind}: each order's created and final events");
+        assert!(seen.ends.len() >= ends_at_stop, "{kind}: {:?}", seen.ends);
+        for end in &seen.ends[..ends_at_stop] {
+            assert_eq!(
+                end, "clean",
+                "{kind}: the streams open at each stop ended cleanly: {:?}",
+                seen.ends
+            );
+        }
     }
+}
+
+#[tokio::test]
+async fn followers_resume_across_a_restart_with_no_event_missing_or_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let env = [("MAX_ORDER_QUANTITY", "1000")];
+    let mut server = ServerProcess::start(&db, &env).await;
+    let (addrs, addrs_rx) = watch::channel(Some((server.addr, server.grpc_addr)));
+    let (followers, tasks) = start_followers(&addrs_rx);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(place_orders(addrs_rx.clone(), Arc::clone(&stop)));
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.wait().await, Some(0), "clean exit under load with followers");
+    let server = ServerProcess::start(&db, &env).await;
+    addrs.send_replace(Some((server.addr, server.grpc_addr)));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+
+    let (_, expected) = settled_orders(&server).await;
+    check_followers(&followers, tasks, &addrs, &expected, 1).await;
+}
+
+/// Ten in-place upgrades (SIGHUP) under load: the ports never close, each old process ends its
+/// streams as it stops, and the followers, reconnecting to the same address, reach the new one
+/// and continue from their last sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_resume_across_ten_in_place_upgrades() {
+    use nix::unistd::Pid;
+    use stockorder::lifecycle::upgrade::exited;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let env = [("MAX_ORDER_QUANTITY", "1000")];
+    let mut server = ServerProcess::start(&db, &env).await;
+    let (addrs, addrs_rx) = watch::channel(Some((server.addr, server.grpc_addr)));
+    let (followers, tasks) = start_followers(&addrs_rx);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(place_orders(addrs_rx.clone(), Arc::clone(&stop)));
+
+    let first = Pid::from_raw(server.child.id().unwrap() as i32);
+    let mut current = first;
+    for round in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        nix::sys::signal::kill(current, Signal::SIGHUP).unwrap();
+        let line = server.wait_for_event("upgrade.handover").await;
+        let next = Pid::from_raw(line["new_pid"].as_i64().unwrap() as i32);
+        if current == first {
+            assert_eq!(server.child.wait().await.unwrap().code(), Some(0), "round {round}");
+        } else {
+            tokio::time::timeout(Duration::from_secs(20), exited(current))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the old process {current} did not exit"));
+        }
+        current = next;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+
+    let (_, expected) = settled_orders(&server).await;
+    check_followers(&followers, tasks, &addrs, &expected, 10).await;
+    nix::sys::signal::kill(current, Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), exited(current))
+        .await
+        .unwrap();
 }

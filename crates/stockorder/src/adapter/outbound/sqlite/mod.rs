@@ -129,7 +129,13 @@ struct Inner {
     lock: Mutex<Option<lock::FileLock>>,
     /// Bumped after each commit (see `visibility`): followers of the event log wait on it.
     wakeups: Arc<tokio::sync::watch::Sender<u64>>,
+    /// While another process writes to the file: the task that wakes followers regularly.
+    overlap_ticker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How often followers of the event log look for events another process appended, while one
+/// shares the file.
+pub const OVERLAP_WAKEUP: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`, and starts its writer.
@@ -238,6 +244,7 @@ impl SqliteStore {
                 readers,
                 recent,
                 wakeups,
+                overlap_ticker: Mutex::new(None),
                 lock: Mutex::new(Some(lock)),
             }),
         })
@@ -251,10 +258,30 @@ impl SqliteStore {
     /// Says whether another process may be writing to this file right now (an in-place
     /// upgrade's overlap): readers then start a fresh snapshot for every read, since the
     /// commit count they otherwise rely on only sees this process's commits, and the cache of
-    /// recent orders is off, as only this process's writer keeps it current.
+    /// recent orders is off, as only this process's writer keeps it current. Followers of the
+    /// event log, woken by this process's commits only, are also woken every
+    /// [`OVERLAP_WAKEUP`] meanwhile, to read what the other process appends.
     pub fn other_process_writes(&self, yes: bool) {
         self.inner.recent.set_enabled(!yes);
         self.inner.readers.set_shared(yes);
+        let mut ticker = self
+            .inner
+            .overlap_ticker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = ticker.take() {
+            running.abort();
+        }
+        if yes && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let wakeups = Arc::clone(&self.inner.wakeups);
+            *ticker = Some(runtime.spawn(async move {
+                let mut tick = tokio::time::interval(OVERLAP_WAKEUP);
+                loop {
+                    tick.tick().await;
+                    wakeups.send_modify(|n| *n += 1);
+                }
+            }));
+        }
     }
 
     /// The locked file that makes this process the file's one server, to pass to the process
@@ -268,6 +295,9 @@ impl SqliteStore {
     /// WAL is checkpointed into the main file, and the connection is closed. Later calls on any
     /// clone answer [`RepositoryError::Closed`]. Call it after the servers have stopped.
     pub async fn close(&self) -> Result<(), RepositoryError> {
+        if let Some(ticker) = self.inner.overlap_ticker.lock().ok().and_then(|mut t| t.take()) {
+            ticker.abort();
+        }
         self.inner.recent.close();
         self.inner.readers.close();
         let closed = self.inner.writer.close().await;
