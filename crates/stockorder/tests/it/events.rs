@@ -186,14 +186,12 @@ fn expected_events(orders: &[Value]) -> BTreeSet<(String, String)> {
     expected
 }
 
+/// Followers by kind ("sse" or "grpc"), each with what it received.
+type Followers = Vec<(&'static str, Arc<Mutex<Followed>>)>;
+
 /// Six followers, half SSE and half gRPC, following wherever `addrs` says the server is.
-fn start_followers(
-    addrs: &Addrs,
-) -> (
-    Vec<(&'static str, Arc<Mutex<Followed>>)>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    let followers: Vec<(&str, Arc<Mutex<Followed>>)> = (0..6)
+fn start_followers(addrs: &Addrs) -> (Followers, Vec<tokio::task::JoinHandle<()>>) {
+    let followers: Followers = (0..6)
         .map(|i| (if i % 2 == 0 { "sse" } else { "grpc" }, Arc::default()))
         .collect();
     let tasks = followers

@@ -431,7 +431,10 @@ async fn reflection_lists_and_resolves_the_service() {
     let service = &ours.service[0];
     assert_eq!(service.name(), "StockOrderService");
     let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["CreateOrder", "GetOrder", "ListOrders", "CancelOrder"]);
+    assert_eq!(
+        methods,
+        ["CreateOrder", "GetOrder", "ListOrders", "CancelOrder", "WatchOrders"]
+    );
     assert!(
         files
             .iter()

@@ -128,7 +128,7 @@ pub struct ListParams {
 pub struct EventParams {
     /// Resume after this sequence (0: the whole history the log holds); wins over the
     /// `Last-Event-ID` header. Neither: live events only, from now.
-    #[param(required = false, value_type = i64, minimum = 0)]
+    #[param(required = false, value_type = i64, minimum = 0, maximum = 9223372036854775807_i64)]
     pub after: Option<String>,
     /// Only events of orders of this symbol.
     #[param(required = false, value_type = String, pattern = r"^[A-Za-z0-9.\-]{1,12}$")]

@@ -136,15 +136,21 @@ pub async fn order_events<S: OrderService>(
         .into_response())
 }
 
-/// A sequence number from the query or the `Last-Event-ID` header.
+/// A sequence number from the query or the `Last-Event-ID` header: 0 to 2^63 − 1, the range
+/// the API document states.
 fn sequence(field: &'static str, text: &str) -> Result<u64, ValidationError> {
-    text.trim().parse().map_err(|_| {
-        let shown: String = text.chars().take(32).collect();
-        ValidationError::new(
-            field,
-            format!("must be an event sequence number (0 or more), got {shown:?}"),
-        )
-    })
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(|n| n as u64)
+        .ok_or_else(|| {
+            let shown: String = text.chars().take(32).collect();
+            ValidationError::new(
+                field,
+                format!("must be an event sequence number from 0 to {}, got {shown:?}", i64::MAX),
+            )
+        })
 }
 
 /// One order.
