@@ -101,3 +101,41 @@ impl OrderApi for GrpcApi {
         Ok(serde_json::json!({ "message": answer.into_inner().message }))
     }
 }
+
+impl super::EventApi for GrpcApi {
+    async fn watch(
+        &mut self,
+        after: Option<u64>,
+        symbol: Option<&str>,
+        each: &mut (dyn FnMut(Value) + Send),
+        mut stop: std::pin::Pin<&mut (dyn std::future::Future<Output = ()> + Send)>,
+    ) -> Result<super::StreamEnd, CallError> {
+        let request = proto::WatchOrdersRequest {
+            after_sequence: after,
+            symbol: symbol.unwrap_or_default().to_owned(),
+        };
+        let mut stream = tokio::select! {
+            biased;
+            () = stop.as_mut() => return Ok(super::StreamEnd::Interrupted),
+            answer = self.client.watch_orders(request) => answer.map_err(refused)?.into_inner(),
+        };
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = stop.as_mut() => return Ok(super::StreamEnd::Interrupted),
+                message = stream.message() => message,
+            };
+            match message {
+                Ok(Some(event)) => each(serde_json::json!({
+                    "sequence": event.sequence,
+                    "type": event.r#type,
+                    "order": event.order.as_ref().map(render::order_json).unwrap_or_default(),
+                })),
+                // UNAVAILABLE is how the server ends a stream when it stops: resume elsewhere.
+                Ok(None) => return Ok(super::StreamEnd::Ended),
+                Err(status) if status.code() == tonic::Code::Unavailable => return Ok(super::StreamEnd::Ended),
+                Err(status) => return Err(refused(status)),
+            }
+        }
+    }
+}

@@ -114,6 +114,56 @@ impl OrderApi for HttpApi {
     }
 }
 
+impl super::EventApi for HttpApi {
+    async fn watch(
+        &mut self,
+        after: Option<u64>,
+        symbol: Option<&str>,
+        each: &mut (dyn FnMut(Value) + Send),
+        mut stop: std::pin::Pin<&mut (dyn std::future::Future<Output = ()> + Send)>,
+    ) -> Result<super::StreamEnd, CallError> {
+        let mut url = self.url("/api/orders/events")?;
+        if let Some(after) = after {
+            url.query_pairs_mut().append_pair("after", &after.to_string());
+        }
+        if let Some(symbol) = symbol {
+            url.query_pairs_mut().append_pair("symbol", symbol);
+        }
+        let mut response = tokio::select! {
+            biased;
+            () = stop.as_mut() => return Ok(super::StreamEnd::Interrupted),
+            sent = self.client.get(url).send() => sent.map_err(transport)?,
+        };
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            let message = body.get("error").and_then(Value::as_str).unwrap_or("no error message");
+            return Err(CallError::Refused(format!("HTTP {status}: {message}")));
+        }
+        // Server-Sent Events: blocks separated by a blank line; `data:` holds the event.
+        let mut pending = String::new();
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                () = stop.as_mut() => return Ok(super::StreamEnd::Interrupted),
+                chunk = response.chunk() => chunk.map_err(transport)?,
+            };
+            let Some(chunk) = chunk else {
+                return Ok(super::StreamEnd::Ended);
+            };
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find("\n\n") {
+                let block: String = pending.drain(..end + 2).collect();
+                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                    let event = serde_json::from_str(data.trim_start())
+                        .map_err(|e| CallError::Transport(format!("an event that is not JSON: {e}")))?;
+                    each(event);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,6 +99,45 @@ pub enum Call {
         /// Order id.
         id: String,
     },
+    /// Follow the order event stream: one JSON line per event, as it comes. When the stream
+    /// ends (a server shutting down, an upgrade) or the server is unreachable, it reconnects by
+    /// itself and resumes after the last event it printed, until Ctrl+C.
+    Watch(WatchArgs),
+}
+
+/// Where to start following, and what.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WatchArgs {
+    /// Resume after this sequence (0: the whole history the server holds). Default: live
+    /// events only, from now.
+    #[arg(long)]
+    pub after: Option<u64>,
+    /// Only this symbol's orders.
+    #[arg(long)]
+    pub symbol: Option<String>,
+}
+
+/// How one stream of events ended.
+#[derive(Debug)]
+pub(crate) enum StreamEnd {
+    /// The server ended it as its protocol defines (shutting down): resume elsewhere.
+    Ended,
+    /// Ctrl+C.
+    Interrupted,
+}
+
+/// The event stream, over either protocol: events are JSON in the REST shape
+/// (`{"sequence":…,"type":…,"order":{…}}`).
+pub(crate) trait EventApi {
+    /// Follows from after `after` (`None`: live), calling `each` per event, until the stream
+    /// ends or `stop` resolves.
+    async fn watch(
+        &mut self,
+        after: Option<u64>,
+        symbol: Option<&str>,
+        each: &mut (dyn FnMut(Value) + Send),
+        stop: std::pin::Pin<&mut (dyn std::future::Future<Output = ()> + Send)>,
+    ) -> Result<StreamEnd, CallError>;
 }
 
 /// What to order.
@@ -210,8 +249,51 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     }
 }
 
+/// `client … watch`: prints each event as a JSON line and resumes by itself after the last
+/// one printed, reporting each reconnection on stderr, until Ctrl+C.
+async fn watch_loop(mut api: impl EventApi, addr: &str, args: WatchArgs) -> anyhow::Result<()> {
+    let stop = crate::process::terminated();
+    tokio::pin!(stop);
+    let mut after = args.after;
+    let mut printed = 0_u64;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let from = after;
+        let mut each = |event: Value| {
+            after = event["sequence"].as_u64().or(after);
+            printed += 1;
+            println!("{event}");
+        };
+        let ended = api.watch(from, args.symbol.as_deref(), &mut each, stop.as_mut()).await;
+        match ended {
+            Ok(StreamEnd::Interrupted) => break,
+            Ok(StreamEnd::Ended) => {
+                eprintln!(
+                    "{}  the server ended the stream; resuming after {}",
+                    render::clock(),
+                    after.unwrap_or(0)
+                );
+                pause = Duration::from_millis(100);
+            }
+            // A refusal is the request's fault (a bad symbol, history no longer held): say it.
+            Err(CallError::Refused(why)) | Err(CallError::Invalid(why)) => anyhow::bail!("{why}"),
+            Err(e) => {
+                eprintln!("{}  {}; trying again in {pause:?}", render::clock(), explain(&e, addr));
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    eprintln!("events printed: {printed}");
+    Ok(())
+}
+
 async fn drive(
-    mut api: impl OrderApi,
+    mut api: impl OrderApi + EventApi,
     addr: &str,
     call: Option<Call>,
     interval: Duration,
@@ -223,6 +305,7 @@ async fn drive(
         Some(Call::Get { id }) => api.get(&id).await,
         Some(Call::List(query)) => api.list(&query).await,
         Some(Call::Cancel { id }) => api.cancel(&id).await,
+        Some(Call::Watch(args)) => return watch_loop(api, addr, args).await,
     }
     .map_err(|e| anyhow::anyhow!(explain(&e, addr)))?;
     println!("{}", serde_json::to_string_pretty(&answer)?);

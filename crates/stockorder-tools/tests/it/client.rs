@@ -179,3 +179,79 @@ async fn a_loop_that_places_nothing_fails_and_says_why() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is not a server address"), "{stderr}");
 }
+
+/// `client http|grpc watch` prints each event as a JSON line, and when the server stops and a
+/// new one starts on the same address and file, resumes by itself after the last one it
+/// printed: every event once, in order.
+#[tokio::test]
+async fn watch_prints_every_event_once_and_resumes_by_itself_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("orders.db").display());
+    let ports = |l: &std::net::TcpListener| l.local_addr().unwrap().port().to_string();
+    let (http_port, grpc_port) = {
+        let (h, g) = (
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        (ports(&h), ports(&g))
+    };
+    let env = [("PORT", http_port.as_str()), ("GRPC_PORT", grpc_port.as_str())];
+    let server = Server::start(&db, &env).await.unwrap();
+    let mut watchers: Vec<_> = ["http", "grpc"]
+        .into_iter()
+        .map(|protocol| {
+            let addr = if protocol == "http" { &server.http } else { &server.grpc };
+            let mut child = client(protocol, &format!("http://{addr}"))
+                .args(["watch", "--after", "0"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            (protocol, child, lines)
+        })
+        .collect();
+    let place = |http: String| async move {
+        client("http", &format!("http://{http}"))
+            .arg("create")
+            .output()
+            .await
+            .unwrap();
+    };
+    place(server.http.clone()).await; // created, then filled
+    let (code, _) = server.stop().await.unwrap();
+    assert_eq!(code, Some(0));
+    let server = Server::start(&db, &env).await.unwrap();
+    place(server.http.clone()).await;
+
+    for (protocol, child, lines) in &mut watchers {
+        let mut sequences = Vec::new();
+        while sequences.len() < 4 {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{protocol}: got {sequences:?}"))
+                .unwrap()
+                .unwrap();
+            let event: Value = serde_json::from_str(&line).unwrap();
+            sequences.push((
+                event["sequence"].as_u64().unwrap(),
+                event["type"].as_str().unwrap().to_owned(),
+            ));
+        }
+        let kinds: Vec<&str> = sequences.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(kinds, ["created", "filled", "created", "filled"], "{protocol}");
+        assert_eq!(
+            sequences.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [1, 2, 3, 4],
+            "{protocol}"
+        );
+        let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+        nix::sys::signal::kill(pid, Signal::SIGINT).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{protocol}: Ctrl+C ends a watch with 0");
+    }
+    server.stop().await.unwrap();
+}
