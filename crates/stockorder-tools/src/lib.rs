@@ -18,3 +18,4 @@ pub mod proto;
 pub mod prove;
 pub mod rolling;
 pub mod service;
+mod watchers;

@@ -124,6 +124,13 @@ pub async fn stored_ids(database_url: &str) -> anyhow::Result<HashSet<String>> {
     )
     .await
     .context("cannot start stockorder to read the stored orders back")?;
+    let ids = stored_ids_of(&server).await?;
+    server.stop().await?;
+    Ok(ids)
+}
+
+/// Every order id `server` holds, paging through its REST API.
+pub async fn stored_ids_of(server: &Server) -> anyhow::Result<HashSet<String>> {
     let mut api = HttpApi::new(&format!("http://{}", server.http))?;
     let mut ids = HashSet::new();
     let mut page_token = None;
@@ -144,6 +151,5 @@ pub async fn stored_ids(database_url: &str) -> anyhow::Result<HashSet<String>> {
             None => break,
         }
     }
-    server.stop().await?;
     Ok(ids)
 }

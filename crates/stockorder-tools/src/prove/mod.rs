@@ -85,6 +85,13 @@ pub struct ProveArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also follow the order event stream with this many followers (REST, so with `--protocol
+    /// http`): each resumes after the last event it got whenever its stream ends, and at the
+    /// end is compared with the history the log holds. An event missing, repeated or out of
+    /// order fails the verdict.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
+
     /// Also draw the run as an SVG timeline: requests per second by outcome, with the signal,
     /// readiness off, listeners closed, database closed and exit marked.
     #[arg(long, value_name = "FILE")]
@@ -348,6 +355,8 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
         args.concurrency,
         protocol_name(args.protocol)
     );
+    let watchers =
+        (args.watchers > 0).then(|| crate::watchers::Watchers::start(args.watchers, &format!("http://{addr}")));
 
     let started = Instant::now();
     let started_wall = time::OffsetDateTime::now_utc();
@@ -441,12 +450,29 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
     }
     let log = reader.await.unwrap_or_default();
     let exit_code = exit_code.unwrap_or_else(|| last_report_exit_code(&log));
-    let stored = if db.exists() {
+    let (stored, events) = if db.exists() {
         eprintln!("reading the stored orders back over the API");
-        Some(crate::service::stored_ids(&format!("sqlite://{}", db.display())).await?)
+        let reader = crate::service::Server::start(
+            &format!("sqlite://{}", db.display()),
+            &[("PROCESSOR_WORKERS", "0"), ("RUST_LOG", "warn,stockorder=info")],
+        )
+        .await
+        .context("cannot start stockorder to read the stored orders back")?;
+        let stored = crate::service::stored_ids_of(&reader).await?;
+        let events = match watchers {
+            Some(watchers) => {
+                // The followers resume on the reader, as a client would on the next process.
+                let http = format!("http://{}", reader.http);
+                watchers.follow(&http);
+                Some(watchers.finish(&http, Duration::from_secs(20)).await?)
+            }
+            None => None,
+        };
+        reader.stop().await?;
+        (Some(stored), events)
     } else {
         // A command that keeps its orders elsewhere: nothing can be said about lost orders.
-        None
+        (None, None)
     };
     let tally = Tally::new(
         &name,
@@ -460,7 +486,8 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
         &requests,
         stored.as_ref(),
         &log,
-    );
+    )
+    .with_events(events);
     if let Some(path) = &args.svg {
         // With upgrades, the log's shutdown steps are the old processes'; mark the upgrades.
         let mut marks = if upgrade_marks.is_empty() {

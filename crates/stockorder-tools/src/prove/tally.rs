@@ -134,6 +134,8 @@ pub(crate) struct Tally {
     /// When the first and the last failed request ended, since the load started.
     failures_from_s: Option<f64>,
     failures_until_s: Option<f64>,
+    /// What the followers of the event stream received (`null` without `--watchers`).
+    events: Option<crate::watchers::WatchTally>,
 }
 
 impl Tally {
@@ -193,7 +195,14 @@ impl Tally {
                 .fold(0.0, f64::max),
             failures_from_s: failure_times.iter().copied().reduce(f64::min),
             failures_until_s: failure_times.iter().copied().reduce(f64::max),
+            events: None,
         }
+    }
+
+    /// The same verdict, with what the followers of the event stream received.
+    pub(crate) fn with_events(mut self, events: Option<crate::watchers::WatchTally>) -> Self {
+        self.events = events;
+        self
     }
 
     /// True when nothing accepted failed, nothing is lost or unaccounted for, and the target
@@ -215,6 +224,9 @@ impl Tally {
             if n > 0 {
                 faults.push(format!("{n} {what}"));
             }
+        }
+        if let Some(events) = &self.events {
+            faults.extend(events.faults());
         }
         let exit_ok = self.exit_code == Some(0) || (self.signalled_twice && matches!(self.exit_code, Some(130 | 143)));
         if !exit_ok {
@@ -330,11 +342,35 @@ impl fmt::Display for Tally {
         if let (Some(from), Some(until)) = (self.failures_from_s, self.failures_until_s) {
             writeln!(f, "  failures between {from:.2} s and {until:.2} s")?;
         }
+        if let Some(events) = &self.events {
+            writeln!(f, "\n  event stream, {} followers:", events.watchers)?;
+            line(
+                f,
+                "events in the log",
+                events.expected,
+                "what each follower should have received",
+            )?;
+            line(f, "received", events.received, "all followers together")?;
+            line(
+                f,
+                "streams resumed",
+                events.reconnects,
+                "ended by the server, resumed after the last event",
+            )?;
+            line(f, "missing", events.missing, "in the log, never received by a follower")?;
+            line(f, "repeated", events.repeated, "received twice by one follower")?;
+            line(f, "out of order", events.out_of_order, "received after a later one")?;
+        }
         writeln!(f)?;
         if self.held() {
+            let events = if self.events.is_some() {
+                ", and every follower got every event once, in order"
+            } else {
+                ""
+            };
             writeln!(
                 f,
-                "  PASS: every accepted request was answered and every acknowledged order is stored"
+                "  PASS: every accepted request was answered and every acknowledged order is stored{events}"
             )
         } else {
             writeln!(f, "  FAIL: {}", self.faults().join(", "))

@@ -216,3 +216,35 @@ async fn in_place_upgrades_refuse_and_fail_nothing() {
         "the five upgrades are one entry, counted: {marks:?}"
     );
 }
+
+/// `--watchers 8`: on serve and on demo_3 each follower of the event stream gets every event of
+/// the log once and in order, resuming on the process that reads the database back, and the
+/// verdict holds.
+#[tokio::test]
+async fn followers_of_the_event_stream_miss_and_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = |name: &str| dir.path().join(format!("{name}.svg"));
+    let (serve_svg, demo_svg) = (svg("serve"), svg("demo_3"));
+    let ((serve_code, serve), (demo_code, demo_3)) = tokio::join!(
+        prove_with("serve", &serve_svg, &["--watchers", "8"]),
+        prove_with("demo_3", &demo_svg, &["--watchers", "8"]),
+    );
+    for (target, code, t) in [("serve", serve_code, &serve), ("demo_3", demo_code, &demo_3)] {
+        assert_eq!(code, Some(0), "{target}: {t}");
+        let events = &t["events"];
+        assert_eq!(events["watchers"], 8, "{target}: {t}");
+        let expected = events["expected"].as_u64().unwrap();
+        assert!(
+            expected >= t["acknowledged"].as_u64().unwrap(),
+            "a created event per order: {t}"
+        );
+        assert_eq!(events["received"].as_u64().unwrap(), 8 * expected, "{target}: {t}");
+        for fault in ["missing", "repeated", "out_of_order"] {
+            assert_eq!(events[fault], 0, "{target}: {fault}: {t}");
+        }
+        assert_eq!(
+            events["reconnects"], 8,
+            "{target}: each stream ended at the signal and resumed: {t}"
+        );
+    }
+}
