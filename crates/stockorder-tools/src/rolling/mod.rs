@@ -2,7 +2,7 @@
 //! restarted one at a time, round after round, under load, with every request accounted for.
 //!
 //! This is the deploy most services do every day, and where graceful shutdown pays off. Each
-//! step is the contract of the shutdown contract (docs/shutdown.md) meeting a load balancer's health checks:
+//! step is the shutdown contract (docs/shutdown.md) meeting a load balancer's health checks:
 //!
 //! 1. SIGTERM to one replica: `/ready` turns 503 at once, but it keeps serving.
 //! 2. HAProxy's checks (`inter 250ms`, `fall 2`) take it out of rotation within ~0.5 s; no new

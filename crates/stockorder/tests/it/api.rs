@@ -1,4 +1,4 @@
-//! The REST contract of the REST contract (docs/api.md), driven over a real socket against a real instance.
+//! The REST API (docs/api.md), driven over a real socket against a real instance.
 
 use crate::common::{market_order, spawn_app};
 use reqwest::StatusCode;

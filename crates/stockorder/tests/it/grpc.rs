@@ -1,4 +1,4 @@
-//! The gRPC contract of the gRPC contract (docs/api.md) over a real socket: every RPC, every error code, reflection,
+//! The gRPC API (docs/api.md) over a real socket: every RPC, every error code, reflection,
 //! health, wire compatibility with the original proto, and one store behind REST and gRPC.
 
 use crate::common::{TestApp, grpc_market_order, market_order, spawn_app};

@@ -1,4 +1,4 @@
-//! The shutdown contract (the shutdown contract (docs/shutdown.md)) against the real binary: real load, real signals, real
+//! The shutdown contract (docs/shutdown.md) against the real binary: real load, real signals, real
 //! sockets. What a client sees is classified as answered, refused at connect (fine: nothing was
 //! accepted), or failed (an accepted request broken), and "failed" must be 0.
 

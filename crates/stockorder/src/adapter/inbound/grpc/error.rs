@@ -1,4 +1,4 @@
-//! Domain errors as gRPC statuses (the gRPC contract (docs/api.md)): each cause gets its code, and a client mistake is
+//! Domain errors as gRPC statuses (docs/api.md): each cause gets its code, and a client mistake is
 //! never INTERNAL.
 
 use tonic::Status;

@@ -1,4 +1,4 @@
-//! The gRPC adapter (tonic): `stockorder.StockOrderService` of the gRPC contract (docs/api.md) over any
+//! The gRPC adapter (tonic): `stockorder.StockOrderService` (docs/api.md) over any
 //! [`OrderService`], plus the standard health and reflection services, so stock tools (grpcurl,
 //! grpc_health_probe, Kubernetes gRPC probes) work with no `.proto` on their side.
 

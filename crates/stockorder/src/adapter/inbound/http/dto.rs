@@ -1,4 +1,4 @@
-//! The JSON shapes of the REST API (the REST contract (docs/api.md)): field names are the original service's.
+//! The JSON shapes of the REST API (docs/api.md): field names are the original service's.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -1,4 +1,4 @@
-//! The REST adapter (axum): routes of the REST contract (docs/api.md) over any [`OrderService`], plus the operator's
+//! The REST adapter (axum): the routes of docs/api.md over any [`OrderService`], plus the operator's
 //! endpoints (`/metrics`, `/openapi.json`, optionally `/docs`).
 
 mod dto;

@@ -312,10 +312,9 @@ pub(super) const EVENTS: &str = concat!(
 pub(super) const EVENTS_OF_SYMBOL: &str = concat!(
     "SELECT ",
     columns!(),
-    ", sequence, kind FROM order_events INDEXED BY order_events_by_symbol
-     WHERE symbol = ",
+    ", sequence, kind FROM order_events WHERE sequence > ?1 AND symbol = ",
     opaque!(3, "TEXT"),
-    " AND sequence > ?1 ORDER BY sequence LIMIT ",
+    " ORDER BY sequence LIMIT ",
     opaque!(2, "INTEGER")
 );
 
@@ -347,10 +346,9 @@ pub(super) fn events(
     }
 }
 
-/// The oldest event held and the newest number given (`sqlite_sequence` remembers it after the
-/// rows are pruned).
-pub(super) const EVENT_BOUNDS: &str = "SELECT (SELECT min(sequence) FROM order_events),
-    (SELECT seq FROM sqlite_sequence WHERE name = 'order_events')";
+/// The oldest event held and the newest (two seeks at the ends of the rowid B-tree).
+pub(super) const EVENT_BOUNDS: &str =
+    "SELECT (SELECT min(sequence) FROM order_events), (SELECT max(sequence) FROM order_events)";
 
 pub(super) fn event_bounds(conn: &Connection) -> rusqlite::Result<EventBounds> {
     let (first, last): (Option<i64>, Option<i64>) = conn
@@ -364,12 +362,13 @@ pub(super) fn event_bounds(conn: &Connection) -> rusqlite::Result<EventBounds> {
 }
 
 /// Looks at the `chunk` oldest events and deletes those beyond the newest `keep` or older than
-/// `before` (µs since the epoch): at most `chunk` rows read, however long the log, so pruning
-/// costs the writer a bounded moment. Returns how many went.
+/// `before` (µs since the epoch), never the newest event (whose number the next one follows):
+/// at most `chunk` rows read, however long the log, so pruning costs the writer a bounded
+/// moment. Returns how many went.
 pub(super) const PRUNE_EVENTS: &str = "DELETE FROM order_events WHERE sequence IN (
     SELECT sequence FROM (SELECT sequence, updated_at FROM order_events ORDER BY sequence LIMIT ?3)
-     WHERE sequence <= (SELECT seq FROM sqlite_sequence WHERE name = 'order_events') - ?1
-        OR updated_at < ?2)";
+     WHERE sequence < (SELECT max(sequence) FROM order_events)
+       AND (sequence <= (SELECT max(sequence) FROM order_events) - ?1 OR updated_at < ?2))";
 
 pub(super) fn prune_events(conn: &Connection, keep: u64, before: i64, chunk: u32) -> rusqlite::Result<usize> {
     conn.prepare_cached(PRUNE_EVENTS)?

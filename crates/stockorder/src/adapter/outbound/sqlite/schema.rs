@@ -56,17 +56,19 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The order event log (outbox). Each row is the order as it was right after one change,
-/// appended in the transaction that made the change. `sequence` is AUTOINCREMENT so a number is
-/// never given twice, even after the oldest rows are pruned: a client resuming after N must
-/// never be handed a different event N + 1. The one writer (or, in an in-place upgrade's
-/// overlap, SQLite's write lock) allocates numbers in commit order. (The kind CHECK is written
-/// with `OR`: an `IN` list builds a temporary B-tree per insert, see
-/// [`status_check_without_a_temporary_table`].)
+/// appended in the transaction that made the change. `sequence` is the rowid: the newest plus
+/// one, allocated by the one writer (or, in an in-place upgrade's overlap, under SQLite's
+/// write lock) in commit order. A number is never given twice because pruning never deletes
+/// the newest event, so the newest number never goes back (what `AUTOINCREMENT` would also
+/// ensure, at the price of a second table updated on every insert). No index on `symbol`: a
+/// follower of one symbol reads forward from its cursor, and one more B-tree per event cost
+/// every create. (The kind CHECK is written with `OR`: an `IN` list builds a temporary B-tree
+/// per insert, see [`status_check_without_a_temporary_table`].)
 ///
 /// Additive and not numbered: a binary from before it still opens the file (it writes orders
 /// without events), so an upgrade can be rolled back.
 const EVENT_LOG: &str = "CREATE TABLE IF NOT EXISTS order_events (
-        sequence        INTEGER PRIMARY KEY AUTOINCREMENT,
+        sequence        INTEGER PRIMARY KEY,
         kind            TEXT NOT NULL CHECK (kind = 'created' OR kind = 'filled' OR kind = 'cancelled' OR kind = 'rejected'),
         id              BLOB NOT NULL,
         client_order_id TEXT,
@@ -82,8 +84,7 @@ const EVENT_LOG: &str = "CREATE TABLE IF NOT EXISTS order_events (
         fill_price      REAL,
         filled_at       INTEGER,
         cancelled_at    INTEGER
-    );
-    CREATE INDEX IF NOT EXISTS order_events_by_symbol ON order_events (symbol, sequence);";
+    );";
 
 /// The schema version this binary writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();

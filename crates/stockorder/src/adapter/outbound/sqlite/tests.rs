@@ -1,3 +1,6 @@
+//! SQLite-only tests: the repository suite on a file, statement plans and compilation, the
+//! writer under faults, the recent-orders cache against racing writes, the event log's pruning.
+
 use super::*;
 use crate::adapter::outbound::repository_suite::{order, repository_suite};
 use crate::domain::{OrderSide, OrderStatus, Symbol};
@@ -462,4 +465,39 @@ async fn a_read_after_an_acknowledged_change_sees_it_despite_racing_reads() {
         );
     }
     store.close().await.unwrap();
+}
+
+/// Pruning keeps the newest events by count and by age, a bounded chunk at a time, and never
+/// the newest one: the next event follows its number, so no number is given twice, and a
+/// client that was away too long is told where the log starts.
+#[tokio::test]
+async fn pruning_bounds_the_log_and_never_reuses_a_number() {
+    let (dir, store) = store();
+    for _ in 0..10 {
+        store.insert(order("PRUNE", OrderSide::Buy, None)).await.unwrap();
+    }
+    let conn = Connection::open(dir.path().join("orders.db")).unwrap();
+    let far_past = 0;
+    assert_eq!(rows::prune_events(&conn, 4, far_past, 3).unwrap(), 3, "at most a chunk");
+    assert_eq!(
+        rows::prune_events(&conn, 4, far_past, 100).unwrap(),
+        3,
+        "down to the newest 4"
+    );
+    let bounds = store.event_bounds().await.unwrap();
+    assert_eq!((bounds.first, bounds.last), (7, 10));
+    assert!(!bounds.can_resume_after(5) && bounds.can_resume_after(6) && bounds.can_resume_after(0));
+
+    // Everything is older than "now": all but the newest goes, and the next event is 11.
+    let now = crate::domain::Timestamp::now().unix_micros() + 1;
+    assert_eq!(rows::prune_events(&conn, 1_000_000, now, 100).unwrap(), 3);
+    store.insert(order("PRUNE", OrderSide::Buy, None)).await.unwrap();
+    let left: Vec<u64> = store
+        .events(0, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(left, [10, 11]);
 }
