@@ -19,6 +19,9 @@
 //! anyway, so even a wedged runtime cannot hold the shutdown up. The crate knows nothing of
 //! HTTP, gRPC or databases: a component is a name, a phase, and an async function.
 //!
+//! Unix only (Linux, macOS, the BSDs): the signals it handles and the sockets its serve
+//! adapters own are Unix ones. On another platform the build stops with that message.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //!
@@ -58,6 +61,9 @@
 //! (a second signal) and `shutdown.overrun` (the watchdog).
 
 #![warn(missing_docs)]
+
+#[cfg(not(unix))]
+compile_error!("graceful supports Unix only (Linux, macOS, the BSDs): it handles Unix signals and owns Unix sockets");
 
 mod readiness;
 mod report;

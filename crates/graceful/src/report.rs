@@ -257,8 +257,16 @@ impl Report {
     /// Logs the report through `tracing`: one event per component (fields `component`,
     /// `phase`, `started_ms`, `took_ms`, `outcome`, and `counts` when it counted something),
     /// then a summary. With a JSON subscriber each
-    /// line is a JSON object, so the report can be read by tools.
+    /// line is a JSON object, so the report can be read by tools. A program that installed no
+    /// `tracing` subscriber would see nothing, so then the report is written to stderr as text
+    /// (its `Display`) instead. Returns once it has been written.
     pub fn log(&self) {
+        if !tracing::dispatcher::has_been_set()
+            && tracing::dispatcher::get_default(|d| d.is::<tracing::subscriber::NoSubscriber>())
+        {
+            eprint!("{self}");
+            return;
+        }
         for e in &self.entries {
             let (started_ms, took_ms) = (ms(e.started), ms(e.took));
             // Only for components that counted something (a `None` field is left out).

@@ -23,6 +23,8 @@ use hyper::body::Body;
 pub(super) struct PerConnection<S> {
     pub(super) inner: S,
     pub(super) conn: Arc<ConnState>,
+    /// Put axum's `ConnectInfo` in each request (see `Server::connect_info`).
+    pub(super) connect_info: bool,
 }
 
 impl<S, ReqB, ResB> hyper::service::Service<Request<ReqB>> for PerConnection<S>
@@ -34,7 +36,15 @@ where
     type Error = S::Error;
     type Future = Answer<Oneshot<S, Request<ReqB>>>;
 
-    fn call(&self, request: Request<ReqB>) -> Self::Future {
+    fn call(&self, mut request: Request<ReqB>) -> Self::Future {
+        #[cfg(feature = "axum")]
+        if self.connect_info {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(self.conn.peer()));
+        }
+        #[cfg(not(feature = "axum"))]
+        let _ = (&mut request, self.connect_info);
         let http1 = request.version() <= Version::HTTP_11;
         if request.version() == Version::HTTP_2 {
             self.conn.h2.store(true, Ordering::Relaxed);

@@ -177,6 +177,8 @@ pub struct Server<S> {
     streams: StreamEnds,
     readiness: Option<Readiness>,
     draining: Draining,
+    /// Give each request axum's `ConnectInfo<SocketAddr>` (see [`Server::connect_info`]).
+    connect_info: bool,
 }
 
 impl<S> Server<S> {
@@ -191,7 +193,19 @@ impl<S> Server<S> {
             streams: StreamEnds::default(),
             readiness: None,
             draining: Draining::new(),
+            connect_info: false,
         }
+    }
+
+    /// Puts axum's `ConnectInfo<SocketAddr>` (the client's address) in every request's
+    /// extensions, as `axum::serve` does for a router made with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, so `ConnectInfo` extractors work.
+    /// Off by default: it costs an extension per request. [`Shutdown::serve_axum`] turns it on.
+    #[cfg(feature = "axum")]
+    #[must_use]
+    pub fn connect_info(mut self) -> Self {
+        self.connect_info = true;
+        self
     }
 
     /// Gives `draining` the notice when this server starts ending its streams: how a handler of
@@ -248,6 +262,7 @@ impl<S> Server<S> {
             streams,
             readiness,
             draining,
+            connect_info,
         } = self;
         let readiness = readiness.unwrap_or_else(|| DrainSwitch::new().readiness());
         let notice = Notice::new(streams, draining, readiness);
@@ -258,6 +273,7 @@ impl<S> Server<S> {
             connections.spawn(connection(
                 stream,
                 peer,
+                connect_info,
                 service.clone(),
                 protocol,
                 limits,
@@ -330,6 +346,7 @@ impl<S> Server<S> {
 async fn connection<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
+    connect_info: bool,
     service: S,
     protocol: Protocol,
     limits: ConnectionLimits,
@@ -354,6 +371,7 @@ async fn connection<S, B>(
     let service = PerConnection {
         inner: service,
         conn: Arc::clone(&conn),
+        connect_info,
     };
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
@@ -629,13 +647,14 @@ impl Shutdown {
     /// Serves a stock `axum::Router` on `listener` with every connection owned and drained
     /// (see [`Shutdown::serve`]): the one call that replaces `axum::serve(..)
     /// .with_graceful_shutdown(..)`, which loses keep-alive requests at every shutdown and
-    /// leaves WebSockets and SSE streams to be cut.
+    /// leaves WebSockets and SSE streams to be cut. `ConnectInfo<SocketAddr>` extractors work,
+    /// as with `into_make_service_with_connect_info` ([`Server::connect_info`]).
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
     #[cfg(feature = "axum")]
     pub fn serve_axum(&mut self, phase: Phase, name: impl Into<String>, listener: TcpListener, router: axum::Router) {
-        self.serve(phase, name, Server::new(listener, router));
+        self.serve(phase, name, Server::new(listener, router).connect_info());
     }
 
     /// Serves tonic services on `listener` (HTTP/2 only) with every connection owned and

@@ -184,13 +184,17 @@ impl Drop for Shutdown {
 }
 
 impl Shutdown {
-    /// The default global deadline: what Kubernetes allows before SIGKILL.
-    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+    /// The default global deadline: within what Kubernetes allows before SIGKILL.
+    ///
+    /// 28 s, with the watchdog's 0.5 s grace: the process is gone, report written, before
+    /// Kubernetes' default `terminationGracePeriodSeconds` of 30 s ends in SIGKILL (which would
+    /// take the report with it). Give a pod a longer grace period before a longer deadline.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(28);
 
     /// The default time the watchdog allows past the global deadline before it ends the process.
     pub const DEFAULT_WATCHDOG_GRACE: Duration = Duration::from_millis(500);
 
-    /// A coordinator with no phases, a 30 s deadline, no drain delay, the watchdog on, and no
+    /// A coordinator with no phases, a 28 s deadline, no drain delay, the watchdog on, and no
     /// signal handling (see [`Shutdown::catch_signals`]).
     pub fn new() -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();

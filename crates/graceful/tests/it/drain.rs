@@ -487,3 +487,37 @@ async fn a_slow_head_is_closed_and_a_slow_answer_is_not() {
     assert!(started.elapsed() >= timeout * 3);
     server.abort();
 }
+
+/// What stock axum gives with `into_make_service_with_connect_info`, `serve_axum` gives too: a
+/// `ConnectInfo<SocketAddr>` extractor gets the client's address (not a 500 "Missing request
+/// extension").
+#[tokio::test]
+async fn serve_axum_gives_handlers_the_clients_address() {
+    use axum::extract::ConnectInfo;
+
+    let router = axum::Router::new().route(
+        "/whoami",
+        axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut shutdown = graceful::Shutdown::new();
+    let servers = shutdown.phase("servers");
+    shutdown.serve_axum(servers, "http", listener, router);
+    let handle = shutdown.handle();
+    let run = tokio::spawn(shutdown.run());
+
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let me = client.local_addr().unwrap();
+    client
+        .write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&me.to_string()), "the handler saw {me}: {answer}");
+
+    handle.shutdown("test over");
+    assert!(run.await.unwrap().is_clean());
+}
