@@ -9,6 +9,7 @@ use crate::Signal;
 
 /// Why shutdown started.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reason {
     /// A process signal (`SIGINT`, `SIGTERM`), by name.
     Signal(&'static str),
@@ -112,6 +113,7 @@ impl fmt::Debug for Failure {
 
 /// How one component's stop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Stopped cleanly within its deadline.
     Stopped,
@@ -164,6 +166,7 @@ impl fmt::Display for Outcome {
 
 /// One component's line in the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// The name it was registered with.
     pub component: String,
@@ -181,6 +184,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry as the coordinator makes them, with no counts: for testing what observes
+    /// entries ([`Shutdown::on_entry`](crate::Shutdown::on_entry)).
+    pub fn new(
+        component: impl Into<String>,
+        phase: impl Into<String>,
+        started: Duration,
+        took: Duration,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            component: component.into(),
+            phase: phase.into(),
+            started,
+            took,
+            outcome,
+            counts: Vec::new(),
+        }
+    }
+
     /// The counts as `name value, name value`, or an empty string.
     pub fn counts_text(&self) -> String {
         self.counts
@@ -194,6 +216,7 @@ impl Entry {
 /// The record of one shutdown: why it started, what each component did, and how long it all
 /// took. [`Report::exit_code`] turns it into the process's exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Report {
     /// What triggered it.
     pub reason: Reason,

@@ -70,6 +70,7 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// a second, never reaches the request middleware; without these bounds 1000 such clients hold
 /// 1000 sockets and buffers for as long as they like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionLimits {
     /// Longest wait for a new connection's first byte; then the connection is closed. An
     /// HTTP/1 connection that then neither starts a request nor is being answered (idle, or
@@ -89,6 +90,22 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
         }
+    }
+}
+
+impl ConnectionLimits {
+    /// The same limits with another [`ConnectionLimits::header_read_timeout`].
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// The same limits with another [`ConnectionLimits::max_header_bytes`].
+    #[must_use]
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
     }
 }
 

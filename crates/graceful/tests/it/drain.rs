@@ -451,10 +451,7 @@ async fn a_slow_head_is_closed_and_a_slow_answer_is_not() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let limits = graceful::serve::ConnectionLimits {
-        header_read_timeout: timeout,
-        ..Default::default()
-    };
+    let limits = graceful::serve::ConnectionLimits::default().header_read_timeout(timeout);
     let server = tokio::spawn(
         graceful::serve::Server::new(listener, router)
             .limits(limits)

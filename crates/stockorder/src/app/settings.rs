@@ -122,10 +122,7 @@ impl Settings {
                 },
                 docs_ui: limits.docs_ui,
             },
-            connection_limits: ConnectionLimits {
-                header_read_timeout: limits.header_read_timeout,
-                ..ConnectionLimits::default()
-            },
+            connection_limits: ConnectionLimits::default().header_read_timeout(limits.header_read_timeout),
             processor: ProcessorConfig {
                 workers: args.processor.processor_workers,
                 batch: args.processor.processor_batch,

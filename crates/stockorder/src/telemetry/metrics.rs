@@ -459,14 +459,13 @@ mod tests {
         m.transitions(Some(OrderStatus::Pending), OrderStatus::Filled, 0);
         m.db_commit("sqlite", 17, Duration::from_millis(3));
         let _guard = m.in_flight(Api::Rest);
-        m.shutdown_entry(&graceful::Entry {
-            component: "http server".into(),
-            phase: "stop servers".into(),
-            started: Duration::ZERO,
-            took: Duration::from_millis(12),
-            outcome: graceful::Outcome::Stopped,
-            counts: Vec::new(),
-        });
+        m.shutdown_entry(&graceful::Entry::new(
+            "http server",
+            "stop servers",
+            Duration::ZERO,
+            Duration::from_millis(12),
+            graceful::Outcome::Stopped,
+        ));
         let text = m.render();
         for line in [
             "# TYPE stockorder_http_requests counter",
