@@ -16,8 +16,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use graceful::DrainSwitch;
-use graceful::serve::Server;
+use phased_shutdown::DrainSwitch;
+use phased_shutdown::serve::Server;
 use stockorder::adapter::inbound::http;
 use stockorder::lesson::{LessonArgs, Marks};
 

@@ -1,5 +1,5 @@
 //! Lesson 3 — the generic pattern: HTTP and gRPC together, then every other dependency, through
-//! one mechanism (the `graceful` crate) instead of hand-written sequencing.
+//! one mechanism (the `phased-shutdown` crate) instead of hand-written sequencing.
 //!
 //! Each thing that must stop is registered once, with a name, a phase and an async stop
 //! function. On SIGINT or SIGTERM the coordinator:
@@ -23,14 +23,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use graceful::Shutdown;
-use graceful::serve::Server;
+use phased_shutdown::Shutdown;
+use phased_shutdown::serve::Server;
 use stockorder::adapter::inbound::http;
 use stockorder::app::{Port, listener};
 use stockorder::lesson::{CoordinatedArgs, LessonArgs, serve_grpc};
 
 /// Lesson 3 of 3, the generic pattern: HTTP and gRPC stop together, then the cache, the message
-/// broker and the database, each registered once with the `graceful` crate, with a report at
+/// broker and the database, each registered once with the `phased-shutdown` crate, with a report at
 /// the end. Put load on both ports and press Ctrl+C.
 #[derive(Parser)]
 #[command(name = "demo_3")]

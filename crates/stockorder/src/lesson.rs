@@ -132,8 +132,8 @@ impl LessonArgs {
 /// Serves the gRPC API over `service` on `listener` in `phase`, as `serve` does (its
 /// middleware, and health following `/ready` and storage), with the default limits.
 pub async fn serve_grpc(
-    shutdown: &mut graceful::Shutdown,
-    phase: graceful::Phase,
+    shutdown: &mut phased_shutdown::Shutdown,
+    phase: phased_shutdown::Phase,
     listener: TcpListener,
     service: &Arc<OrderDesk<Store>>,
 ) -> Result<(), StartupError> {

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use graceful::serve::{ConnectionLimits, Protocol, Server};
-use graceful::{Phase, Report, Shutdown};
+use phased_shutdown::serve::{ConnectionLimits, Protocol, Server};
+use phased_shutdown::{Phase, Report, Shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -250,7 +250,7 @@ impl Application {
     /// 1. readiness off: `/ready` 503, gRPC health NOT_SERVING (`/health` stays 200);
     /// 2. the drain delay, still serving;
     /// 3. "stop servers": HTTP and gRPC together stop accepting, finish every accepted request
-    ///    (see [`graceful::serve`]), bounded by the deadline minus a reserve for each later step;
+    ///    (see [`phased_shutdown::serve`]), bounded by the deadline minus a reserve for each later step;
     /// 4. "stop workers": the order processor finishes the batch in hand and stops;
     /// 5. "close resources": the database, last: queued writes committed, WAL checkpointed.
     ///
@@ -288,7 +288,7 @@ impl Application {
         shutdown.on_stop(resources, "database", move || async move { store.close().await });
 
         // systemd: started once both servers serve. The coordinator tells it STOPPING=1 and
-        // each phase (graceful's feature `systemd`).
+        // each phase (phased-shutdown's feature `systemd`).
         crate::lifecycle::notify::notify_ready();
 
         let report = shutdown.run().await;

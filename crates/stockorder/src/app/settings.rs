@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use graceful::serve::ConnectionLimits;
+use phased_shutdown::serve::ConnectionLimits;
 
 use super::StartupError;
 use crate::adapter::inbound::http;

@@ -1,5 +1,5 @@
 //! Telling whoever started this process that it is ready. (How a shutdown goes is told by the
-//! `graceful` crate's `systemd` feature.)
+//! `phased-shutdown` crate's `systemd` feature.)
 
 use super::upgrade;
 

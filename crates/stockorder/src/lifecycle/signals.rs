@@ -35,9 +35,9 @@ fn termination() -> nix::sys::signal::SigSet {
 }
 
 /// Resolves on the first SIGINT (Ctrl+C) or SIGTERM (what `kill`, systemd and Kubernetes send),
-/// and logs which: [`graceful::terminated`], for the demos that stop on their own terms.
+/// and logs which: [`phased_shutdown::terminated`], for the demos that stop on their own terms.
 pub async fn terminate() {
-    match graceful::terminated().await {
+    match phased_shutdown::terminated().await {
         Ok(signal) => tracing::info!(event = "signal", signal = signal.name, "signal received"),
         Err(e) => {
             tracing::warn!(error = %e, "cannot install the SIGTERM handler; only Ctrl+C will stop the service");

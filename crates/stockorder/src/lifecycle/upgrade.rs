@@ -19,7 +19,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use graceful::{Readiness, ShutdownHandle};
+use phased_shutdown::{Readiness, ShutdownHandle};
 use tokio::net::UnixDatagram;
 
 /// How long the new process may take to report ready.

@@ -407,7 +407,7 @@ impl Metrics {
     }
 
     /// Records how one component's stop went.
-    pub fn shutdown_entry(&self, entry: &graceful::Entry) {
+    pub fn shutdown_entry(&self, entry: &phased_shutdown::Entry) {
         self.component_took
             .get_or_create(&ComponentLabels {
                 phase: entry.phase.clone(),
@@ -459,12 +459,12 @@ mod tests {
         m.transitions(Some(OrderStatus::Pending), OrderStatus::Filled, 0);
         m.db_commit("sqlite", 17, Duration::from_millis(3));
         let _guard = m.in_flight(Api::Rest);
-        m.shutdown_entry(&graceful::Entry::new(
+        m.shutdown_entry(&phased_shutdown::Entry::new(
             "http server",
             "stop servers",
             Duration::ZERO,
             Duration::from_millis(12),
-            graceful::Outcome::Stopped,
+            phased_shutdown::Outcome::Stopped,
         ));
         let text = m.render();
         for line in [

@@ -160,7 +160,7 @@ impl Filter {
 /// `RUST_LOG=garbage` is such a filter: `garbage` is a valid target, so it parses, and it hides
 /// everything else. `off` says silence on purpose.
 fn lacks_a_default_level(filter: &str) -> bool {
-    const OURS: [&str; 3] = ["stockorder", "graceful", "tower_http"];
+    const OURS: [&str; 3] = ["stockorder", "phased_shutdown", "tower_http"];
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     !filter
         .split(',')
@@ -227,7 +227,7 @@ mod tests {
             "garbage,info",
             "stockorder=debug",
             "warn,stockorder=info",
-            "graceful=info",
+            "phased_shutdown=info",
         ] {
             assert!(!lacks_a_default_level(heard), "{heard}");
         }

@@ -566,7 +566,7 @@ async fn a_second_signal_during_the_drain_delay_exits_at_once() {
     .await;
     server.signal(Signal::SIGTERM);
     server.wait_for_event("drain.started").await;
-    tokio::time::sleep(graceful::DUPLICATE_WINDOW + Duration::from_millis(100)).await;
+    tokio::time::sleep(phased_shutdown::DUPLICATE_WINDOW + Duration::from_millis(100)).await;
     let second = Instant::now();
     server.signal(Signal::SIGINT);
     let code = server.wait().await;

@@ -39,7 +39,7 @@ impl Harness {
                 .await
                 .unwrap();
             let desk = Arc::new(OrderDesk::new(store, Arc::new(SimulatedPrices), RiskRules::default()));
-            http::router(desk, graceful::DrainSwitch::new().readiness())
+            http::router(desk, phased_shutdown::DrainSwitch::new().readiness())
         });
         Self {
             runtime,

@@ -255,7 +255,7 @@ async fn a_second_signal_exits_at_once_with_128_plus_its_number() {
     server.signal(Signal::SIGTERM);
     server.wait_for_event("shutdown.started").await;
     // Sooner, it would be the same request delivered twice.
-    tokio::time::sleep(graceful::DUPLICATE_WINDOW + Duration::from_millis(100)).await;
+    tokio::time::sleep(phased_shutdown::DUPLICATE_WINDOW + Duration::from_millis(100)).await;
     let second = Instant::now();
     server.signal(Signal::SIGTERM);
     assert_eq!(server.wait().await, Some(143));

@@ -19,8 +19,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub client: reqwest::Client,
-    shutdown: graceful::ShutdownHandle,
-    task: Option<tokio::task::JoinHandle<graceful::Report>>,
+    shutdown: phased_shutdown::ShutdownHandle,
+    task: Option<tokio::task::JoinHandle<phased_shutdown::Report>>,
     _dir: tempfile::TempDir,
 }
 
@@ -82,7 +82,7 @@ impl TestApp {
 
     /// Stops the app the way a signal would, waits until the database is closed, and checks
     /// the shutdown was clean.
-    pub async fn stop(mut self) -> graceful::Report {
+    pub async fn stop(mut self) -> phased_shutdown::Report {
         // Close the client's kept connections first, so the server has no idle connection to
         // give its grace to.
         drop(std::mem::replace(&mut self.client, reqwest::Client::new()));

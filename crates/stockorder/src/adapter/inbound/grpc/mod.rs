@@ -132,7 +132,7 @@ impl Health {
 
     /// SERVING now, NOT_SERVING from the moment `readiness` turns to draining: gRPC health
     /// following `/ready`. Returns once it has turned.
-    pub async fn follow(&self, readiness: &graceful::Readiness) {
+    pub async fn follow(&self, readiness: &phased_shutdown::Readiness) {
         self.set(true).await;
         readiness.draining().await;
         self.set(false).await;

@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use graceful::Readiness;
+use phased_shutdown::Readiness;
 use tower::ServiceBuilder;
 
 use crate::adapter::inbound::middleware::access_log::AccessLogLayer;

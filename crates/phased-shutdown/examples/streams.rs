@@ -3,7 +3,7 @@
 //! each the way its protocol defines. No handler knows about the shutdown.
 //!
 //! ```text
-//! PORT=3000 GRPC_PORT=50051 cargo run -p graceful --features axum,tonic --example streams
+//! PORT=3000 GRPC_PORT=50051 cargo run -p phased-shutdown --features axum,tonic --example streams
 //! curl -N localhost:3000/sse               # an event every 100 ms, forever
 //! websocat ws://localhost:3000/ws           # echoes text messages
 //! grpcurl -plaintext -d '{}' localhost:50051 grpc.health.v1.Health/Watch
@@ -35,7 +35,7 @@ use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
-use graceful::Shutdown;
+use phased_shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio_stream::{Stream, StreamExt, wrappers::IntervalStream};
 use tonic_health::ServingStatus;

@@ -172,8 +172,8 @@ impl Served {
 ///
 /// ```no_run
 /// # #[cfg(feature = "axum")]
-/// # async fn example(listener: tokio::net::TcpListener, router: axum::Router, readiness: graceful::Readiness) {
-/// use graceful::serve::{Server, StreamEnds};
+/// # async fn example(listener: tokio::net::TcpListener, router: axum::Router, readiness: phased_shutdown::Readiness) {
+/// use phased_shutdown::serve::{Server, StreamEnds};
 /// use std::time::Duration;
 ///
 /// let served = Server::new(listener, router)

@@ -132,7 +132,7 @@ async fn watch(
             () = done.cancelled() => break,
             () = &mut overrun => {
                 let stopping = shared.stopping.lock().map(|s| s.join(", ")).unwrap_or_default();
-                let message = format!("graceful: the shutdown overran its deadline; still stopping: {stopping}; exiting with status 1");
+                let message = format!("phased-shutdown: the shutdown overran its deadline; still stopping: {stopping}; exiting with status 1");
                 eprintln!("{message}");
                 if let Some(path) = &plan.termination_message {
                     let _ = std::fs::write(path, crate::report::truncate(message, crate::report::TERMINATION_MESSAGE_LIMIT));
@@ -155,7 +155,7 @@ async fn watch(
                 }
                 interrupt.cancel();
                 tokio::time::sleep(EXIT_GRACE).await;
-                eprintln!("graceful: {} during shutdown and the process did not exit; exiting with status {}", signal.name, signal.exit_code());
+                eprintln!("phased-shutdown: {} during shutdown and the process did not exit; exiting with status {}", signal.name, signal.exit_code());
                 std::process::exit(signal.exit_code().into());
             }
         }
@@ -166,7 +166,7 @@ async fn watch(
     if signals.is_some() {
         let signal = next(&mut signals).await;
         eprintln!(
-            "graceful: {} after the shutdown finished; exiting with status {}",
+            "phased-shutdown: {} after the shutdown finished; exiting with status {}",
             signal.name,
             signal.exit_code()
         );

@@ -530,7 +530,7 @@ async fn a_component_sees_its_deadline() {
 /// The summary goes where Kubernetes reads a termination message, within its 4096 bytes.
 #[tokio::test(start_paused = true)]
 async fn the_summary_is_written_as_the_termination_message() {
-    let path = std::env::temp_dir().join(format!("graceful-termination-{}", std::process::id()));
+    let path = std::env::temp_dir().join(format!("phased-shutdown-termination-{}", std::process::id()));
     let mut shutdown = Shutdown::new().termination_message(&path);
     let resources = shutdown.phase("resources");
     shutdown.on_stop(resources, "cache", || async { Err::<(), _>("flush failed") });

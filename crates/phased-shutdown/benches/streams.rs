@@ -16,10 +16,10 @@
 //!    does not move with the machine's load.
 //!
 //! ```text
-//! cargo bench -p graceful --bench streams                 # about 1 minute
-//! STREAMS_CONNECTIONS=3000 cargo bench -p graceful --bench streams
-//! STREAMS_ONLY=throughput STREAMS_ROUNDS=9 cargo bench -p graceful --bench streams
-//! STREAMS_ONLY=instructions cargo bench -p graceful --bench streams   # needs valgrind
+//! cargo bench -p phased-shutdown --bench streams                 # about 1 minute
+//! STREAMS_CONNECTIONS=3000 cargo bench -p phased-shutdown --bench streams
+//! STREAMS_ONLY=throughput STREAMS_ROUNDS=9 cargo bench -p phased-shutdown --bench streams
+//! STREAMS_ONLY=instructions cargo bench -p phased-shutdown --bench streams   # needs valgrind
 //! ```
 //!
 //! The load runs on the same cores as the server. The file-descriptor limit is raised to the
@@ -86,7 +86,7 @@ fn build_example() -> std::path::PathBuf {
             "--release",
             "--quiet",
             "-p",
-            "graceful",
+            "phased-shutdown",
             "--features",
             "axum,tonic",
             "--example",
@@ -439,7 +439,11 @@ async fn counted(example: &std::path::Path, env: &[(&str, &str)], n: u64) -> Opt
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("graceful-bench-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "phased-shutdown-bench-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

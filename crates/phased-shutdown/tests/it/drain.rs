@@ -398,10 +398,10 @@ async fn a_stopping_server_closes_busy_keep_alive_connections_without_readiness(
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let never_drained = graceful::DrainSwitch::new();
+    let never_drained = phased_shutdown::DrainSwitch::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        graceful::serve::Server::new(listener, router)
+        phased_shutdown::serve::Server::new(listener, router)
             .readiness(never_drained.readiness())
             .run(async {
                 let _ = stopped.await;
@@ -430,7 +430,7 @@ async fn a_stopping_server_closes_busy_keep_alive_connections_without_readiness(
         .unwrap();
     let took = stopping.elapsed();
     assert!(
-        took < graceful::serve::IDLE_GRACE / 2,
+        took < phased_shutdown::serve::IDLE_GRACE / 2,
         "stopped after {took:?}: the busy connection was served until the idle grace ran out"
     );
 }
@@ -451,9 +451,9 @@ async fn a_slow_head_is_closed_and_a_slow_answer_is_not() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let limits = graceful::serve::ConnectionLimits::default().header_read_timeout(timeout);
+    let limits = phased_shutdown::serve::ConnectionLimits::default().header_read_timeout(timeout);
     let server = tokio::spawn(
-        graceful::serve::Server::new(listener, router)
+        phased_shutdown::serve::Server::new(listener, router)
             .limits(limits)
             .run(std::future::pending()),
     );
@@ -498,7 +498,7 @@ async fn serve_axum_gives_handlers_the_clients_address() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut shutdown = graceful::Shutdown::new();
+    let mut shutdown = phased_shutdown::Shutdown::new();
     let servers = shutdown.phase("servers");
     shutdown.serve_axum(servers, "http", listener, router);
     let handle = shutdown.handle();

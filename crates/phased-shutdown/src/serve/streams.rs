@@ -321,7 +321,7 @@ impl Tally {
 /// ```
 /// # #[cfg(feature = "axum")] {
 /// use axum::{Extension, Router, routing::get};
-/// use graceful::serve::{Draining, Server};
+/// use phased_shutdown::serve::{Draining, Server};
 ///
 /// async fn handler(Extension(draining): Extension<Draining>) -> &'static str {
 ///     tokio::select! {

@@ -1,7 +1,7 @@
 //! A stock tonic service, served with one call so that a shutdown drops no call.
 //!
 //! ```text
-//! GRPC_PORT=50051 DELAY_MS=20 cargo run -p graceful --features tonic --example tonic
+//! GRPC_PORT=50051 DELAY_MS=20 cargo run -p phased-shutdown --features tonic --example tonic
 //! # a unary call /echo.Echo/Echo answers its message after DELAY_MS
 //! kill -TERM <pid>                       # or Ctrl+C: the report on stderr, exit code from it
 //! ```
@@ -32,7 +32,7 @@ use std::convert::Infallible;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use graceful::Shutdown;
+use phased_shutdown::Shutdown;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::server::NamedService;
 

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use graceful::Shutdown;
+use phased_shutdown::Shutdown;
 
 const SCENARIO: &str = "GRACEFUL_SCENARIO";
 
@@ -142,7 +142,7 @@ fn a_second_signal_stops_at_once_with_128_plus_its_number() {
         signal(&child, SIGINT);
         wait_for(&mut lines, "stopping");
         // Past the window in which a repeat counts as the same request.
-        std::thread::sleep(graceful::DUPLICATE_WINDOW + Duration::from_millis(100));
+        std::thread::sleep(phased_shutdown::DUPLICATE_WINDOW + Duration::from_millis(100));
         let sent = Instant::now();
         signal(&child, second);
         let (code, took, stderr) = exit(&mut child, sent);
@@ -208,7 +208,7 @@ fn signals_still_work_after_the_shutdown() {
 #[test]
 fn systemd_is_told_each_phase_and_the_time_left() {
     use std::os::unix::net::UnixDatagram;
-    let path = std::env::temp_dir().join(format!("graceful-notify-{}.sock", std::process::id()));
+    let path = std::env::temp_dir().join(format!("phased-shutdown-notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let socket = UnixDatagram::bind(&path).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();

@@ -317,7 +317,7 @@ impl Shutdown {
     fn own(&self, phase: Phase) -> usize {
         assert!(
             phase.owner == self.id,
-            "graceful: a Phase of another Shutdown was passed; use the phases of the coordinator you register with"
+            "phased-shutdown: a Phase of another Shutdown was passed; use the phases of the coordinator you register with"
         );
         phase.index
     }
@@ -370,8 +370,8 @@ impl Shutdown {
 
     /// Like [`Shutdown::spawn`], for work that may finish by itself (a migration, a cache
     /// warm-up): finishing does not start the shutdown. When `phase` comes it is told to stop
-    /// if it still runs; a success before that is reported [`Outcome::Finished`], an error
-    /// [`Outcome::Failed`].
+    /// if it still runs; a success before that is reported [`Outcome::Finished`](crate::Outcome::Finished), an error
+    /// [`Outcome::Failed`](crate::Outcome::Failed).
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.

@@ -1,7 +1,7 @@
 //! A stock axum `Router`, served with one call so that a shutdown drops no request.
 //!
 //! ```text
-//! PORT=3000 DELAY_MS=20 cargo run -p graceful --features axum --example axum
+//! PORT=3000 DELAY_MS=20 cargo run -p phased-shutdown --features axum --example axum
 //! curl -d hello localhost:3000/echo      # answers "hello" after DELAY_MS
 //! kill -TERM <pid>                       # or Ctrl+C: the report on stderr, exit code from it
 //! ```
@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
-use graceful::Shutdown;
+use phased_shutdown::Shutdown;
 
 #[tokio::main]
 async fn main() -> std::io::Result<ExitCode> {

@@ -27,7 +27,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<std::process::ExitCode> {
-//!     let mut shutdown = graceful::Shutdown::new()
+//!     let mut shutdown = phased_shutdown::Shutdown::new()
 //!         .deadline(Duration::from_secs(30))
 //!         .drain_delay(Duration::from_secs(5))
 //!         .catch_signals()?;
@@ -63,7 +63,9 @@
 #![warn(missing_docs)]
 
 #[cfg(not(unix))]
-compile_error!("graceful supports Unix only (Linux, macOS, the BSDs): it handles Unix signals and owns Unix sockets");
+compile_error!(
+    "phased-shutdown supports Unix only (Linux, macOS, the BSDs): it handles Unix signals and owns Unix sockets"
+);
 
 mod readiness;
 mod report;

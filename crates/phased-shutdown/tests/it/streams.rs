@@ -314,7 +314,7 @@ async fn every_stream_ends_cleanly(n_ws: usize, n_sse: usize, n_watch: usize) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let ours = through_a_sigterm(&[], n_ws, n_sse, n_watch).await;
     eprintln!(
-        "served by graceful: exit {:?} after {:?}\n{}",
+        "served by phased-shutdown: exit {:?} after {:?}\n{}",
         ours.exit, ours.took, ours.report
     );
     assert_eq!(ours.faults(), Vec::<String>::new(), "{ours:?}");
@@ -389,14 +389,14 @@ async fn a_stream_that_ignores_the_notice_is_cut_at_its_bound_and_named() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let bound = Duration::from_millis(800);
-    let mut shutdown = graceful::Shutdown::new().deadline(Duration::from_secs(10));
+    let mut shutdown = phased_shutdown::Shutdown::new().deadline(Duration::from_secs(10));
     let servers = shutdown.phase("stop servers");
     let resources = shutdown.phase("close resources");
     shutdown.serve(
         servers,
         "http",
-        graceful::serve::Server::new(listener, router).streams(
-            graceful::serve::StreamEnds::default()
+        phased_shutdown::serve::Server::new(listener, router).streams(
+            phased_shutdown::serve::StreamEnds::default()
                 .jitter(Duration::from_millis(100))
                 .bound(bound),
         ),
@@ -437,6 +437,6 @@ async fn a_stream_that_ignores_the_notice_is_cut_at_its_bound_and_named() {
     assert!(named.contains("GET /stubborn-sse (SSE)"), "{named}");
     assert!(http.counts.contains(&("streams cut", 2)), "{:?}", http.counts);
     let database = report.entries.iter().find(|e| e.component == "database").unwrap();
-    assert_eq!(database.outcome, graceful::Outcome::Stopped);
+    assert_eq!(database.outcome, phased_shutdown::Outcome::Stopped);
     drop(ws);
 }

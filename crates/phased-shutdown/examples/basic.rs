@@ -1,10 +1,10 @@
 //! A worker, a "server" and a resource, shut down in order on Ctrl+C (or after 3 s).
 //!
-//! Run: `cargo run -p graceful --example basic`, then press Ctrl+C (twice to exit at once).
+//! Run: `cargo run -p phased-shutdown --example basic`, then press Ctrl+C (twice to exit at once).
 
 use std::time::Duration;
 
-use graceful::Shutdown;
+use phased_shutdown::Shutdown;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
