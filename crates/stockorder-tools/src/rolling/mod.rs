@@ -85,6 +85,13 @@ pub struct RollingArgs {
     /// Print the result as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Also follow the order event stream through HAProxy with this many followers: each
+    /// resumes on another replica after the last event it got whenever a replica's stop ends
+    /// its stream, and at the end is compared with the history the log holds. An event
+    /// missing, repeated or out of order fails the run.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
 }
 
 /// Which API the clients use.
@@ -132,6 +139,8 @@ struct Summary {
     steady: Latency,
     during_restarts: Latency,
     restarts: Vec<Restart>,
+    /// What the followers of the event stream received (`null` without `--watchers`).
+    events: Option<crate::watchers::WatchTally>,
 }
 
 impl Summary {
@@ -141,6 +150,7 @@ impl Summary {
             && self.unacknowledged == 0
             && self.never_accepted == 0
             && self.restarts.iter().all(|r| r.exit_code == Some(0))
+            && self.events.as_ref().is_none_or(|e| e.faults().is_empty())
     }
 }
 
@@ -191,14 +201,15 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
     drop(admin);
     let _ = connection.await;
     let keep_logs = |why: &str| eprintln!("{why}; the logs are kept in {}", dir.keep().display());
-    let (requests, restarts, clients, stored) = match (result, stored) {
-        (Ok((requests, restarts, clients)), Ok(stored)) => (requests, restarts, clients, stored),
+    let (requests, restarts, clients, events, stored) = match (result, stored) {
+        (Ok((requests, restarts, clients, events)), Ok(stored)) => (requests, restarts, clients, events, stored),
         (Err(e), _) | (_, Err(e)) => {
             keep_logs("the run did not complete");
             return Err(e);
         }
     };
-    let summary = summarize(&args, requests, restarts, clients, &stored);
+    let mut summary = summarize(&args, requests, restarts, clients, &stored);
+    summary.events = events;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -212,7 +223,12 @@ pub async fn run(args: RollingArgs) -> anyhow::Result<std::process::ExitCode> {
     })
 }
 
-type Outcomes = (Vec<(Request, bool)>, Vec<Restart>, (usize, usize));
+type Outcomes = (
+    Vec<(Request, bool)>,
+    Vec<Restart>,
+    (usize, usize),
+    Option<crate::watchers::WatchTally>,
+);
 
 /// Starts the replicas and HAProxy, loads them, rolls the replicas, and returns every request
 /// (with whether it was sent during a restart) and the restarts' timings.
@@ -244,6 +260,8 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
     for spec in &specs {
         lb.wait_for(&["rest", "grpc"], &spec.name, true).await?;
     }
+    let front = format!("http://127.0.0.1:{}", ports.http);
+    let watchers = (args.watchers > 0).then(|| crate::watchers::Watchers::start(args.watchers, &front));
     eprintln!(
         "{REPLICAS} replicas up behind HAProxy (REST 127.0.0.1:{}, gRPC 127.0.0.1:{}); logs in {} (kept if the run fails)",
         ports.http,
@@ -354,6 +372,11 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
     while let Some(done) = clients.join_next().await {
         requests.extend(done.context("a client task failed")?);
     }
+    // The followers catch up through HAProxy with the last generation, which reads the history.
+    let events = match watchers {
+        Some(watchers) => Some(watchers.finish(&front, Duration::from_secs(30)).await?),
+        None => None,
+    };
     // Stop the last generation gracefully too, so every acknowledged write is in before the
     // database is read.
     for replica in replicas.into_iter().flatten() {
@@ -368,7 +391,7 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
             (r, during)
         })
         .collect();
-    Ok((requests, restarts, (http_clients, grpc_clients)))
+    Ok((requests, restarts, (http_clients, grpc_clients), events))
 }
 
 fn summarize(
@@ -404,6 +427,7 @@ fn summarize(
         steady: latency(false),
         during_restarts: latency(true),
         restarts,
+        events: None,
     }
 }
 
@@ -443,6 +467,24 @@ fn print_summary(s: &Summary) {
             "  {what:<18} {:>12} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             l.requests, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
         );
+    }
+    if let Some(e) = &s.events {
+        println!();
+        println!("  event stream, {} followers through HAProxy:", e.watchers);
+        line(
+            "events in the log",
+            e.expected,
+            "what each follower should have received",
+        );
+        line("received", e.received, "all followers together");
+        line(
+            "streams resumed",
+            e.reconnects,
+            "ended by a replica's stop, resumed on another",
+        );
+        line("missing", e.missing, "in the log, never received by a follower");
+        line("repeated", e.repeated, "received twice by one follower");
+        line("out of order", e.out_of_order, "received after a later one");
     }
     println!();
     if s.held() {

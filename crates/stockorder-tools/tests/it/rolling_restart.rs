@@ -55,7 +55,15 @@ async fn two_rolling_restarts_under_load_fail_nothing_and_lose_nothing() {
         return;
     };
     let config = repo_file("deploy/haproxy.cfg");
-    let (code, s, said) = rolling_restart(&url, &["--rounds", "2", "--haproxy-config", config.to_str().unwrap()]).await;
+    let args = [
+        "--rounds",
+        "2",
+        "--watchers",
+        "8",
+        "--haproxy-config",
+        config.to_str().unwrap(),
+    ];
+    let (code, s, said) = rolling_restart(&url, &args).await;
     assert!(
         !said.contains("the logs are kept"),
         "a run that held leaves no logs behind: {said}"
@@ -75,6 +83,22 @@ async fn two_rolling_restarts_under_load_fail_nothing_and_lose_nothing() {
     assert_eq!(s["lost"], 0, "{s}");
     assert_eq!(s["unacknowledged"], 0, "{s}");
     assert!(s["during_restarts"]["requests"].as_u64().unwrap() > 0, "{s}");
+    // Eight followers of the event stream through HAProxy: each resumed on another replica
+    // whenever one stopped, and got every event of the log once, in order.
+    let events = &s["events"];
+    let expected = events["expected"].as_u64().unwrap();
+    assert!(
+        expected >= s["acknowledged"].as_u64().unwrap(),
+        "a created event per order: {s}"
+    );
+    assert_eq!(events["received"].as_u64().unwrap(), 8 * expected, "{s}");
+    for fault in ["missing", "repeated", "out_of_order"] {
+        assert_eq!(events[fault], 0, "{fault}: {s}");
+    }
+    assert!(
+        events["reconnects"].as_u64().unwrap() >= 8,
+        "streams ended by the restarts were resumed: {s}"
+    );
     assert_eq!(code, Some(0));
 }
 
