@@ -127,34 +127,19 @@ impl NewOrder {
     /// Whether `order` was placed with exactly these parameters: what decides between replaying
     /// an idempotent create and refusing a reused `client_order_id`.
     pub fn matches(&self, order: &StockOrder) -> bool {
-        self.symbol == order.symbol
-            && self.order_type == order.order_type
-            && self.order_side == order.order_side
-            && self.quantity == order.quantity
-            && self.price == order.price
+        &self.symbol == order.symbol()
+            && self.order_type == order.order_type()
+            && self.order_side == order.order_side()
+            && self.quantity == order.quantity()
+            && self.price == order.price()
     }
 }
 
-/// A stock order as stored and served. Its fields are private: an order changes only through
+/// A stock order as stored and served. What it holds is private: an order changes only through
 /// the [`StatusChange`](super::StatusChange)s its methods `fill`, `reject` and `cancel` build,
 /// which the state machine allows; a store reads one back with [`StockOrder::restore`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct StockOrder {
-    pub(super) id: OrderId,
-    pub(super) client_order_id: Option<ClientOrderId>,
-    pub(super) symbol: Symbol,
-    pub(super) order_type: OrderType,
-    pub(super) order_side: OrderSide,
-    pub(super) quantity: Quantity,
-    pub(super) price: Option<Price>,
-    pub(super) status: OrderStatus,
-    pub(super) description: Option<String>,
-    pub(super) created_at: Timestamp,
-    pub(super) updated_at: Timestamp,
-    pub(super) fill_price: Option<Price>,
-    pub(super) filled_at: Option<Timestamp>,
-    pub(super) cancelled_at: Option<Timestamp>,
-}
+pub struct StockOrder(StoredOrder);
 
 /// An order as a store holds it, every column decoded: what [`StockOrder::restore`] reads back.
 /// It describes a state, not a change; changes are [`StatusChange`](super::StatusChange)s.
@@ -193,7 +178,7 @@ pub struct StoredOrder {
 impl StockOrder {
     /// A freshly accepted order: `PENDING`, both timestamps `now`.
     pub fn pending(new: NewOrder, id: OrderId, now: Timestamp) -> Self {
-        Self {
+        Self(StoredOrder {
             id,
             client_order_id: new.client_order_id,
             symbol: new.symbol,
@@ -208,160 +193,98 @@ impl StockOrder {
             fill_price: None,
             filled_at: None,
             cancelled_at: None,
-        }
+        })
     }
 
     /// An order refused when it was placed: a valid order the business declines (a risk
     /// rule), stored `REJECTED` with the reason so the client and the audit trail see why.
     pub fn rejected(new: NewOrder, id: OrderId, now: Timestamp, reason: String) -> Self {
-        Self {
+        Self(StoredOrder {
             status: OrderStatus::Rejected,
             description: Some(reason),
-            ..Self::pending(new, id, now)
-        }
+            ..Self::pending(new, id, now).0
+        })
     }
 
     /// An order read back from a store, as the store holds it.
     pub fn restore(stored: StoredOrder) -> Self {
-        let StoredOrder {
-            id,
-            client_order_id,
-            symbol,
-            order_type,
-            order_side,
-            quantity,
-            price,
-            status,
-            description,
-            created_at,
-            updated_at,
-            fill_price,
-            filled_at,
-            cancelled_at,
-        } = stored;
-        Self {
-            id,
-            client_order_id,
-            symbol,
-            order_type,
-            order_side,
-            quantity,
-            price,
-            status,
-            description,
-            created_at,
-            updated_at,
-            fill_price,
-            filled_at,
-            cancelled_at,
-        }
+        Self(stored)
     }
 
     /// The order as a store holds it, e.g. to write every column, or in a test to make a state
     /// that [`StockOrder::restore`] then reads back.
     pub fn into_stored(self) -> StoredOrder {
-        let Self {
-            id,
-            client_order_id,
-            symbol,
-            order_type,
-            order_side,
-            quantity,
-            price,
-            status,
-            description,
-            created_at,
-            updated_at,
-            fill_price,
-            filled_at,
-            cancelled_at,
-        } = self;
-        StoredOrder {
-            id,
-            client_order_id,
-            symbol,
-            order_type,
-            order_side,
-            quantity,
-            price,
-            status,
-            description,
-            created_at,
-            updated_at,
-            fill_price,
-            filled_at,
-            cancelled_at,
-        }
+        self.0
     }
 
     /// Time-ordered identity.
     pub fn id(&self) -> OrderId {
-        self.id
+        self.0.id
     }
 
     /// The client's idempotency key, if it gave one.
     pub fn client_order_id(&self) -> Option<&ClientOrderId> {
-        self.client_order_id.as_ref()
+        self.0.client_order_id.as_ref()
     }
 
     /// Upper-cased ticker.
     pub fn symbol(&self) -> &Symbol {
-        &self.symbol
+        &self.0.symbol
     }
 
     /// Market or limit.
     pub fn order_type(&self) -> OrderType {
-        self.order_type
+        self.0.order_type
     }
 
     /// Buy or sell.
     pub fn order_side(&self) -> OrderSide {
-        self.order_side
+        self.0.order_side
     }
 
     /// Shares.
     pub fn quantity(&self) -> Quantity {
-        self.quantity
+        self.0.quantity
     }
 
     /// Limit price; `None` for market orders.
     pub fn price(&self) -> Option<Price> {
-        self.price
+        self.0.price
     }
 
     /// Where the order is in its life.
     pub fn status(&self) -> OrderStatus {
-        self.status
+        self.0.status
     }
 
     /// Free text, e.g. why an order was rejected; `None` when there is nothing to say.
     pub fn description(&self) -> Option<&str> {
-        self.description.as_deref()
+        self.0.description.as_deref()
     }
 
     /// When the order was accepted.
     pub fn created_at(&self) -> Timestamp {
-        self.created_at
+        self.0.created_at
     }
 
     /// When the status last changed (equal to `created_at` until then).
     pub fn updated_at(&self) -> Timestamp {
-        self.updated_at
+        self.0.updated_at
     }
 
     /// The price it executed at, once `FILLED`.
     pub fn fill_price(&self) -> Option<Price> {
-        self.fill_price
+        self.0.fill_price
     }
 
     /// When it was filled.
     pub fn filled_at(&self) -> Option<Timestamp> {
-        self.filled_at
+        self.0.filled_at
     }
 
     /// When it was cancelled.
     pub fn cancelled_at(&self) -> Option<Timestamp> {
-        self.cancelled_at
+        self.0.cancelled_at
     }
 }
 

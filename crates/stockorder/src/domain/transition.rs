@@ -112,7 +112,7 @@ impl StatusChange {
         if order.id() != self.id || !from.can_become(to) {
             return Err(IllegalTransition { from, to });
         }
-        let mut after = order.clone();
+        let mut after = order.clone().into_stored();
         after.status = to;
         if self.description.is_some() {
             after.description.clone_from(&self.description);
@@ -126,7 +126,7 @@ impl StatusChange {
             Happened::Cancelled => after.cancelled_at = Some(self.at),
             Happened::Rejected => {}
         }
-        Ok(after)
+        Ok(StockOrder::restore(after))
     }
 }
 
