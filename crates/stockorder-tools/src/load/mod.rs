@@ -65,6 +65,12 @@ pub struct LoadArgs {
     /// Print the final report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Also follow the order event stream with this many followers (REST, so with
+    /// `--protocol http`) from the start of the log, and check at the end that each got every
+    /// event once and in order: what a load costs the stream, and whether it keeps up.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
 }
 
 /// The API a load run talks to.
@@ -218,12 +224,36 @@ pub async fn run(mut args: LoadArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot seed orders at {addr}: is a stockorder server listening there?"))?,
         _ => Vec::new(),
     };
+    anyhow::ensure!(
+        args.watchers == 0 || args.protocol == LoadProtocol::Http,
+        "--watchers follows the REST event stream: use it with --protocol http"
+    );
+    let http = format!("http://{}", addr.trim_start_matches("http://"));
+    let watchers = (args.watchers > 0).then(|| crate::watchers::Watchers::start(args.watchers, &http));
     let report = drive(&args, &addr, Arc::new(ids)).await?;
+    let events = match watchers {
+        Some(watchers) => Some(watchers.finish(&http, Duration::from_secs(30)).await?),
+        None => None,
+    };
     let summary = report.summary();
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        let mut json = serde_json::to_value(&summary)?;
+        if let Some(events) = &events {
+            json["events"] = serde_json::to_value(events)?;
+        }
+        println!("{json}");
     } else {
         report.print_table();
+        if let Some(e) = &events {
+            println!(
+                "events: {} in the log, {} received by {} followers; missing {}, repeated {}, out of order {}",
+                e.expected, e.received, e.watchers, e.missing, e.repeated, e.out_of_order
+            );
+        }
+    }
+    if let Some(events) = &events {
+        let faults = events.faults();
+        anyhow::ensure!(faults.is_empty(), "the event stream: {}", faults.join(", "));
     }
     // A run in which nothing succeeded measured nothing: say so, and fail.
     anyhow::ensure!(
