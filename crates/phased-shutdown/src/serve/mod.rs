@@ -286,7 +286,10 @@ impl<S> Server<S> {
         let mut connections = JoinSet::new();
         let mut accepted: u64 = 0;
         tokio::pin!(stop);
-        let accept = |stream: TcpStream, peer: SocketAddr, connections: &mut JoinSet<()>| {
+        // `move`: the closure owns the service, so the future holds no `&S` across an await and
+        // needs `S: Send` only (a `BoxCloneService`, which is not `Sync`, serves too).
+        let for_connections = notice.clone();
+        let accept = move |stream: TcpStream, peer: SocketAddr, connections: &mut JoinSet<()>| {
             connections.spawn(connection(
                 stream,
                 peer,
@@ -294,7 +297,7 @@ impl<S> Server<S> {
                 service.clone(),
                 protocol,
                 limits,
-                notice.clone(),
+                for_connections.clone(),
             ));
         };
         loop {
@@ -643,11 +646,7 @@ impl Shutdown {
     /// If `phase` belongs to another coordinator.
     pub fn serve<S, B>(&mut self, phase: Phase, name: impl Into<String>, mut server: Server<S>)
     where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send + 'static,
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,

@@ -518,3 +518,36 @@ async fn serve_axum_gives_handlers_the_clients_address() {
     handle.shutdown("test over");
     assert!(run.await.unwrap().is_clean());
 }
+
+/// A service that is `Send` but not `Sync`, such as tower's `BoxCloneService`, serves: the
+/// server holds no reference to it across an await.
+#[tokio::test]
+async fn a_boxed_service_that_is_not_sync_serves() {
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "boxed" }));
+    let boxed = tower::util::BoxCloneService::new(tower::ServiceExt::map_err(
+        tower::ServiceExt::map_request(router, |r: axum::http::Request<hyper::body::Incoming>| {
+            r.map(axum::body::Body::new)
+        }),
+        |never: std::convert::Infallible| never,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut shutdown = phased_shutdown::Shutdown::new();
+    let servers = shutdown.phase("servers");
+    shutdown.serve(servers, "boxed", phased_shutdown::serve::Server::new(listener, boxed));
+    let handle = shutdown.handle();
+    let run = tokio::spawn(shutdown.run());
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("boxed"),
+        "{answer}"
+    );
+    handle.shutdown("test over");
+    assert!(run.await.unwrap().is_clean());
+}
