@@ -15,9 +15,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longest a closed connection's client gets to close its side. A client that received the
-/// GOAWAY or `Connection: close` normally closes at once.
-pub(super) const LINGER: Duration = Duration::from_secs(1);
+/// Longest a closed connection's client gets to close its side, by default
+/// (`ConnectionLimits::linger`). A client that received the GOAWAY or `Connection: close`
+/// normally closes at once.
+pub const LINGER: Duration = Duration::from_secs(1);
 
 /// A second handle on a connection's socket, kept while hyper owns the first, so the socket
 /// outlives hyper's close of it.
@@ -35,8 +36,8 @@ impl Linger {
         borrowed.try_clone_to_owned().ok().map(Self)
     }
 
-    /// Sends FIN, then discards what the client sends until it closes or [`LINGER`] passes.
-    pub(super) async fn close(self) {
+    /// Sends FIN, then discards what the client sends until it closes or `bound` passes.
+    pub(super) async fn close(self, bound: Duration) {
         let std = std::net::TcpStream::from(self.0);
         if std.set_nonblocking(true).is_err() {
             return;
@@ -46,7 +47,7 @@ impl Linger {
         };
         let _ = stream.shutdown().await;
         let mut sink = [0u8; 4096];
-        let _ = tokio::time::timeout(LINGER, async {
+        let _ = tokio::time::timeout(bound, async {
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;

@@ -51,6 +51,7 @@ use tokio::task::JoinSet;
 pub use close::CloseWhenDraining;
 use connection::PerConnection;
 use io::{ConnState, ServedIo};
+pub use linger::LINGER;
 use streams::Notice;
 pub use streams::{Draining, ServedBody, StreamEnds};
 
@@ -80,6 +81,13 @@ pub struct ConnectionLimits {
     /// Largest request head (request line and headers) in bytes: beyond it HTTP/1 answers 431
     /// and HTTP/2 resets the stream.
     pub max_header_bytes: usize,
+    /// What a connection that is idle when the server stops gets to deliver a request already
+    /// on its way before it is closed ([`IDLE_GRACE`] by default).
+    pub idle_grace: Duration,
+    /// After the server closes a connection, how long its client gets to close its side while
+    /// what it still sends is read and discarded, so the close is not a reset ([`LINGER`] by
+    /// default).
+    pub linger: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -89,6 +97,8 @@ impl Default for ConnectionLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            idle_grace: IDLE_GRACE,
+            linger: LINGER,
         }
     }
 }
@@ -105,6 +115,22 @@ impl ConnectionLimits {
     #[must_use]
     pub fn max_header_bytes(mut self, bytes: usize) -> Self {
         self.max_header_bytes = bytes;
+        self
+    }
+
+    /// The same limits with another [`ConnectionLimits::idle_grace`]. Shorter makes an idle
+    /// server stop sooner and risks resetting a request that was on its way (see
+    /// [`IDLE_GRACE`] for what was measured).
+    #[must_use]
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.idle_grace = grace;
+        self
+    }
+
+    /// The same limits with another [`ConnectionLimits::linger`].
+    #[must_use]
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
         self
     }
 }
@@ -379,7 +405,7 @@ async fn connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let _ = stream.set_nodelay(true);
-    let Opening::Bytes { h2 } = first_byte(&stream, limits.header_read_timeout, &notice).await else {
+    let Opening::Bytes { h2 } = first_byte(&stream, &limits, &notice).await else {
         return;
     };
     // The socket's descriptor, to take a second handle on at drain (see `linger`) or at an
@@ -410,14 +436,14 @@ async fn connection<S, B>(
                 // stream (its answer ends, then it closes) need no grace; an idle HTTP/1
                 // connection may have a request on its way.
                 if conn.h2.load(Ordering::Relaxed) {
-                    conn.first_request_within(IDLE_GRACE).await;
+                    conn.first_request_within(limits.idle_grace).await;
                 } else if conn.streams_open() == 0 {
-                    tokio::time::sleep(IDLE_GRACE).await;
+                    tokio::time::sleep(limits.idle_grace).await;
                 }
             };
             let head_watch = HeadWatch::new(limits.header_read_timeout);
             let served = builder.serve_connection_with_upgrades(io, service);
-            drive(served, fd, &conn, &notice, Some(head_watch), grace).await;
+            drive(served, fd, &conn, &notice, Some(head_watch), grace, limits.linger).await;
         }
         Protocol::Grpc => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -425,8 +451,17 @@ async fn connection<S, B>(
             // A connection that has carried a request needs no grace: GOAWAY tells the client
             // which streams were taken, and those are finished. One that has not may be about
             // to send its first (see `ConnState::first_request_within`).
-            let grace = || conn.first_request_within(IDLE_GRACE);
-            drive(builder.serve_connection(io, service), fd, &conn, &notice, None, grace).await;
+            let grace = || conn.first_request_within(limits.idle_grace);
+            drive(
+                builder.serve_connection(io, service),
+                fd,
+                &conn,
+                &notice,
+                None,
+                grace,
+                limits.linger,
+            )
+            .await;
         }
     }
     if conn.is_upgraded() {
@@ -436,7 +471,7 @@ async fn connection<S, B>(
 
 /// What a new connection sent first.
 enum Opening {
-    /// Nothing within the timeout (or within [`IDLE_GRACE`] once the server is stopping), or the
+    /// Nothing within the timeout (or within the idle grace once the server is stopping), or the
     /// client closed.
     Nothing,
     /// Bytes: an HTTP/2 preface (`PRI * HTTP/2.0…`) or, as far as can be told, HTTP/1.
@@ -445,7 +480,8 @@ enum Opening {
 
 /// Waits for a new connection's first bytes. Until they arrive hyper has no timer running (it
 /// is still finding out which protocol to speak).
-async fn first_byte(stream: &TcpStream, timeout: Duration, notice: &Notice) -> Opening {
+async fn first_byte(stream: &TcpStream, limits: &ConnectionLimits, notice: &Notice) -> Opening {
+    let timeout = limits.header_read_timeout;
     let mut first = [0u8; 3];
     let arrived = async {
         match stream.peek(&mut first).await {
@@ -461,7 +497,7 @@ async fn first_byte(stream: &TcpStream, timeout: Duration, notice: &Notice) -> O
         () = tokio::time::sleep(timeout) => return Opening::Nothing,
         () = notice.given() => {}
     }
-    tokio::time::timeout(IDLE_GRACE.min(timeout), arrived)
+    tokio::time::timeout(limits.idle_grace.min(timeout), arrived)
         .await
         .unwrap_or(Opening::Nothing)
 }
@@ -527,6 +563,7 @@ async fn drive<C, G>(
     notice: &Notice,
     mut head_watch: Option<HeadWatch>,
     grace: impl FnOnce() -> G,
+    linger_for: Duration,
 ) where
     C: GracefulConnection,
     G: Future<Output = ()>,
@@ -595,7 +632,7 @@ async fn drive<C, G>(
         return;
     }
     if let Some(linger) = linger {
-        linger.close().await;
+        linger.close(linger_for).await;
     }
 }
 

@@ -551,3 +551,39 @@ async fn a_boxed_service_that_is_not_sync_serves() {
     handle.shutdown("test over");
     assert!(run.await.unwrap().is_clean());
 }
+
+/// `ConnectionLimits::idle_grace` is what an idle keep-alive connection gets at the stop, and
+/// `linger` what its client gets to close its side: with 50 ms each instead of the default
+/// second, a server with a client that keeps its connection open is done well within one.
+#[tokio::test]
+async fn a_shorter_idle_grace_stops_an_idle_server_sooner() {
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = phased_shutdown::serve::ConnectionLimits::default()
+        .idle_grace(Duration::from_millis(50))
+        .linger(Duration::from_millis(50));
+    let mut shutdown = phased_shutdown::Shutdown::new();
+    let servers = shutdown.phase("servers");
+    shutdown.serve(
+        servers,
+        "http",
+        phased_shutdown::serve::Server::new(listener, router).limits(limits),
+    );
+    let handle = shutdown.handle();
+    let run = tokio::spawn(shutdown.run());
+    // One request on a keep-alive connection, which then stays open and idle.
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = client.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    handle.shutdown("test over");
+    let report = run.await.unwrap();
+    assert!(report.is_clean(), "{report}");
+    let took = report.entries.iter().find(|e| e.component == "http").unwrap().took;
+    assert!(
+        took < Duration::from_millis(500),
+        "the idle connection got {took:?}, not the second"
+    );
+}
