@@ -154,6 +154,15 @@ pub struct ServeArgs {
     /// PostgreSQL connections per process (SQLite uses one writer and its own readers).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = defaults::DATABASE_POOL_SIZE, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
+
+    /// How long the order event log keeps an event (`GET /api/orders/events`, `WatchOrders`);
+    /// a follower away longer is told where the log starts (410 / OUT_OF_RANGE).
+    #[arg(long, env = "EVENT_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub event_retention: Duration,
+
+    /// Most events the log keeps; older ones are pruned, a small chunk at a time.
+    #[arg(long, env = "EVENT_RETENTION_COUNT", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_retention_count: u64,
 }
 
 /// What protects the service from bad, excessive or unauthenticated traffic.

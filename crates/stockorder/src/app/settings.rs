@@ -107,12 +107,18 @@ impl Settings {
         Ok(Self {
             http_addr: SocketAddr::new(args.host, args.port),
             grpc_addr: SocketAddr::new(args.host, args.grpc_port),
-            store: StoreSettings::new(
-                &args.database_url,
-                args.database_pool_size,
-                limits.request_timeout,
-                args.startup_timeout,
-            )?,
+            store: StoreSettings {
+                retention: EventRetention {
+                    max_age: args.event_retention,
+                    max_events: args.event_retention_count,
+                },
+                ..StoreSettings::new(
+                    &args.database_url,
+                    args.database_pool_size,
+                    limits.request_timeout,
+                    args.startup_timeout,
+                )?
+            },
             rules: args.processor.risk_rules()?,
             http: http::Options {
                 limits: Limits {

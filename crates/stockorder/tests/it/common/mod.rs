@@ -37,6 +37,8 @@ pub fn serve_args(db: &Path) -> ServeArgs {
         database_pool_size: 4,
         startup_timeout: Duration::from_secs(10),
         upgrade_binary: None,
+        event_retention: Duration::from_secs(24 * 3600),
+        event_retention_count: 1_000_000,
     }
 }
 
