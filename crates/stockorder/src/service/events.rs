@@ -27,9 +27,9 @@ struct Follower<R> {
     failed: bool,
 }
 
-/// The log from `start`, as the desk's repository holds it. The wake-ups are subscribed to before the log's bounds
-/// are read, so no commit between the two is missed: "live" means every event numbered after
-/// the last one committed when the follow began.
+/// The log from `start`, as the desk's repository holds it. The wake-ups are subscribed to
+/// before the log's bounds are read, so no commit between the two is missed: "live" means every
+/// event numbered after the last one committed when the follow began.
 pub(super) async fn follow<R: OrderRepository>(
     desk: Arc<OrderDesk<R>>,
     start: EventStart,
