@@ -114,16 +114,20 @@ impl Server {
     }
 }
 
-/// Every order id stored in `database_url`, read back over the REST API of a `stockorder serve`
-/// started on it (no processor, so nothing changes) and stopped afterwards. This is how the
-/// tools check for lost orders without reading the service's tables themselves.
-pub async fn stored_ids(database_url: &str) -> anyhow::Result<HashSet<String>> {
-    let server = Server::start(
+/// A `stockorder serve` on `database_url` to read it back through (no processor, so nothing
+/// changes): how the tools check what a run stored without reading the service's tables.
+pub async fn reader(database_url: &str) -> anyhow::Result<Server> {
+    Server::start(
         database_url,
         &[("PROCESSOR_WORKERS", "0"), ("RUST_LOG", "warn,stockorder=info")],
     )
     .await
-    .context("cannot start stockorder to read the stored orders back")?;
+    .context("cannot start stockorder to read the stored orders back")
+}
+
+/// Every order id stored in `database_url`, read back through a [`reader`] stopped afterwards.
+pub async fn stored_ids(database_url: &str) -> anyhow::Result<HashSet<String>> {
+    let server = reader(database_url).await?;
     let ids = stored_ids_of(&server).await?;
     server.stop().await?;
     Ok(ids)

@@ -452,12 +452,7 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
     let exit_code = exit_code.unwrap_or_else(|| last_report_exit_code(&log));
     let (stored, events) = if db.exists() {
         eprintln!("reading the stored orders back over the API");
-        let reader = crate::service::Server::start(
-            &format!("sqlite://{}", db.display()),
-            &[("PROCESSOR_WORKERS", "0"), ("RUST_LOG", "warn,stockorder=info")],
-        )
-        .await
-        .context("cannot start stockorder to read the stored orders back")?;
+        let reader = crate::service::reader(&format!("sqlite://{}", db.display())).await?;
         let stored = crate::service::stored_ids_of(&reader).await?;
         let events = match watchers {
             Some(watchers) => {

@@ -339,9 +339,7 @@ async fn followers_resume_across_ten_in_place_upgrades() {
     let mut current = first;
     for round in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        nix::sys::signal::kill(current, Signal::SIGHUP).unwrap();
-        let line = server.wait_for_event("upgrade.handover").await;
-        let next = Pid::from_raw(line["new_pid"].as_i64().unwrap() as i32);
+        let next = server.upgrade(current).await;
         if current == first {
             assert_eq!(server.child.wait().await.unwrap().code(), Some(0), "round {round}");
         } else {

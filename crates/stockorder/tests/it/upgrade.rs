@@ -8,13 +8,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use stockorder::lifecycle::upgrade::exited;
 
-/// Sends SIGHUP to `pid` and returns the pid of the process that took over.
-async fn upgrade(server: &mut ServerProcess, pid: Pid) -> Pid {
-    kill(pid, Signal::SIGHUP).unwrap();
-    let line = server.wait_for_event("upgrade.handover").await;
-    Pid::from_raw(line["new_pid"].as_i64().unwrap() as i32)
-}
-
 /// 20 upgrades in a row under 32 clients (REST and gRPC): nothing refused, reset or failed,
 /// and every acknowledged order is in the database at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +23,7 @@ async fn twenty_upgrades_under_load_break_nothing_and_lose_nothing() {
     let mut current = first;
     for round in 0..20 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let next = upgrade(&mut server, current).await;
+        let next = server.upgrade(current).await;
         assert_ne!(next, current, "round {round}");
         if current == first {
             // Our own child: reap it, and check it exited cleanly.
@@ -114,7 +107,7 @@ async fn no_read_is_stale_while_two_processes_share_the_file() {
         ids.push(id);
     }
     let old = Pid::from_raw(server.child.id().unwrap() as i32);
-    let new = upgrade(&mut server, old).await;
+    let new = server.upgrade(old).await;
     // Not our child: killed if an assertion below fails, so no server outlives the test.
     struct Reap(Pid);
     impl Drop for Reap {

@@ -245,6 +245,14 @@ impl ServerProcess {
         lines
     }
 
+    /// Sends SIGHUP to `pid` (this process, or one that took over from it) and returns the pid
+    /// of the process that took over in turn: one in-place upgrade.
+    pub async fn upgrade(&mut self, pid: nix::unistd::Pid) -> nix::unistd::Pid {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        let line = self.wait_for_event("upgrade.handover").await;
+        nix::unistd::Pid::from_raw(line["new_pid"].as_i64().unwrap() as i32)
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
         nix::sys::signal::kill(pid, sig).unwrap();
