@@ -350,25 +350,7 @@ impl<S> Server<S> {
         // From now on every HTTP/1 answer says `Connection: close`, readiness or not.
         notice.stop_accepting();
 
-        // Take whatever completed its handshake before the socket closes; closing would reset it.
-        // Asked of the kernel directly (a non-blocking accept until it would block): tokio's
-        // readiness for the socket can lag behind connections that arrived since the reactor last
-        // looked, and those would be reset.
-        let mut taken = 0;
-        match listener.into_std() {
-            Ok(listener) => {
-                while let Ok((stream, peer)) = listener.accept() {
-                    match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
-                        Ok(stream) => {
-                            accept(stream, peer, &mut connections);
-                            taken += 1;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot serve a connection taken from the backlog"),
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog"),
-        }
+        let taken = take_backlog(listener, |stream, peer| accept(stream, peer, &mut connections));
         accepted += taken;
         tracing::info!(
             event = "listener.closed",
@@ -387,6 +369,29 @@ impl<S> Server<S> {
             cut: tally.cut_names.lock().map(|n| n.clone()).unwrap_or_default(),
         }
     }
+}
+
+/// Takes whatever completed its handshake before the socket closes (closing would reset it) and
+/// hands each to `accept`; returns how many. Asked of the kernel directly (a non-blocking accept
+/// until it would block): tokio's readiness for the socket can lag behind connections that
+/// arrived since the reactor last looked, and those would be reset.
+fn take_backlog(listener: TcpListener, mut accept: impl FnMut(TcpStream, SocketAddr)) -> u64 {
+    let mut taken = 0;
+    match listener.into_std() {
+        Ok(listener) => {
+            while let Ok((stream, peer)) = listener.accept() {
+                match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                    Ok(stream) => {
+                        accept(stream, peer);
+                        taken += 1;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot serve a connection taken from the backlog"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog"),
+    }
+    taken
 }
 
 async fn connection<S, B>(

@@ -10,11 +10,11 @@
 //! code is 1 when anything accepted failed, was lost, or is unaccounted for, so CI can use it.
 
 mod live;
+mod running;
 pub(crate) mod tally;
 mod timeline;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,14 +22,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::load::{Driver, LoadProtocol, Outcome};
-use crate::process::{accepting, free_port};
-use crate::service::{event, listening_on};
+use crate::service::event;
 use tally::{Request, Tally};
 
 /// Options of `stockorder-tools prove`.
@@ -259,110 +257,16 @@ pub async fn run(args: ProveArgs) -> anyhow::Result<std::process::ExitCode> {
 async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::Result<bool> {
     let page = board.is_some();
     let board = board.unwrap_or_default();
-    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let db = dir.path().join("orders.db");
-    let name = match args.target {
-        Target::Command => args.command.join(" "),
-        target => target.name().to_owned(),
-    };
-    // A command is told a free port in advance (unless it was given its address); ours bind
-    // port 0 and announce the port in their log.
-    let (mut http_port, mut grpc_port) = (0, 0);
-    let mut fixed_addr = args.addr.clone();
-    if args.target == Target::Command && fixed_addr.is_none() {
-        let port = free_port()?;
-        match args.protocol {
-            LoadProtocol::Http => http_port = port,
-            LoadProtocol::Grpc => grpc_port = port,
-        }
-        fixed_addr = Some(format!("127.0.0.1:{port}"));
-    }
-    let mut child = args
-        .target
-        .command(args)?
-        .env("HOST", "127.0.0.1")
-        .env("PORT", http_port.to_string())
-        .env("GRPC_PORT", grpc_port.to_string())
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .env("DEMO_SLEEP_SCALE", args.demo_sleep_scale.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    let pid = child.id().context("the target exited at once")?;
-
-    // The target's log: its address first, then every line, kept for the server-side counts.
-    let stdout = child.stdout.take().context("no stdout from the target")?;
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let (upgraded_tx, mut upgraded) = tokio::sync::mpsc::unbounded_channel();
-    let announcement = match args.protocol {
-        LoadProtocol::Http => "http",
-        LoadProtocol::Grpc => "grpc",
-    };
-    // When the load started, on the wall clock: the log's timestamps are placed on the load's
-    // clock with it.
-    let load_started = Arc::new(std::sync::OnceLock::<time::OffsetDateTime>::new());
-    let (live_board, live_started) = (Arc::clone(&board), Arc::clone(&load_started));
-    let reader = tokio::spawn(async move {
-        let mut addr_tx = Some(addr_tx);
-        let mut lines = BufReader::new(stdout).lines();
-        let mut log = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if let Some(addr) = listening_on(&v, announcement)
-                && let Some(tx) = addr_tx.take()
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-            if event(&v) == "upgrade.handover"
-                && let Some(pid) = v["new_pid"].as_i64()
-            {
-                let _ = upgraded_tx.send(nix::unistd::Pid::from_raw(pid as i32));
-            }
-            let at = live_started
-                .get()
-                .and_then(|started| timeline::seconds_since(&v, *started));
-            live_board.log_line(&v, at);
-            log.push(v);
-        }
-        log
-    });
-    let ready = async {
-        match &fixed_addr {
-            Some(addr) => accepting(addr).await.map(|()| addr.clone()),
-            None => addr_rx.await.context("the target exited before listening"),
-        }
-    };
-    let addr = tokio::select! {
-        addr = tokio::time::timeout(Duration::from_secs(30), ready) => {
-            let hint = match (&args.addr, args.target) {
-                (None, Target::Command) => {
-                    " (a command is told its port in PORT, or GRPC_PORT for gRPC; give --addr if it listens elsewhere)"
-                }
-                _ => "",
-            };
-            addr.map_err(|_| anyhow::anyhow!("{name} did not start listening within 30 s{hint}"))??
-        }
-        status = child.wait() => anyhow::bail!("{name} exited before it was ready: {}", status?),
-    };
-    eprintln!(
-        "{name} listening on {addr} (pid {pid}); {} {} clients",
-        args.concurrency,
-        protocol_name(args.protocol)
-    );
+    let mut target = running::Running::start(args, &board).await?;
+    let addr = target.addr.clone();
     let watchers =
         (args.watchers > 0).then(|| crate::watchers::Watchers::start(args.watchers, &format!("http://{addr}")));
 
     let started = Instant::now();
     let started_wall = time::OffsetDateTime::now_utc();
-    let _ = load_started.set(started_wall);
+    let _ = target.load_started.set(started_wall);
     board.start(
-        format!("prove {name} ({} clients)", protocol_name(args.protocol)),
+        format!("prove {} ({} clients)", target.name, protocol_name(args.protocol)),
         started,
     );
     let exited = Arc::new(AtomicBool::new(false));
@@ -374,72 +278,7 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
         clients.spawn(client(driver, started, exited, timeout, board));
     }
 
-    let target = nix::unistd::Pid::from_raw(pid as i32);
-    let mut upgrade_marks = Vec::new();
-    let (signalled, exit_code) = if let Some(every) = args.upgrade_every {
-        // In-place upgrades: each SIGHUP goes to the process now serving, which names its
-        // successor in the log.
-        let mut current = target;
-        for i in 1..=args.upgrades {
-            tokio::time::sleep(every).await;
-            let at = started.elapsed();
-            nix::sys::signal::kill(current, nix::sys::signal::Signal::SIGHUP).context("cannot signal the target")?;
-            let next = tokio::time::timeout(Duration::from_secs(60), upgraded.recv())
-                .await
-                .with_context(|| format!("upgrade {i}: no new process within 60 s"))?
-                .context("the target exited during an upgrade")?;
-            eprintln!(
-                "upgrade {i}: SIGHUP at {:.2}s; pid {current} → {next}",
-                at.as_secs_f64()
-            );
-            board.mark(at.as_secs_f64(), "SIGHUP");
-            upgrade_marks.push(at);
-            current = next;
-        }
-        tokio::time::sleep(every).await;
-        let signalled = started.elapsed();
-        nix::sys::signal::kill(current, args.signal.signal()).context("cannot signal the target")?;
-        board.mark(signalled.as_secs_f64(), signal_label(args.signal));
-        eprintln!(
-            "sent {:?} to pid {current} at {:.2}s",
-            args.signal.signal(),
-            signalled.as_secs_f64()
-        );
-        tokio::time::timeout(Duration::from_secs(120), crate::process::exited(current))
-            .await
-            .context("the target did not exit within 120 s of the signal")?;
-        // The first process, long gone: reap it. The exit code is the last process's, read
-        // from its report below.
-        let _ = child.wait().await;
-        (signalled, None)
-    } else {
-        // At --signal-after, or when the live page's button asks.
-        tokio::select! {
-            () = tokio::time::sleep(args.signal_after) => {}
-            () = board.signal_requested(), if page => eprintln!("the live page asked for the signal"),
-        }
-        let signalled = started.elapsed();
-        nix::sys::signal::kill(target, args.signal.signal()).context("cannot signal the target")?;
-        board.mark(signalled.as_secs_f64(), signal_label(args.signal));
-        eprintln!("sent {:?} at {:.2}s", args.signal.signal(), signalled.as_secs_f64());
-        // The impatient operator: a second signal while the first shutdown runs.
-        let second = args.second_signal_after.map(|after| {
-            let signal = args.signal.signal();
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                if nix::sys::signal::kill(target, signal).is_ok() {
-                    eprintln!("sent {signal:?} again at {:.2}s", started.elapsed().as_secs_f64());
-                }
-            })
-        });
-        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
-            .await
-            .context("the target did not exit within 120 s of the signal")??;
-        if let Some(second) = second {
-            second.abort();
-        }
-        (signalled, Some(status.code()))
-    };
+    let signalled = target.signal(args, &board, started, page).await?;
     let exit_after = started.elapsed();
     exited.store(true, Ordering::Release);
     board.mark(exit_after.as_secs_f64(), "exit");
@@ -448,74 +287,26 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
     while let Some(done) = clients.join_next().await {
         requests.extend(done.context("a client task failed")?);
     }
-    let log = reader.await.unwrap_or_default();
-    let exit_code = exit_code.unwrap_or_else(|| last_report_exit_code(&log));
-    let (stored, events) = if db.exists() {
-        eprintln!("reading the stored orders back over the API");
-        let reader = crate::service::reader(&format!("sqlite://{}", db.display())).await?;
-        let stored = crate::service::stored_ids_of(&reader).await?;
-        let events = match watchers {
-            Some(watchers) => {
-                // The followers resume on the reader, as a client would on the next process.
-                let http = format!("http://{}", reader.http);
-                watchers.follow(&http);
-                Some(watchers.finish(&http, Duration::from_secs(20)).await?)
-            }
-            None => None,
-        };
-        reader.stop().await?;
-        (Some(stored), events)
-    } else {
-        // A command that keeps its orders elsewhere: nothing can be said about lost orders.
-        (None, None)
-    };
+    let log = target.log().await;
+    let exit_code = signalled.exit_code.unwrap_or_else(|| last_report_exit_code(&log));
+    let (stored, events) = read_back(&target.db, watchers).await?;
     let tally = Tally::new(
-        &name,
+        &target.name,
         protocol_name(args.protocol),
         args.signal.signal(),
         args.second_signal_after.is_some(),
-        signalled,
+        signalled.at,
         exit_after,
         exit_code,
-        upgrade_marks.len(),
+        signalled.upgrades.len(),
         &requests,
         stored.as_ref(),
         &log,
     )
     .with_events(events);
     if let Some(path) = &args.svg {
-        // With upgrades, the log's shutdown steps are the old processes'; mark the upgrades.
-        let mut marks = if upgrade_marks.is_empty() {
-            timeline::marks_from_log(&log, started_wall)
-        } else {
-            upgrade_marks
-                .iter()
-                .map(|at| timeline::Mark {
-                    at: at.as_secs_f64(),
-                    label: "SIGHUP",
-                })
-                .collect()
-        };
-        marks.insert(
-            0,
-            timeline::Mark {
-                at: signalled.as_secs_f64(),
-                label: signal_label(args.signal),
-            },
-        );
-        marks.push(timeline::Mark {
-            at: exit_after.as_secs_f64(),
-            label: "exit",
-        });
-        marks.sort_by(|a, b| a.at.total_cmp(&b.at));
-        let mut title = match args.protocol {
-            LoadProtocol::Http => format!("stockorder-tools prove --target {}", args.target.name()),
-            LoadProtocol::Grpc => format!("stockorder-tools prove --target {} --protocol grpc", args.target.name()),
-        };
-        if let Some(every) = args.upgrade_every {
-            title.push_str(&format!(" --upgrade-every {}ms", every.as_millis()));
-        }
-        timeline::render(path, &title, &requests, &marks, exit_after)?;
+        let marks = timeline_marks(args, &log, started_wall, &signalled, exit_after);
+        timeline::render(path, &timeline_title(args), &requests, &marks, exit_after)?;
         eprintln!("timeline written to {}", path.display());
     }
     if args.json {
@@ -527,6 +318,83 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
     verdict["held"] = tally.held().into();
     board.finish(verdict);
     Ok(tally.held())
+}
+
+/// The orders stored in the target's file, and what each watcher received against the history,
+/// read back through a fresh server on that file. `None` for a command that keeps its orders
+/// elsewhere: nothing can be said about lost orders then.
+async fn read_back(
+    db: &std::path::Path,
+    watchers: Option<crate::watchers::Watchers>,
+) -> anyhow::Result<(
+    Option<std::collections::HashSet<String>>,
+    Option<crate::watchers::WatchTally>,
+)> {
+    if !db.exists() {
+        return Ok((None, None));
+    }
+    eprintln!("reading the stored orders back over the API");
+    let reader = crate::service::reader(&format!("sqlite://{}", db.display())).await?;
+    let stored = crate::service::stored_ids_of(&reader).await?;
+    let events = match watchers {
+        Some(watchers) => {
+            // The followers resume on the reader, as a client would on the next process.
+            let http = format!("http://{}", reader.http);
+            watchers.follow(&http);
+            Some(watchers.finish(&http, Duration::from_secs(20)).await?)
+        }
+        None => None,
+    };
+    reader.stop().await?;
+    Ok((Some(stored), events))
+}
+
+/// The marks on the timeline: the signal, the shutdown's steps from the log (or, with upgrades,
+/// each SIGHUP: the log's steps are then the old processes'), and the exit.
+fn timeline_marks(
+    args: &ProveArgs,
+    log: &[Value],
+    started_wall: time::OffsetDateTime,
+    signalled: &running::Signalled,
+    exit_after: Duration,
+) -> Vec<timeline::Mark> {
+    let mut marks = if signalled.upgrades.is_empty() {
+        timeline::marks_from_log(log, started_wall)
+    } else {
+        signalled
+            .upgrades
+            .iter()
+            .map(|at| timeline::Mark {
+                at: at.as_secs_f64(),
+                label: "SIGHUP",
+            })
+            .collect()
+    };
+    marks.insert(
+        0,
+        timeline::Mark {
+            at: signalled.at.as_secs_f64(),
+            label: signal_label(args.signal),
+        },
+    );
+    marks.push(timeline::Mark {
+        at: exit_after.as_secs_f64(),
+        label: "exit",
+    });
+    marks.sort_by(|a, b| a.at.total_cmp(&b.at));
+    marks
+}
+
+/// The command line the timeline's title shows.
+fn timeline_title(args: &ProveArgs) -> String {
+    let mut title = match args.protocol {
+        LoadProtocol::Http => format!("stockorder-tools prove --target {}", args.target.name()),
+        LoadProtocol::Grpc => format!("stockorder-tools prove --target {} --protocol grpc", args.target.name()),
+    };
+    if let Some(every) = args.upgrade_every {
+        title.push_str(&format!(" --upgrade-every {}ms", every.as_millis()));
+    }
+    title
 }
 
 fn signal_label(signal: SignalName) -> &'static str {

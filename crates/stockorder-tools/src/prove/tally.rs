@@ -261,8 +261,47 @@ fn server_logged_acks(log: &[Value]) -> Option<usize> {
     Some(answered.iter().filter(|l| l["status"] == 201 || create_call(l)).count())
 }
 
+/// One row of the tally: a count with what it means.
+fn line(f: &mut fmt::Formatter<'_>, what: &str, n: usize, why: &str) -> fmt::Result {
+    writeln!(f, "{}", format!("  {what:<22} {n:>8}   {why}").trim_end())
+}
+
+/// A row whose count could not be taken: `none` says why.
+fn maybe(f: &mut fmt::Formatter<'_>, what: &str, n: Option<usize>, why: &str, none: &str) -> fmt::Result {
+    match n {
+        Some(n) => line(f, what, n, why),
+        None => writeln!(f, "  {what:<22} {:>8}   {none}", "-"),
+    }
+}
+
 impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_heading(f)?;
+        self.fmt_requests(f)?;
+        self.fmt_checks(f)?;
+        if let Some(events) = &self.events {
+            fmt_events(f, events)?;
+        }
+        writeln!(f)?;
+        if self.held() {
+            let events = if self.events.is_some() {
+                ", and every follower got every event once, in order"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "  PASS: every accepted request was answered and every acknowledged order is stored{events}"
+            )
+        } else {
+            writeln!(f, "  FAIL: {}", self.faults().join(", "))
+        }
+    }
+}
+
+impl Tally {
+    /// What was run, the signal, and the exit.
+    fn fmt_heading(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let exit = self
             .exit_code
             .map_or("killed by a signal".to_owned(), |c| format!("exit code {c}"));
@@ -279,10 +318,11 @@ impl fmt::Display for Tally {
             self.signal_at_s,
             self.exit_at_s,
             (self.exit_at_s - self.signal_at_s) * 1000.0
-        )?;
-        let line = |f: &mut fmt::Formatter<'_>, what: &str, n: usize, why: &str| {
-            writeln!(f, "{}", format!("  {what:<22} {n:>8}   {why}").trim_end())
-        };
+        )
+    }
+
+    /// The requests by what became of them, each group broken down by outcome.
+    fn fmt_requests(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         line(f, "requests sent", self.requests, "")?;
         line(f, "acknowledged", self.acknowledged, "orders placed and confirmed")?;
         let never_accepted = [Outcome::Refused.label(), Outcome::NotProcessed.label()];
@@ -308,11 +348,11 @@ impl fmt::Display for Tally {
         )?;
         breakdown(f, &|label| {
             !never_accepted.iter().any(|l| l == label) && label != "HTTP 201" && label != "gRPC OK"
-        })?;
-        let maybe = |f: &mut fmt::Formatter<'_>, what: &str, n: Option<usize>, why: &str, none: &str| match n {
-            Some(n) => line(f, what, n, why),
-            None => writeln!(f, "  {what:<22} {:>8}   {none}", "-"),
-        };
+        })
+    }
+
+    /// What the database and the server's log say, against what the clients saw.
+    fn fmt_checks(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         maybe(
             f,
             "lost",
@@ -342,38 +382,27 @@ impl fmt::Display for Tally {
         if let (Some(from), Some(until)) = (self.failures_from_s, self.failures_until_s) {
             writeln!(f, "  failures between {from:.2} s and {until:.2} s")?;
         }
-        if let Some(events) = &self.events {
-            writeln!(f, "\n  event stream, {} followers:", events.watchers)?;
-            line(
-                f,
-                "events in the log",
-                events.expected,
-                "what each follower should have received",
-            )?;
-            line(f, "received", events.received, "all followers together")?;
-            line(
-                f,
-                "streams resumed",
-                events.reconnects,
-                "ended by the server, resumed after the last event",
-            )?;
-            line(f, "missing", events.missing, "in the log, never received by a follower")?;
-            line(f, "repeated", events.repeated, "received twice by one follower")?;
-            line(f, "out of order", events.out_of_order, "received after a later one")?;
-        }
-        writeln!(f)?;
-        if self.held() {
-            let events = if self.events.is_some() {
-                ", and every follower got every event once, in order"
-            } else {
-                ""
-            };
-            writeln!(
-                f,
-                "  PASS: every accepted request was answered and every acknowledged order is stored{events}"
-            )
-        } else {
-            writeln!(f, "  FAIL: {}", self.faults().join(", "))
-        }
+        Ok(())
     }
+}
+
+/// What the event-stream followers received against the history.
+fn fmt_events(f: &mut fmt::Formatter<'_>, events: &crate::watchers::WatchTally) -> fmt::Result {
+    writeln!(f, "\n  event stream, {} followers:", events.watchers)?;
+    line(
+        f,
+        "events in the log",
+        events.expected,
+        "what each follower should have received",
+    )?;
+    line(f, "received", events.received, "all followers together")?;
+    line(
+        f,
+        "streams resumed",
+        events.reconnects,
+        "ended by the server, resumed after the last event",
+    )?;
+    line(f, "missing", events.missing, "in the log, never received by a follower")?;
+    line(f, "repeated", events.repeated, "received twice by one follower")?;
+    line(f, "out of order", events.out_of_order, "received after a later one")
 }

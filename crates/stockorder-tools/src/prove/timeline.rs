@@ -62,36 +62,10 @@ pub(super) fn render(
     end: Duration,
 ) -> anyhow::Result<()> {
     let end = end.as_secs_f64() + 0.25;
-    let bins = (end / BIN).ceil() as usize + 1;
-    let mut rates = [vec![0.0; bins], vec![0.0; bins], vec![0.0; bins]];
-    for r in requests {
-        let series = match (r.id.is_some(), r.outcome) {
-            (true, _) => 0,
-            (false, o) if o.never_accepted() => 2,
-            (false, _) => 1,
-        };
-        let bin = ((r.answered.as_secs_f64() / BIN) as usize).min(bins - 1);
-        rates[series][bin] += 1.0 / BIN;
-    }
+    let rates = rates_by_outcome(requests, end);
     let top = rates.iter().flatten().copied().fold(1.0, f64::max) * 1.15;
 
-    // Marks are numbered on the chart and listed with their times in a strip below it, so
-    // marks a few milliseconds apart (the signal, readiness off, listeners closed) neither hide
-    // each other nor the data; a label that repeats (twenty SIGHUPs) is listed once.
-    let mut legend: Vec<(usize, &str, Vec<f64>)> = Vec::new();
-    let numbers: Vec<usize> = marks
-        .iter()
-        .map(|m| match legend.iter_mut().find(|(_, label, _)| *label == m.label) {
-            Some((n, _, times)) => {
-                times.push(m.at);
-                *n
-            }
-            None => {
-                legend.push((legend.len() + 1, m.label, vec![m.at]));
-                legend.len()
-            }
-        })
-        .collect();
+    let (legend, numbers) = number_marks(marks);
     let rows = legend.len().div_ceil(3);
 
     let mut svg = String::new();
@@ -154,23 +128,71 @@ pub(super) fn render(
             .border_style(BLACK)
             .draw()
             .map_err(|e| draw(&e))?;
-        // The marks, three to a row, with their times.
-        for (i, (number, label, times)) in legend.iter().enumerate() {
-            let at = match times.as_slice() {
-                [one] => format!("{one:.3} s"),
-                [first, .., last] => format!("{} times, {first:.2}–{last:.2} s", times.len()),
-                [] => String::new(),
-            };
-            let (x, y) = (82 + 310 * (i % 3) as i32, 8 + 26 * (i / 3) as i32);
-            lower
-                .draw(&Text::new(
-                    format!("{number}  {label}  {at}"),
-                    (x, y),
-                    ("sans-serif", 14),
-                ))
-                .map_err(|e| draw(&e))?;
-        }
+        draw_legend(&lower, &legend).map_err(|e| draw(&e))?;
         root.present().map_err(|e| draw(&e))?;
     }
     std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Requests per second in bins of `BIN` seconds up to `end`, by when they were answered: the
+/// acknowledged, the failed, and the refused (never accepted).
+fn rates_by_outcome(requests: &[Request], end: f64) -> [Vec<f64>; 3] {
+    let bins = (end / BIN).ceil() as usize + 1;
+    let mut rates = [vec![0.0; bins], vec![0.0; bins], vec![0.0; bins]];
+    for r in requests {
+        let series = match (r.id.is_some(), r.outcome) {
+            (true, _) => 0,
+            (false, o) if o.never_accepted() => 2,
+            (false, _) => 1,
+        };
+        let bin = ((r.answered.as_secs_f64() / BIN) as usize).min(bins - 1);
+        rates[series][bin] += 1.0 / BIN;
+    }
+    rates
+}
+
+/// A mark's label, its number, and every time it happened.
+type Legend<'a> = Vec<(usize, &'a str, Vec<f64>)>;
+
+/// Marks are numbered on the chart and listed with their times in a strip below it, so marks a
+/// few milliseconds apart (the signal, readiness off, listeners closed) neither hide each other
+/// nor the data; a label that repeats (twenty SIGHUPs) is listed once. Returns the strip and
+/// each mark's number.
+fn number_marks(marks: &[Mark]) -> (Legend<'_>, Vec<usize>) {
+    let mut legend: Legend<'_> = Vec::new();
+    let numbers: Vec<usize> = marks
+        .iter()
+        .map(|m| match legend.iter_mut().find(|(_, label, _)| *label == m.label) {
+            Some((n, _, times)) => {
+                times.push(m.at);
+                *n
+            }
+            None => {
+                legend.push((legend.len() + 1, m.label, vec![m.at]));
+                legend.len()
+            }
+        })
+        .collect();
+    (legend, numbers)
+}
+
+/// The strip below the chart: the marks, three to a row, with their times.
+fn draw_legend(
+    lower: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    legend: &Legend<'_>,
+) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    for (i, (number, label, times)) in legend.iter().enumerate() {
+        let at = match times.as_slice() {
+            [one] => format!("{one:.3} s"),
+            [first, .., last] => format!("{} times, {first:.2}–{last:.2} s", times.len()),
+            [] => String::new(),
+        };
+        let (x, y) = (82 + 310 * (i % 3) as i32, 8 + 26 * (i / 3) as i32);
+        lower.draw(&Text::new(
+            format!("{number}  {label}  {at}"),
+            (x, y),
+            ("sans-serif", 14),
+        ))?;
+    }
+    Ok(())
 }

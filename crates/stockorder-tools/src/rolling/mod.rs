@@ -36,7 +36,7 @@ use crate::process::free_port;
 use crate::prove::tally::{Accounting, Request};
 use crate::prove::{Next, place_orders};
 use lb::{LbPorts, LoadBalancer};
-use replica::ReplicaSpec;
+use replica::{Replica, ReplicaSpec};
 
 /// The replicas `deploy/haproxy.cfg` names (`r1` to `r3`).
 const REPLICAS: usize = 3;
@@ -272,96 +272,14 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
     // The clients: through HAProxy only, until told to stop.
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = JoinSet::new();
-    let (mut http_clients, mut grpc_clients) = (0, 0);
-    for i in 0..args.concurrency {
-        let protocol = match args.protocol {
-            Clients::Http => LoadProtocol::Http,
-            Clients::Grpc => LoadProtocol::Grpc,
-            Clients::Both if i % 2 == 0 => LoadProtocol::Http,
-            Clients::Both => LoadProtocol::Grpc,
-        };
-        let addr = match protocol {
-            LoadProtocol::Http => {
-                http_clients += 1;
-                format!("127.0.0.1:{}", ports.http)
-            }
-            LoadProtocol::Grpc => {
-                grpc_clients += 1;
-                format!("127.0.0.1:{}", ports.grpc)
-            }
-        };
-        let driver = Driver::new(protocol, &addr)?;
-        let stop = Arc::clone(&stop);
-        clients.spawn(place_orders(
-            driver,
-            started,
-            Duration::from_secs(10),
-            None,
-            move |_| {
-                if stop.load(Ordering::Relaxed) {
-                    Next::Stop
-                } else {
-                    Next::Send
-                }
-            },
-        ));
-    }
+    let (mut clients, client_counts) = start_clients(args, ports, started, &stop)?;
 
     tokio::time::sleep(args.steady).await;
     let restarts_from = started.elapsed();
     let mut restarts = Vec::new();
     for round in 1..=args.rounds {
         for (spec, slot) in specs.iter().zip(replicas.iter_mut()) {
-            let old = slot.take().context("replica missing")?;
-            let t0 = Instant::now();
-            old.terminate()?;
-            // Timed independently: with no drain delay the process may exit before HAProxy
-            // notices, and that order is part of what the run shows.
-            let out = async {
-                let limit = args.drain_delay * 4 + Duration::from_secs(5);
-                tokio::time::timeout(limit, lb.wait_for(&["rest", "grpc"], &spec.name, false))
-                    .await
-                    .with_context(|| format!("HAProxy never took {} out of rotation", spec.name))??;
-                anyhow::Ok(t0.elapsed())
-            };
-            let exit = async {
-                let code = old.wait(Duration::from_secs(60)).await?;
-                anyhow::Ok((code, t0.elapsed()))
-            };
-            let (out_ms, exit) = tokio::join!(out, exit);
-            let (out_ms, (exit_code, exited)) = (out_ms?, exit?);
-            let new = spec.start().await?;
-            let ready = t0.elapsed();
-            lb.wait_for(&["rest", "grpc"], &spec.name, true).await?;
-            let back = t0.elapsed();
-            *slot = Some(new);
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            eprintln!(
-                "round {round} {}: SIGTERM → out of rotation {:.0} ms → exit {:.0} ms (code {}) → new replica ready {:.0} ms → back in rotation {:.0} ms",
-                spec.name,
-                ms(out_ms),
-                ms(exited),
-                exit_code.map_or("signal".to_owned(), |c| c.to_string()),
-                ms(ready),
-                ms(back)
-            );
-            restarts.push(Restart {
-                round,
-                replica: spec.name.clone(),
-                out_of_rotation_ms: ms(out_ms),
-                exited_ms: ms(exited),
-                exit_code,
-                new_ready_ms: ms(ready),
-                back_in_rotation_ms: ms(back),
-            });
-            if exit_code != Some(0) {
-                eprintln!(
-                    "replica {} exited with {exit_code:?}; see {}",
-                    spec.name,
-                    spec.log().display()
-                );
-            }
+            restarts.push(restart(args, &lb, spec, slot, round).await?);
         }
     }
     let restarts_until = started.elapsed();
@@ -391,7 +309,117 @@ async fn run_in_schema(args: &RollingArgs, database_url: &str, dir: &std::path::
             (r, during)
         })
         .collect();
-    Ok((requests, restarts, (http_clients, grpc_clients), events))
+    Ok((requests, restarts, client_counts, events))
+}
+
+/// The load's clients, each returning what it saw of its requests.
+type Running = JoinSet<Vec<Request>>;
+
+/// The clients: through HAProxy only, until `stop` is set. Returns them and how many speak
+/// HTTP and gRPC.
+fn start_clients(
+    args: &RollingArgs,
+    ports: LbPorts,
+    started: Instant,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Running, (usize, usize))> {
+    let mut clients = JoinSet::new();
+    let (mut http_clients, mut grpc_clients) = (0, 0);
+    for i in 0..args.concurrency {
+        let protocol = match args.protocol {
+            Clients::Http => LoadProtocol::Http,
+            Clients::Grpc => LoadProtocol::Grpc,
+            Clients::Both if i % 2 == 0 => LoadProtocol::Http,
+            Clients::Both => LoadProtocol::Grpc,
+        };
+        let addr = match protocol {
+            LoadProtocol::Http => {
+                http_clients += 1;
+                format!("127.0.0.1:{}", ports.http)
+            }
+            LoadProtocol::Grpc => {
+                grpc_clients += 1;
+                format!("127.0.0.1:{}", ports.grpc)
+            }
+        };
+        let driver = Driver::new(protocol, &addr)?;
+        let stop = Arc::clone(stop);
+        clients.spawn(place_orders(
+            driver,
+            started,
+            Duration::from_secs(10),
+            None,
+            move |_| {
+                if stop.load(Ordering::Relaxed) {
+                    Next::Stop
+                } else {
+                    Next::Send
+                }
+            },
+        ));
+    }
+
+    Ok((clients, (http_clients, grpc_clients)))
+}
+
+/// One replica restarted: SIGTERM, out of HAProxy's rotation and exited (timed independently:
+/// with no drain delay the process may exit before HAProxy notices, and that order is part of
+/// what the run shows), a new process started in its slot, back in rotation.
+async fn restart(
+    args: &RollingArgs,
+    lb: &LoadBalancer,
+    spec: &ReplicaSpec,
+    slot: &mut Option<Replica>,
+    round: u32,
+) -> anyhow::Result<Restart> {
+    let old = slot.take().context("replica missing")?;
+    let t0 = Instant::now();
+    old.terminate()?;
+    let out = async {
+        let limit = args.drain_delay * 4 + Duration::from_secs(5);
+        tokio::time::timeout(limit, lb.wait_for(&["rest", "grpc"], &spec.name, false))
+            .await
+            .with_context(|| format!("HAProxy never took {} out of rotation", spec.name))??;
+        anyhow::Ok(t0.elapsed())
+    };
+    let exit = async {
+        let code = old.wait(Duration::from_secs(60)).await?;
+        anyhow::Ok((code, t0.elapsed()))
+    };
+    let (out_ms, exit) = tokio::join!(out, exit);
+    let (out_ms, (exit_code, exited)) = (out_ms?, exit?);
+    let new = spec.start().await?;
+    let ready = t0.elapsed();
+    lb.wait_for(&["rest", "grpc"], &spec.name, true).await?;
+    let back = t0.elapsed();
+    *slot = Some(new);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "round {round} {}: SIGTERM → out of rotation {:.0} ms → exit {:.0} ms (code {}) → new replica ready {:.0} ms → back in rotation {:.0} ms",
+        spec.name,
+        ms(out_ms),
+        ms(exited),
+        exit_code.map_or("signal".to_owned(), |c| c.to_string()),
+        ms(ready),
+        ms(back)
+    );
+    let restart = Restart {
+        round,
+        replica: spec.name.clone(),
+        out_of_rotation_ms: ms(out_ms),
+        exited_ms: ms(exited),
+        exit_code,
+        new_ready_ms: ms(ready),
+        back_in_rotation_ms: ms(back),
+    };
+    if exit_code != Some(0) {
+        eprintln!(
+            "replica {} exited with {exit_code:?}; see {}",
+            spec.name,
+            spec.log().display()
+        );
+    }
+    Ok(restart)
 }
 
 fn summarize(

@@ -137,7 +137,14 @@ async fn open_store(
     let store = tokio::time::timeout(
         // A little beyond PostgreSQL's own patience, which then reports the cause itself.
         timeouts.startup + timeouts.connect,
-        Store::open(url, settings.pool_size, timeouts, settings.retention, handed_lock),
+        Store::open(
+            url,
+            settings.pool_size,
+            timeouts,
+            settings.retention,
+            handed_lock,
+            Arc::new(Prometheus),
+        ),
     )
     .await
     .map_err(|_| StartupError::DatabaseTimeout {

@@ -1,4 +1,4 @@
-//! What the core counts, whoever collects it.
+//! What the core and the stores count, whoever collects it.
 
 use std::time::Duration;
 
@@ -15,7 +15,17 @@ pub trait OrderMetrics: Send + Sync + 'static {
     fn processor_lag(&self, waited: Duration);
 }
 
-/// Counts nothing: the default of a desk wired without metrics (tests, embedding).
+/// What a store measures of its own work. A port, like [`OrderMetrics`], so that the database
+/// adapters know no metrics system: the application hands the Prometheus adapter to the store
+/// it opens, tests and tools hand [`NoMetrics`].
+pub trait StoreMetrics: Send + Sync + 'static {
+    /// One transaction committed on `backend` (`"sqlite"`, `"postgres"`): `writes` changes in
+    /// it, `took` from its start to the end of its COMMIT.
+    fn commit(&self, backend: &'static str, writes: usize, took: Duration);
+}
+
+/// Counts nothing: the default of a desk or a store wired without metrics (tests, tools,
+/// embedding).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoMetrics;
 
@@ -23,4 +33,8 @@ impl OrderMetrics for NoMetrics {
     fn transitions(&self, _from: Option<OrderStatus>, _to: OrderStatus, _n: u64) {}
 
     fn processor_lag(&self, _waited: Duration) {}
+}
+
+impl StoreMetrics for NoMetrics {
+    fn commit(&self, _backend: &'static str, _writes: usize, _took: Duration) {}
 }

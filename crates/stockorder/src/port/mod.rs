@@ -10,7 +10,7 @@ mod repository;
 mod service;
 
 pub use listing::{ListQuery, Page, PageLimit, PageToken};
-pub use metrics::{NoMetrics, OrderMetrics};
+pub use metrics::{NoMetrics, OrderMetrics, StoreMetrics};
 pub use price::PriceSource;
 pub use repository::{
     EventBounds, EventRetention, Fault, Inserted, OrderRepository, QueuePosition, Queued, RepositoryError, Transition,

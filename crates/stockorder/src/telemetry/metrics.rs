@@ -23,9 +23,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::OrderStatus;
-use crate::port::OrderMetrics;
+use crate::port::{OrderMetrics, StoreMetrics};
 
-/// The core's [`OrderMetrics`], recorded into this process's registry.
+/// The core's [`OrderMetrics`] and the stores' [`StoreMetrics`], recorded into this process's
+/// registry.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prometheus;
 
@@ -36,6 +37,12 @@ impl OrderMetrics for Prometheus {
 
     fn processor_lag(&self, waited: Duration) {
         metrics().processor_lag(waited);
+    }
+}
+
+impl StoreMetrics for Prometheus {
+    fn commit(&self, backend: &'static str, writes: usize, took: Duration) {
+        metrics().db_commit(backend, writes, took);
     }
 }
 
@@ -221,83 +228,98 @@ impl Metrics {
             component_took: Family::default(),
             registry: Registry::with_prefix("stockorder"),
         };
-        m.registry.register(
+        m.register_requests();
+        m.register_orders();
+        m.register_process();
+        m
+    }
+
+    /// The requests' series: answered, latency, in flight, rejected, by API.
+    fn register_requests(&mut self) {
+        self.registry.register(
             "http_requests",
             "HTTP requests answered, by method, route template and status code",
-            m.http_requests.clone(),
+            self.http_requests.clone(),
         );
-        m.registry.register_with_unit(
+        self.registry.register_with_unit(
             "http_request_duration",
             "HTTP request latency, from the request's arrival to the end of its answer",
             Unit::Seconds,
-            m.http_duration.clone(),
+            self.http_duration.clone(),
         );
-        m.registry.register(
+        self.registry.register(
             "grpc_requests",
             "gRPC calls answered, by method and status code",
-            m.grpc_requests.clone(),
+            self.grpc_requests.clone(),
         );
-        m.registry.register_with_unit(
+        self.registry.register_with_unit(
             "grpc_request_duration",
             "gRPC call latency, from the call's arrival to the end of its answer",
             Unit::Seconds,
-            m.grpc_duration.clone(),
+            self.grpc_duration.clone(),
         );
-        m.registry.register(
+        self.registry.register(
             "requests_in_flight",
             "Requests being handled now, by protocol",
-            m.in_flight.clone(),
+            self.in_flight.clone(),
         );
-        m.registry.register(
+        self.registry.register(
             "requests_rejected",
             "Requests refused or cut short by a limit: overloaded (concurrency limit), timed_out, unauthenticated",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
-        m.registry.register(
+    }
+
+    /// The orders' and the database's series.
+    fn register_orders(&mut self) {
+        self.registry.register(
             "order_transitions",
             "Order status changes written to the database; `from` is NEW for a created order",
-            m.transitions.clone(),
+            self.transitions.clone(),
         );
-        m.registry.register_with_unit(
+        self.registry.register_with_unit(
             "processor_lag",
             "Time from an order's creation to the processor's decision on it",
             Unit::Seconds,
-            m.processor_lag.clone(),
+            self.processor_lag.clone(),
         );
-        m.registry.register(
+        self.registry.register(
             "db_batch_size",
             "Writes committed per database transaction (group commit)",
-            m.db_batch.clone(),
+            self.db_batch.clone(),
         );
-        m.registry.register_with_unit(
+        self.registry.register_with_unit(
             "db_commit_duration",
             "Time to apply and commit one write transaction, fsync included",
             Unit::Seconds,
-            m.db_commit.clone(),
+            self.db_commit.clone(),
         );
-        m.registry.register(
+    }
+
+    /// The process's own series: shutdown and logging.
+    fn register_process(&mut self) {
+        self.registry.register(
             "shutdown_draining",
             "1 once shutdown has started (readiness off), 0 before",
-            m.draining.clone(),
+            self.draining.clone(),
         );
-        m.registry.register(
+        self.registry.register(
             "log_lines_dropped",
             "Log lines dropped because the queue to stdout was full (logging never blocks a request)",
-            m.log_dropped.clone(),
+            self.log_dropped.clone(),
         );
-        m.registry.register_with_unit(
+        self.registry.register_with_unit(
             "shutdown_phase_budget",
             "Longest each shutdown phase may take, as configured",
             Unit::Seconds,
-            m.phase_budget.clone(),
+            self.phase_budget.clone(),
         );
-        m.registry.register_with_unit(
+        self.registry.register_with_unit(
             "shutdown_component_duration",
             "How long each component took to stop, by phase and outcome; set as each stops",
             Unit::Seconds,
-            m.component_took.clone(),
+            self.component_took.clone(),
         );
-        m
     }
 
     /// The Prometheus text exposition of every metric.

@@ -35,9 +35,16 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let url = DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("f.db").display())).unwrap();
         let router = runtime.block_on(async {
-            let store = Store::open(&url, 2, Default::default(), Default::default(), None)
-                .await
-                .unwrap();
+            let store = Store::open(
+                &url,
+                2,
+                Default::default(),
+                Default::default(),
+                None,
+                std::sync::Arc::new(stockorder::port::NoMetrics),
+            )
+            .await
+            .unwrap();
             let desk = Arc::new(OrderDesk::new(store, Arc::new(SimulatedPrices), RiskRules::default()));
             http::router(desk, phased_shutdown::DrainSwitch::new().readiness())
         });

@@ -1,6 +1,7 @@
 //! Adapters the core drives: order storage (SQLite, PostgreSQL, and an in-memory double for
-//! unit tests) and the simulated price feed. (Metrics, which every adapter records, are in
-//! `telemetry::metrics`.)
+//! unit tests) and the simulated price feed. The stores report their commits through the
+//! [`StoreMetrics`](crate::port::StoreMetrics) port they are opened with; none of them knows
+//! the metrics registry.
 
 #[cfg(test)]
 pub(crate) mod memory;

@@ -3,13 +3,15 @@
 //! An enum rather than a trait object: the port's methods are `async fn`s (not object safe),
 //! and two variants dispatched by a `match` cost nothing measurable next to a database call.
 
+use std::sync::Arc;
+
 use super::postgres::{self, PostgresStore};
 use super::sqlite::{self, SqliteStore};
 use crate::config::DatabaseUrl;
 use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
 use crate::port::{
     EventBounds, EventRetention, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError,
-    Transition,
+    StoreMetrics, Transition,
 };
 
 /// Why the store could not be opened.
@@ -37,27 +39,29 @@ impl Store {
     /// number of PostgreSQL connections (SQLite has its own fixed pool), `timeouts` bound how
     /// long PostgreSQL may take. A SQLite file belongs to one process; `handed_lock` is its
     /// lock as the process this one replaces in an in-place upgrade passed it on. `retention`
-    /// bounds the event log.
+    /// bounds the event log; each commit is reported to `metrics`.
     pub async fn open(
         url: &DatabaseUrl,
         pool_size: usize,
         timeouts: postgres::Timeouts,
         retention: EventRetention,
         handed_lock: Option<std::os::fd::OwnedFd>,
+        metrics: Arc<dyn StoreMetrics>,
     ) -> Result<Self, OpenError> {
         Ok(match url {
             // Opening may wait on another process's lock (busy timeout): off the runtime's
             // threads, so a signal during start-up is still handled at once.
             DatabaseUrl::Sqlite(path) => {
                 let path = path.clone();
-                let opened =
-                    tokio::task::spawn_blocking(move || SqliteStore::open_taking_over(path, handed_lock, retention))
-                        .await
-                        .map_err(|e| sqlite::OpenError::Thread(std::io::Error::other(e)))?;
+                let opened = tokio::task::spawn_blocking(move || {
+                    SqliteStore::open_taking_over(path, handed_lock, retention, metrics)
+                })
+                .await
+                .map_err(|e| sqlite::OpenError::Thread(std::io::Error::other(e)))?;
                 Store::Sqlite(opened?)
             }
             DatabaseUrl::Postgres(url) => {
-                Store::Postgres(PostgresStore::open(url, pool_size, timeouts, retention).await?)
+                Store::Postgres(PostgresStore::open(url, pool_size, timeouts, retention, metrics).await?)
             }
         })
     }

@@ -27,10 +27,9 @@ use tokio_postgres::NoTls;
 use crate::backoff::Backoff;
 use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
 use crate::port::{
-    EventBounds, EventRetention, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError,
-    Transition,
+    EventBounds, EventRetention, Inserted, ListQuery, NoMetrics, OrderRepository, QueuePosition, Queued,
+    RepositoryError, StoreMetrics, Transition,
 };
-use crate::telemetry::metrics::metrics;
 
 pub use schema::MigrationError;
 
@@ -75,6 +74,8 @@ pub struct PostgresStore {
     wakeups: Arc<tokio::sync::watch::Sender<u64>>,
     /// Stops the publisher when the store closes.
     publishing: tokio_util::sync::CancellationToken,
+    /// Where commits are reported ([`PostgresStore::with_metrics`]).
+    metrics: Arc<dyn StoreMetrics>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -121,15 +122,19 @@ impl Default for Timeouts {
 }
 
 impl PostgresStore {
-    /// Connects to `url` with up to `pool_size` connections and migrates the schema.
+    /// Connects to `url` with up to `pool_size` connections and migrates the schema; each
+    /// commit is reported to `metrics`.
     pub async fn open(
         url: &str,
         pool_size: usize,
         timeouts: Timeouts,
         retention: EventRetention,
+        metrics: Arc<dyn StoreMetrics>,
     ) -> Result<Self, OpenError> {
         let config = tokio_postgres::Config::from_str(url).map_err(OpenError::Url)?;
-        let store = Self::open_config(config, pool_size, timeouts).await?;
+        let store = Self::open_config(config, pool_size, timeouts)
+            .await?
+            .with_metrics(metrics);
         store.start_publishing(retention);
         Ok(store)
     }
@@ -202,7 +207,14 @@ impl PostgresStore {
             target,
             wakeups: Arc::new(tokio::sync::watch::channel(0).0),
             publishing: tokio_util::sync::CancellationToken::new(),
+            metrics: Arc::new(NoMetrics),
         })
+    }
+
+    /// Reports each commit to `metrics` from now on (a store opens reporting nowhere).
+    pub fn with_metrics(mut self, metrics: Arc<dyn StoreMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A first connection, retried while the server is unreachable, up to `patience`.
@@ -346,7 +358,7 @@ impl OrderRepository for PostgresStore {
             .execute(&stmt, &params.as_params())
             .await
             .map_err(database(Stage::Committing))?;
-        metrics().db_commit("postgres", 1, started.elapsed());
+        self.metrics.commit("postgres", 1, started.elapsed());
         if inserted == 1 {
             return Ok(Inserted::Created(order));
         }
@@ -399,7 +411,7 @@ impl OrderRepository for PostgresStore {
         let client = self.client().await?;
         let started = Instant::now();
         let mut transitions = Self::apply(&client, std::slice::from_ref(&change), Stage::Committing).await?;
-        metrics().db_commit("postgres", 1, started.elapsed());
+        self.metrics.commit("postgres", 1, started.elapsed());
         Ok(transitions.pop().unwrap_or(Transition::NotFound))
     }
 
@@ -471,7 +483,8 @@ impl OrderRepository for PostgresStore {
                 .map_err(database(Stage::NotCommitting))?;
         }
         tx.commit().await.map_err(database(Stage::Committing))?;
-        metrics().db_commit("postgres", changes.len() + resting.len(), started.elapsed());
+        self.metrics
+            .commit("postgres", changes.len() + resting.len(), started.elapsed());
         Ok(transitions
             .iter()
             .map(|t| matches!(t, Transition::Applied(_)))

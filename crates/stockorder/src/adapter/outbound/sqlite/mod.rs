@@ -17,8 +17,8 @@ use rusqlite::{Connection, MAIN_DB};
 
 use crate::domain::{OrderEvent, OrderId, StatusChange, StockOrder, Symbol};
 use crate::port::{
-    EventBounds, EventRetention, Inserted, ListQuery, OrderRepository, QueuePosition, Queued, RepositoryError,
-    Transition,
+    EventBounds, EventRetention, Inserted, ListQuery, NoMetrics, OrderRepository, QueuePosition, Queued,
+    RepositoryError, StoreMetrics, Transition,
 };
 
 pub use schema::MigrationError;
@@ -142,90 +142,24 @@ impl SqliteStore {
     /// The file is this process's alone until [`SqliteStore::close`]: a second process opening
     /// it is refused ([`OpenError::InUse`], naming this one).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
-        Self::open_taking_over(path, None, EventRetention::default())
+        Self::open_taking_over(path, None, EventRetention::default(), Arc::new(NoMetrics))
     }
 
     /// [`SqliteStore::open`] in the new process of an in-place upgrade: `handed` is the file
     /// lock the old process passed on (see [`SqliteStore::lock_fd`]), adopted so that the file
     /// is never unlocked between the two. Until the old process has exited, say so with
-    /// [`SqliteStore::other_process_writes`].
+    /// [`SqliteStore::other_process_writes`]. Each commit is reported to `metrics`.
     pub fn open_taking_over(
         path: impl AsRef<Path>,
         handed: Option<std::os::fd::OwnedFd>,
         retention: EventRetention,
+        metrics: Arc<dyn StoreMetrics>,
     ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
-            let dir = dir.to_path_buf();
-            return Err(if dir.exists() {
-                OpenError::NotADirectory { dir, path }
-            } else {
-                OpenError::NoDirectory { dir, path }
-            });
-        }
-        // SQLite needs to write the file and, beside it, the WAL and its index. Asked of the
-        // kernel, not of the permission bits: a read-only mount or an immutable file refuses
-        // root too.
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let writable = |p: &Path| !p.exists() || nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
-        // Named absolute: "stock_orders.db" alone does not say where the service looked.
-        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        if !writable(&path) {
-            return Err(OpenError::ReadOnly { path: absolute(&path) });
-        }
-        if !writable(dir) {
-            return Err(OpenError::DirectoryNotWritable {
-                path: absolute(&path),
-                dir: absolute(dir),
-            });
-        }
+        check_writable(&path)?;
         // Before the file is touched: a second server must not migrate or write it.
-        let lock = match handed.and_then(|fd| lock::FileLock::adopt(&path, fd)) {
-            Some(lock) => {
-                tracing::info!("took over the database's lock from the previous process");
-                lock
-            }
-            None => lock::FileLock::take(&path).map_err(|e| match e {
-                lock::LockError::InUse(pid) => OpenError::InUse {
-                    path: absolute(&path),
-                    pid,
-                },
-                lock::LockError::Io(source) => OpenError::Lock {
-                    path: absolute(&lock::lock_path(&path)),
-                    source,
-                },
-            })?,
-        };
-        let open_err = |source: rusqlite::Error| match errors::full_disk(&source, &path) {
-            Some(free) => OpenError::Full {
-                path: path.clone(),
-                free,
-            },
-            None => OpenError::Open {
-                path: path.clone(),
-                source,
-            },
-        };
-        schema::before_first_connection();
-        let mut conn = Connection::open(&path).map_err(open_err)?;
-        // The first read maps the file and its WAL index: where a full disk shows first.
-        conn.pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-            .map_err(open_err)?;
-        // SQLite opens a file it may not write read-only, silently; say so now rather than
-        // fail every order later.
-        if conn.is_readonly(MAIN_DB).map_err(open_err)? {
-            return Err(OpenError::ReadOnly { path });
-        }
-        let migrate_err = |source| OpenError::Migrate {
-            path: path.clone(),
-            source,
-        };
-        schema::check_owner(&conn).map_err(migrate_err)?;
-        schema::configure_writer(&conn).map_err(open_err)?;
-        schema::migrate(&mut conn).map_err(migrate_err)?;
+        let lock = take_lock(&path, handed)?;
+        let conn = open_migrated(&path)?;
         let commits = readers::Commits::default();
         let readers = Arc::new(readers::ReadPool::new(path.clone(), commits.clone()));
         let recent = Arc::new(recent::Recent::new(commits.clone()));
@@ -236,7 +170,10 @@ impl SqliteStore {
             readers: Arc::clone(&readers),
             wakeups: Arc::clone(&wakeups),
         };
-        let writer = writer::Writer::spawn(conn, retention, move |changes| visibility.after_commit(changes))?;
+        let writer = writer::Writer::spawn(conn, retention, move |changes, writes, took| {
+            visibility.after_commit(changes);
+            metrics.commit("sqlite", writes, took);
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -306,6 +243,103 @@ impl SqliteStore {
         drop(self.inner.lock.lock().ok().and_then(|mut slot| slot.take()));
         closed
     }
+}
+
+/// Refuses, before anything is opened, a file SQLite could not write: its directory missing or
+/// not a directory, the file or the directory not writable. SQLite needs to write the file and,
+/// beside it, the WAL and its index.
+fn check_writable(path: &Path) -> Result<(), OpenError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        let dir = dir.to_path_buf();
+        return Err(if dir.exists() {
+            OpenError::NotADirectory {
+                dir,
+                path: path.to_path_buf(),
+            }
+        } else {
+            OpenError::NoDirectory {
+                dir,
+                path: path.to_path_buf(),
+            }
+        });
+    }
+    // Asked of the kernel, not of the permission bits: a read-only mount or an immutable
+    // file refuses root too.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let writable = |p: &Path| !p.exists() || nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+    if !writable(path) {
+        return Err(OpenError::ReadOnly { path: absolute(path) });
+    }
+    if !writable(dir) {
+        return Err(OpenError::DirectoryNotWritable {
+            path: absolute(path),
+            dir: absolute(dir),
+        });
+    }
+    Ok(())
+}
+
+/// `p` made absolute for an error: "stock_orders.db" alone does not say where the service looked.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The file's lock: adopted from the previous process of an in-place upgrade when it `handed`
+/// one on, taken otherwise (refused while another process holds it).
+fn take_lock(path: &Path, handed: Option<std::os::fd::OwnedFd>) -> Result<lock::FileLock, OpenError> {
+    Ok(match handed.and_then(|fd| lock::FileLock::adopt(path, fd)) {
+        Some(lock) => {
+            tracing::info!("took over the database's lock from the previous process");
+            lock
+        }
+        None => lock::FileLock::take(path).map_err(|e| match e {
+            lock::LockError::InUse(pid) => OpenError::InUse {
+                path: absolute(path),
+                pid,
+            },
+            lock::LockError::Io(source) => OpenError::Lock {
+                path: absolute(&lock::lock_path(path)),
+                source,
+            },
+        })?,
+    })
+}
+
+/// The writer's connection: opened, checked writable and owned by this service, configured and
+/// migrated.
+fn open_migrated(path: &Path) -> Result<Connection, OpenError> {
+    let path = path.to_path_buf();
+    let open_err = |source: rusqlite::Error| match errors::full_disk(&source, &path) {
+        Some(free) => OpenError::Full {
+            path: path.clone(),
+            free,
+        },
+        None => OpenError::Open {
+            path: path.clone(),
+            source,
+        },
+    };
+    schema::before_first_connection();
+    let mut conn = Connection::open(&path).map_err(open_err)?;
+    // The first read maps the file and its WAL index: where a full disk shows first.
+    conn.pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map_err(open_err)?;
+    // SQLite opens a file it may not write read-only, silently; say so now rather than
+    // fail every order later.
+    if conn.is_readonly(MAIN_DB).map_err(open_err)? {
+        return Err(OpenError::ReadOnly { path });
+    }
+    let migrate_err = |source| OpenError::Migrate {
+        path: path.clone(),
+        source,
+    };
+    schema::check_owner(&conn).map_err(migrate_err)?;
+    schema::configure_writer(&conn).map_err(open_err)?;
+    schema::migrate(&mut conn).map_err(migrate_err)?;
+    Ok(conn)
 }
 
 impl OrderRepository for SqliteStore {

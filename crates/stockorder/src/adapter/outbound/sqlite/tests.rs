@@ -501,3 +501,39 @@ async fn pruning_bounds_the_log_and_never_reuses_a_number() {
         .collect();
     assert_eq!(left, [10, 11]);
 }
+
+/// Counts what a store reports through the [`StoreMetrics`] port.
+#[derive(Default)]
+struct CountedCommits(std::sync::Mutex<Vec<(&'static str, usize)>>);
+
+impl StoreMetrics for CountedCommits {
+    fn commit(&self, backend: &'static str, writes: usize, _took: std::time::Duration) {
+        self.0.lock().unwrap().push((backend, writes));
+    }
+}
+
+#[tokio::test]
+async fn commits_are_reported_to_the_metrics_the_store_was_opened_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let counted = Arc::new(CountedCommits::default());
+    let store = SqliteStore::open_taking_over(
+        dir.path().join("orders.db"),
+        None,
+        EventRetention::default(),
+        Arc::clone(&counted) as Arc<dyn StoreMetrics>,
+    )
+    .unwrap();
+    let placed = order("AAPL", OrderSide::Buy, None);
+    store.insert(placed.clone()).await.unwrap();
+    store
+        .change_status(StatusChange::cancel(placed.id(), crate::domain::Timestamp::now()))
+        .await
+        .unwrap();
+    let reported = counted.0.lock().unwrap().clone();
+    assert_eq!(
+        reported.iter().map(|(_, writes)| writes).sum::<usize>(),
+        2,
+        "{reported:?}"
+    );
+    assert!(reported.iter().all(|(backend, _)| *backend == "sqlite"));
+}

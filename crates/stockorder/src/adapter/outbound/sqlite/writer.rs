@@ -8,6 +8,7 @@
 //! Every caller is answered only after the transaction holding its write has committed.
 
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -137,8 +138,9 @@ impl Outcome {
     }
 }
 
-/// What runs after each successful commit, before any of its callers is answered.
-type AfterCommit = dyn Fn(Changes<'_>);
+/// What runs after each successful commit, before any of its callers is answered: given the
+/// changes, the number of writes in the transaction and how long it took.
+type AfterCommit = dyn Fn(Changes<'_>, usize, Duration);
 
 /// The orders a committed transaction changed.
 pub(super) struct Changes<'a>(&'a [Outcome]);
@@ -163,7 +165,7 @@ impl Writer {
     pub(super) fn spawn(
         conn: Connection,
         retention: Retention,
-        after_commit: impl Fn(Changes<'_>) + Send + 'static,
+        after_commit: impl Fn(Changes<'_>, usize, Duration) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
@@ -327,8 +329,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<Write>, patience: &mut Patience
     match rows::control(conn, "COMMIT") {
         Ok(()) => {
             patience.after(conn, false);
-            after_commit(Changes(&outcomes));
-            crate::telemetry::metrics::metrics().db_commit("sqlite", writes, started.elapsed());
+            after_commit(Changes(&outcomes), writes, started.elapsed());
             outcomes.into_iter().for_each(Outcome::send);
         }
         Err(e) => {
@@ -465,7 +466,7 @@ mod tests {
             batch.push(Write::Insert(o.clone(), reply));
             answers.push(answer);
         }
-        commit(&mut conn, &mut batch, &mut Patience::default(), &|_| {});
+        commit(&mut conn, &mut batch, &mut Patience::default(), &|_, _, _| {});
 
         assert!(conn.is_autocommit(), "a transaction was left open");
         let (mut kept, mut refused) = (0, 0);
