@@ -6,6 +6,18 @@
 //! PostgreSQL, prices, metrics). [`app`] wires them together.
 
 #![warn(missing_docs)]
+// The A/B builds of bench/run (the `stock-*` and `no-recent-cache` features) replace one of
+// the hand-written speed-ups with the crate it replaces, leaving the replaced code unused.
+#![cfg_attr(
+    any(
+        feature = "stock-log-format",
+        feature = "stock-log-writer",
+        feature = "stock-json",
+        feature = "stock-request-id",
+        feature = "no-recent-cache"
+    ),
+    allow(dead_code, unused_imports)
+)]
 
 pub mod adapter;
 pub mod app;

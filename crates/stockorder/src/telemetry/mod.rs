@@ -20,7 +20,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogArgs, LogFormat};
-use batches::{Batches, Flush};
+use batches::Batches;
+#[cfg(not(feature = "stock-log-writer"))]
+use batches::Flush;
 
 /// Bytes of lines the buffer holds before new ones are dropped: about a quarter of a second of
 /// stdout not keeping up at 60k requests/s. Only what is pending takes memory.
@@ -37,6 +39,33 @@ pub fn dropped_lines() -> u64 {
 /// Keeps the log writer running; dropping it writes out what is pending (at the end of `main`).
 #[must_use = "the log is flushed when this is dropped: keep it until the process ends"]
 pub struct LogGuard(Option<Flush>);
+
+/// The batching writer to stdout. A process that cannot start one more thread will fail at the
+/// runtime's next; it says so on stderr, and drops (and counts) every line.
+#[cfg(not(feature = "stock-log-writer"))]
+fn writer() -> (Batches, Option<Flush>) {
+    match Batches::spawn(stdout_writer(), BUFFER_BYTES) {
+        Ok((writer, flush)) => (writer, Some(flush)),
+        Err(e) => {
+            eprintln!("warning: cannot start the log writer thread ({e}); the log is off");
+            (Batches::discard(), None)
+        }
+    }
+}
+
+/// Built with `stock-log-writer` (bench/run's A/B only): tracing-appender's non-blocking
+/// writer, lossy past as many lines as [`BUFFER_BYTES`] holds of 200-byte lines.
+#[cfg(feature = "stock-log-writer")]
+type Flush = tracing_appender::non_blocking::WorkerGuard;
+
+#[cfg(feature = "stock-log-writer")]
+fn writer() -> (tracing_appender::non_blocking::NonBlocking, Option<Flush>) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFER_BYTES / 200)
+        .finish(stdout_writer());
+    (writer, Some(guard))
+}
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
@@ -70,15 +99,7 @@ pub fn init(args: &LogArgs) -> LogGuard {
     let (filter, bad_filter) = Filter::parse(defaulted.as_deref().unwrap_or(&args.filter));
     // Colour only for a person at a terminal; escape codes in a log file are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // A process that cannot start one more thread will fail at the runtime's next; it says so
-    // on stderr, and drops (and counts) every line.
-    let (writer, flush) = match Batches::spawn(stdout_writer(), BUFFER_BYTES) {
-        Ok((writer, flush)) => (writer, Some(flush)),
-        Err(e) => {
-            eprintln!("warning: cannot start the log writer thread ({e}); the log is off");
-            (Batches::discard(), None)
-        }
-    };
+    let (writer, flush) = writer();
     let lines = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(ansi)
@@ -86,7 +107,8 @@ pub fn init(args: &LogArgs) -> LogGuard {
     let filtered = tracing_subscriber::registry().with(filter.targets).with(filter.env);
     // try_init: a second call (tests, embedding) keeps the first subscriber, and its writer.
     let installed = match args.log_format {
-        LogFormat::Text if ansi => filtered.with(lines).try_init(),
+        // Built with `stock-log-format` (bench/run's A/B only), always the stock formatter.
+        LogFormat::Text if ansi || cfg!(feature = "stock-log-format") => filtered.with(lines).try_init(),
         // The same line, written for a fraction of the cost (see `text`).
         LogFormat::Text => filtered
             .with(
@@ -103,6 +125,7 @@ pub fn init(args: &LogArgs) -> LogGuard {
     };
     let guard = match installed {
         Ok(()) => {
+            #[cfg(not(feature = "stock-log-writer"))]
             let _ = WRITER.set(writer);
             flush
         }

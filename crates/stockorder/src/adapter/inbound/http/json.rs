@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::ApiError;
-#[cfg(test)]
+#[cfg(any(test, feature = "stock-json"))]
 use super::dto::OrderBody;
 use crate::domain::{OrderEvent, StockOrder, Timestamp};
 use crate::rfc3339;
@@ -66,6 +66,15 @@ fn answer(body: Vec<u8>) -> Response {
 }
 
 /// The fields in [`OrderBody`]'s order, with its rules for absent ones.
+/// The order as `Json(OrderBody)` writes it, through serde: built with the `stock-json`
+/// feature only, for bench/run's A/B of the two writers.
+#[cfg(feature = "stock-json")]
+fn write_order(out: &mut Vec<u8>, o: &StockOrder) -> Result<(), ApiError> {
+    serde_json::to_writer(out, &OrderBody::from(o))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[cfg(not(feature = "stock-json"))]
 fn write_order(out: &mut Vec<u8>, o: &StockOrder) -> Result<(), ApiError> {
     out.extend_from_slice(b"{\"id\":\"");
     let mut id = uuid::Uuid::encode_buffer();

@@ -27,11 +27,36 @@ fn new_id() -> HeaderValue {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer;
 
+#[cfg(not(feature = "stock-request-id"))]
 impl<S> tower::Layer<S> for RequestIdLayer {
     type Service = RequestIds<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RequestIds { inner }
+    }
+}
+
+/// Built with the `stock-request-id` feature (bench/run's A/B only), the layer is tower-http's
+/// two, with the same ids.
+#[cfg(feature = "stock-request-id")]
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = tower_http::request_id::SetRequestId<tower_http::request_id::PropagateRequestId<S>, MakeV7>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let propagate = tower_http::request_id::PropagateRequestId::new(inner, X_REQUEST_ID.clone());
+        tower_http::request_id::SetRequestId::new(propagate, X_REQUEST_ID.clone(), MakeV7)
+    }
+}
+
+/// tower-http's id maker, making ours.
+#[cfg(any(test, feature = "stock-request-id"))]
+#[derive(Debug, Clone, Copy)]
+pub struct MakeV7;
+
+#[cfg(any(test, feature = "stock-request-id"))]
+impl tower_http::request_id::MakeRequestId for MakeV7 {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<tower_http::request_id::RequestId> {
+        Some(tower_http::request_id::RequestId::new(new_id()))
     }
 }
 
@@ -120,19 +145,9 @@ mod tests {
 
     use axum::body::Body;
     use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-    use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+    use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
     use super::*;
-
-    /// tower-http's layers with the same id maker.
-    #[derive(Clone, Copy)]
-    struct MakeV7;
-
-    impl MakeRequestId for MakeV7 {
-        fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-            Some(RequestId::new(new_id()))
-        }
-    }
 
     /// What the handler saw and what the client got: the request's id and the answer's.
     async fn exchange<L>(layer: L, sent: Option<&str>, handler_sets: Option<&str>) -> (String, String)

@@ -78,8 +78,10 @@ impl Recent {
     pub(super) fn new(commits: Commits) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            enabled: AtomicBool::new(true),
-            closed: AtomicBool::new(false),
+            // Built with `no-recent-cache` (bench/run's A/B only): closed from the start, so
+            // every read goes to the file.
+            enabled: AtomicBool::new(!cfg!(feature = "no-recent-cache")),
+            closed: AtomicBool::new(cfg!(feature = "no-recent-cache")),
             commits,
         }
     }
