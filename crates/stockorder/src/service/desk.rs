@@ -27,6 +27,8 @@ pub struct OrderDesk<R> {
     prices: Arc<dyn PriceSource>,
     metrics: Arc<dyn OrderMetrics>,
     new_orders: Notify,
+    /// The newest events, shared by this desk's followers while any follows (`tail`).
+    pub(super) tail: std::sync::Mutex<std::sync::Weak<super::tail::Tail>>,
 }
 
 impl<R> std::fmt::Debug for OrderDesk<R> {
@@ -62,6 +64,7 @@ impl<R: OrderRepository> OrderDesk<R> {
             prices,
             metrics: Arc::new(NoMetrics),
             new_orders: Notify::new(),
+            tail: std::sync::Mutex::default(),
         }
     }
 

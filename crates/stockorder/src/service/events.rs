@@ -1,8 +1,9 @@
 //! Following the order event log: where a follower starts, and the stream it is sent. The log
-//! is the truth and wake-ups only say "look": a follower reads a page of events after the last
-//! one it was sent, and waits for the next commit when there are none. So a follower that stops
-//! reading costs one page of events, however far behind it falls, and one that catches up is
-//! served from the log.
+//! is the truth and wake-ups only say "look". A follower near the newest events takes them from
+//! the process's shared window of them (`tail`), which one task reads from the log after each
+//! commit; a follower further behind reads a page of events from the log after the last one it
+//! read, until it reaches the window. So a follower that stops reading costs one page of events,
+//! however far behind it falls, and one that catches up is served from memory.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,20 +11,24 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::OrderDesk;
+use super::tail::{Read, Tail};
 use crate::domain::{OrderEvent, Symbol};
 use crate::port::{EventStart, EventStream, OrderError, OrderRepository};
 
-/// Events read from the log at a time, per follower: what a follower that stops reading holds.
+/// Events read at a time, per follower: what a follower that stops reading holds.
 const PAGE: u32 = 64;
 
 /// A follower's place in the log.
 struct Follower<R> {
     desk: Arc<OrderDesk<R>>,
     symbol: Option<Symbol>,
-    /// The last sequence sent (or, at the start, the one to continue after).
-    cursor: u64,
+    /// Every event up to this sequence has been read (into `page`, or skipped by the symbol
+    /// filter); the next read is after it.
+    read_to: u64,
     page: VecDeque<OrderEvent>,
-    wakeups: watch::Receiver<u64>,
+    tail: Arc<Tail>,
+    /// Moves when the tail gains events; errs when its feed has ended.
+    changes: watch::Receiver<u64>,
     failed: bool,
 }
 
@@ -48,40 +53,69 @@ pub(super) async fn follow<R: OrderRepository>(
             });
         }
     };
+    let tail = shared_tail(&desk, bounds.last, wakeups);
     let follower = Follower {
         desk,
         symbol,
-        cursor,
+        read_to: cursor,
         page: VecDeque::new(),
-        wakeups,
+        changes: tail.changes(),
+        tail,
         failed: false,
     };
     Ok(Box::pin(futures_util::stream::unfold(follower, next)))
 }
 
-/// The next event, reading the log (and waiting for a commit) as needed.
+/// The desk's tail while its feed runs, or a new one starting after `newest`.
+fn shared_tail<R: OrderRepository>(desk: &Arc<OrderDesk<R>>, newest: u64, wakeups: watch::Receiver<u64>) -> Arc<Tail> {
+    let mut slot = desk.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(tail) = slot.upgrade().filter(|t| t.is_live()) {
+        return tail;
+    }
+    let tail = Tail::start(desk, newest, wakeups);
+    *slot = Arc::downgrade(&tail);
+    tail
+}
+
+/// The next event, from the tail or the log (waiting for the tail to move as needed).
 async fn next<R: OrderRepository>(mut f: Follower<R>) -> Option<(Result<OrderEvent, OrderError>, Follower<R>)> {
     if f.failed {
         return None;
     }
     loop {
         if let Some(event) = f.page.pop_front() {
-            f.cursor = event.sequence;
             return Some((Ok(event), f));
         }
-        match f.desk.log().events(f.cursor, f.symbol.clone(), PAGE).await {
-            Ok(page) if !page.is_empty() => f.page.extend(page),
-            Ok(_) => {
-                // Nothing after the cursor: wait for a commit. A closed channel is a closed
-                // store: the stream ends, and the follower resumes elsewhere.
-                if f.wakeups.changed().await.is_err() {
+        // Seen before reading, so a change during the read is not missed.
+        f.changes.borrow_and_update();
+        match f.tail.after(f.read_to, f.symbol.as_ref(), PAGE as usize) {
+            Read::Held { events, scanned } if scanned > f.read_to => {
+                f.read_to = scanned;
+                f.page.extend(events);
+            }
+            Read::Held { .. } => {
+                // Nothing after the cursor yet: wait for the tail to move. Its feed ended (the
+                // store closed, or a read failed): the stream ends, and the follower resumes
+                // where it was.
+                if f.changes.changed().await.is_err() {
                     return None;
                 }
             }
-            Err(e) => {
-                f.failed = true;
-                return Some((Err(e.into()), f));
-            }
+            Read::Behind => match f.desk.log().events(f.read_to, f.symbol.clone(), PAGE).await {
+                Ok(page) if !page.is_empty() => {
+                    f.read_to = page.last().map_or(f.read_to, |e| e.sequence);
+                    f.page.extend(page);
+                }
+                Ok(_) => {
+                    if f.changes.changed().await.is_err() {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    f.failed = true;
+                    return Some((Err(e.into()), f));
+                }
+            },
         }
     }
 }

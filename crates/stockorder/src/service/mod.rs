@@ -5,6 +5,7 @@
 mod desk;
 mod events;
 mod health;
+mod tail;
 mod watched;
 
 pub use desk::{Executed, OrderDesk};

@@ -29,7 +29,7 @@ pub enum OpenError {
     /// SQLite could not open or configure the file.
     #[error("cannot open SQLite database {path}")]
     Open {
-        /// The file.
+        /// The database file, as `DATABASE_URL` named it: what the operator will look for.
         path: PathBuf,
         /// What SQLite said.
         source: rusqlite::Error,
@@ -37,7 +37,7 @@ pub enum OpenError {
     /// The directory the file should be in does not exist.
     #[error("cannot create the SQLite database {path}: the directory {} does not exist; create it or choose another path in DATABASE_URL", dir.display())]
     NoDirectory {
-        /// The file.
+        /// The database file, as `DATABASE_URL` named it: what the operator will look for.
         path: PathBuf,
         /// Its missing directory.
         dir: PathBuf,
@@ -45,7 +45,7 @@ pub enum OpenError {
     /// What should be the file's directory is a file.
     #[error("cannot create the SQLite database {path}: {} is a file, not a directory; choose another path in DATABASE_URL", dir.display())]
     NotADirectory {
-        /// The file.
+        /// The database file, as `DATABASE_URL` named it: what the operator will look for.
         path: PathBuf,
         /// What should have been its directory.
         dir: PathBuf,
@@ -55,7 +55,7 @@ pub enum OpenError {
         "cannot open SQLite database {path}: the disk is full ({free} bytes free); free some space and start again"
     )]
     Full {
-        /// The file.
+        /// The database file, as `DATABASE_URL` named it: what the operator will look for.
         path: PathBuf,
         /// Bytes free for the database.
         free: u64,
@@ -86,7 +86,8 @@ pub enum OpenError {
     /// The lock file beside the database could not be opened or written.
     #[error("cannot lock SQLite database {path}: {source}")]
     Lock {
-        /// The lock file.
+        /// The lock file beside the database (`<file>.lock`), which may be removed once no
+        /// server runs.
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
@@ -97,13 +98,13 @@ pub enum OpenError {
         "SQLite database {path} is read-only; the service must write to it (check the mount and the file's permissions and attributes)"
     )]
     ReadOnly {
-        /// The file.
+        /// The database file, as `DATABASE_URL` named it: what the operator will look for.
         path: PathBuf,
     },
     /// The schema could not be brought up to date.
     #[error("cannot migrate SQLite database {path}")]
     Migrate {
-        /// The file.
+        /// The database file, as `DATABASE_URL` named it: what the operator will look for.
         path: PathBuf,
         /// What went wrong.
         source: MigrationError,
@@ -187,7 +188,7 @@ impl SqliteStore {
         })
     }
 
-    /// The database file.
+    /// The database file, for logs and for tools that read it back after the service stops.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
