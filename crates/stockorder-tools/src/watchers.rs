@@ -65,7 +65,26 @@ impl WatchTally {
     }
 }
 
+/// The followers' counts as they go, for the live page: a handle that outlives nothing.
+#[derive(Clone)]
+pub(crate) struct WatchProgress(Vec<Arc<Mutex<Followed>>>);
+
+impl WatchProgress {
+    /// Followers, events received by all of them together, and streams they resumed.
+    pub(crate) fn now(&self) -> (usize, usize, usize) {
+        self.0.iter().fold((self.0.len(), 0, 0), |(n, received, resumed), f| {
+            let f = lock(f);
+            (n, received + f.sequences.len(), resumed + f.streams)
+        })
+    }
+}
+
 impl Watchers {
+    /// The followers' counts as they go.
+    pub(crate) fn progress(&self) -> WatchProgress {
+        WatchProgress(self.followed.clone())
+    }
+
     /// `n` followers of the server at `http` (`http://host:port`), from the first event.
     pub(crate) fn start(n: usize, http: &str) -> Self {
         let (target, rx) = watch::channel(Some(http.to_owned()));

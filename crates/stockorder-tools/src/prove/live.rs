@@ -62,6 +62,8 @@ pub(crate) struct Board {
     ended_at: Mutex<Option<f64>>,
     /// The page's button: send the signal now.
     signal_now: Notify,
+    /// The event-stream followers (`--watchers`), when there are any.
+    watchers: Mutex<Option<crate::watchers::WatchProgress>>,
 }
 
 /// One snapshot, as the page receives it.
@@ -79,6 +81,8 @@ struct Snapshot<'a> {
     marks: Vec<Value>,
     report: &'a [Value],
     verdict: &'a Option<Value>,
+    /// `{"followers", "received", "resumed"}` with `--watchers`; the page derives the rate.
+    watchers: Option<Value>,
 }
 
 impl Board {
@@ -109,6 +113,11 @@ impl Board {
             bins.resize(bin + 1, [0; 3]);
         }
         bins[bin][kind] += 1;
+    }
+
+    /// The run has event-stream followers: the page shows their counts as they go.
+    pub(crate) fn show_watchers(&self, progress: crate::watchers::WatchProgress) {
+        *lock(&self.watchers) = Some(progress);
     }
 
     /// A moment of the run: the signal, a shutdown step the server logged, the exit.
@@ -189,6 +198,10 @@ impl Board {
                 .collect(),
             report: &report,
             verdict: &verdict,
+            watchers: lock(&self.watchers).as_ref().map(|w| {
+                let (followers, received, resumed) = w.now();
+                json!({"followers": followers, "received": received, "resumed": resumed})
+            }),
         };
         serde_json::to_string(&snapshot).unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
     }

@@ -261,6 +261,9 @@ async fn run_one(args: &ProveArgs, board: Option<Arc<live::Board>>) -> anyhow::R
     let addr = target.addr.clone();
     let watchers =
         (args.watchers > 0).then(|| crate::watchers::Watchers::start(args.watchers, &format!("http://{addr}")));
+    if let Some(watchers) = &watchers {
+        board.show_watchers(watchers.progress());
+    }
 
     let started = Instant::now();
     let started_wall = time::OffsetDateTime::now_utc();

@@ -123,6 +123,9 @@ impl Browser {
                 no_report: document.getElementById("no-report").hidden ? "" : text("no-report"),
                 y_ticks: document.getElementById("chart").dataset.yTicks || "",
                 button_disabled: document.getElementById("signal").disabled,
+                watchers_shown: !document.getElementById("watchers").hidden,
+                followers: text("followers"), received: text("received"), resumed: text("resumed"),
+                missing: text("missing"),
             };"##;
         let mut shown = self
             .call(
@@ -131,7 +134,17 @@ impl Browser {
                 Some(json!({"script": SCRIPT, "args": []})),
             )
             .await;
-        for key in ["requests", "acknowledged", "failed", "refused", "in_flight"] {
+        for key in [
+            "requests",
+            "acknowledged",
+            "failed",
+            "refused",
+            "in_flight",
+            "followers",
+            "received",
+            "resumed",
+            "missing",
+        ] {
             let text = shown[key].as_str().unwrap_or_default().to_owned();
             shown[key] = text.parse::<u64>().map_or(Value::Null, Value::from);
         }
@@ -403,6 +416,39 @@ async fn the_live_page_shows_demo_2_failing_and_demo_3_holding_with_the_tallys_c
             );
         }
     }
+}
+
+/// With `--watchers`, the page counts the event-stream followers as they go and, once the
+/// history has been read back, what they missed: the same figures as the tally's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_counts_the_event_followers() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let run = prove_live("serve", &["--signal-after", "1s", "--watchers", "3"]).await;
+    browser.open(&run.url).await;
+    browser
+        .until(Duration::from_secs(60), "events received", async |b| {
+            b.read().await["received"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+    let page = final_page(&browser).await;
+    let (tally, stderr) = run.end_one().await;
+    assert_page_equals_tally("serve", &page, &tally);
+    assert_eq!(page["watchers_shown"], true, "{page}");
+    assert_eq!(page["followers"], 3, "{page}");
+    assert_eq!(
+        page["received"], tally["events"]["received"],
+        "{page}\n{tally}\n{stderr}"
+    );
+    assert_eq!(page["resumed"], tally["events"]["reconnects"], "{page}\n{tally}");
+    assert_eq!(page["missing"], 0, "{page}\n{tally}");
+    assert!(
+        page["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("PASS") && v.contains("every follower got every event")),
+        "{page}"
+    );
 }
 
 /// The button sends the signal: nothing is sent before it is pressed (the run would wait ten

@@ -84,7 +84,13 @@ impl Tail {
             }),
             newest: newest_rx,
         });
-        tokio::spawn(feed(Arc::downgrade(desk), Arc::downgrade(&tail), newest, wakeups, moved));
+        tokio::spawn(feed(
+            Arc::downgrade(desk),
+            Arc::downgrade(&tail),
+            newest,
+            wakeups,
+            moved,
+        ));
         tail
     }
 
@@ -202,7 +208,10 @@ mod tests {
         let Read::Held { events, scanned } = tail.after(12, None, 100) else {
             panic!("12 is the floor: held")
         };
-        assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (13..=20).collect::<Vec<_>>());
+        assert_eq!(
+            events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (13..=20).collect::<Vec<_>>()
+        );
         assert_eq!(scanned, 20);
         let Read::Held { events, scanned } = tail.after(15, None, 2) else {
             panic!("held")
@@ -220,7 +229,12 @@ mod tests {
         let desk = desk();
         place(&desk, 50).await;
         let mut streams = Vec::new();
-        for start in [EventStart::After(0), EventStart::Live, EventStart::Live, EventStart::After(10)] {
+        for start in [
+            EventStart::After(0),
+            EventStart::Live,
+            EventStart::Live,
+            EventStart::After(10),
+        ] {
             streams.push(Arc::clone(&desk).follow(start, None).await.unwrap());
         }
         place(&desk, 5000).await;
