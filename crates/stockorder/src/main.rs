@@ -71,8 +71,8 @@ fn raise_open_file_limit() -> std::io::Result<u64> {
     Ok(hard.max(soft))
 }
 
-// mimalloc: glibc malloc/free was ~8% of request CPU (perf, GET at c64); with mimalloc a create
-// costs ~47 µs of server CPU instead of ~57. Built with `no_thp`: transparent huge pages would
-// back its first arena with 2 MiB pages and push idle RSS from ~8 MB to ~16 MB.
+// mimalloc: glibc's malloc and free were a measurable share of a request's CPU. Built with
+// `no_thp`: transparent huge pages would back its first arena with 2 MiB pages and double the
+// idle RSS. (Figures in docs/performance.md.)
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

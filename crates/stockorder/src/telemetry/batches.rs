@@ -4,8 +4,9 @@
 //! Why not tracing-appender's non-blocking writer, which this replaced: it sends each line
 //! through a channel as its own allocation, and its writer thread waits on that channel by
 //! spinning with `sched_yield` before it sleeps. Under load, lines arrive just often enough to
-//! keep it spinning: `perf` put that thread at 9% of the server's CPU during creates at 64
-//! clients, on a 2-core machine where the request path needs every cycle. Here a line costs the
+//! keep it spinning, on a 2-core machine where the request path needs every cycle (the server's
+//! CPU per request with each writer is in docs/performance.md, "Each hand-written speed-up").
+//! Here a line costs the
 //! logging thread a lock and a copy into the buffer; the writer thread wakes on the first line
 //! after a quiet spell, or every [`GATHER`] under load, and writes what gathered in one call.
 //!

@@ -4,7 +4,7 @@
 //! Lines are formatted on the thread that logs them, then appended to a buffer that one writer
 //! thread writes to stdout every few milliseconds ([`batches`]). A request never waits for
 //! stdout: every request is logged at `info`, and a synchronous write per line from the
-//! runtime's workers cost 10–25% of the throughput. If stdout cannot keep up and the buffer
+//! runtime's workers costs throughput (docs/performance.md). If stdout cannot keep up and the buffer
 //! fills, lines are dropped rather than blocking requests, and counted:
 //! `stockorder_log_lines_dropped_total`, and a warning when the process exits.
 

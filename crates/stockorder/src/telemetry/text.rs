@@ -1,7 +1,8 @@
 //! The text log line, written without tracing-subscriber's colour machinery.
 //!
-//! Why: every request logs a line at `info`, and formatting it was a fifth of the cost of a
-//! GET (callgrind: ~20k instructions of ~64k). tracing-subscriber's `Full` format paints each
+//! Why: every request logs a line at `info`, and formatting it was a large share of a GET's
+//! cost (the A/B against the stock formatter is in docs/performance.md, "Each hand-written
+//! speed-up"). tracing-subscriber's `Full` format paints each
 //! part through `nu_ansi_term` even with colours off, formats the time and every number
 //! through `core::fmt`, and passes the message through its escaping writer a character at a
 //! time. [`TextLine`] and [`TextFields`] write the very same line (a test holds them to it,

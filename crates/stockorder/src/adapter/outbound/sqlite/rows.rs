@@ -23,8 +23,8 @@ macro_rules! columns {
 /// Why: where a bound value could change the plan (a plain `LIMIT ?`; a `column = ?` next to a
 /// partial index, which the value might or might not match), SQLite marks the statement to be
 /// compiled again whenever that parameter is bound anew. rusqlite clears the bindings of every
-/// statement it returns to its cache, so each use of such a cached statement was compiled again:
-/// 127k instructions, against ~2k for running the processor's whole query (callgrind). None of
+/// statement it returns to its cache, so each use of such a cached statement was compiled again,
+/// at many times the cost of running it (docs/performance.md). None of
 /// our plans depends on a value: each query seeks one index in key order
 /// (`every_list_query_is_an_index_seek`, `cached_statements_are_not_compiled_again`).
 macro_rules! opaque {
@@ -182,9 +182,8 @@ pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusq
 ///
 /// Why no `RETURNING` for the API's cancel, which answers with the changed order: `RETURNING`
 /// makes SQLite gather the row in a temporary table it builds for each run, which costs more
-/// than reading the row again by its key ([`by_id`], in the same transaction). On the one
-/// writer thread, a market order (its insert and its fill) cost 133k instructions with the
-/// fill read back that way, 109k without.
+/// than reading the row again by its key ([`by_id`], in the same transaction), as measured in
+/// docs/performance.md.
 pub(super) const SETTLE: &str = concat!(
     "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3,
             fill_price = coalesce(?6, fill_price),
