@@ -117,7 +117,13 @@ async fn main() -> std::io::Result<ExitCode> {
         reporter.set_service_status(SERVER, ServingStatus::NotServing).await;
     });
     shutdown.serve_axum(servers, "http", http, router());
-    shutdown.serve_tonic(servers, "grpc", grpc, grpc_routes);
+    if std::env::var("SERVE").is_ok_and(|s| s == "builder") {
+        // Through a configured tonic `Server` (its settings kept): the streams end the same.
+        let server = tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+        shutdown.serve_tonic_server(servers, "grpc", grpc, server, grpc_routes);
+    } else {
+        shutdown.serve_tonic(servers, "grpc", grpc, grpc_routes);
+    }
     // A stand-in for what the handlers use: it closes only after every one has finished.
     shutdown.on_stop(resources, "database", || async {});
 

@@ -24,6 +24,9 @@
 //!
 //! so that the example needs neither a build script nor protoc.
 //!
+//! `SERVE=builder` serves it through a configured `tonic::transport::Server` instead
+//! (`Shutdown::serve_tonic_server`), whose timeout and concurrency limit then apply.
+//!
 //! `SERVE=stock` serves the same service the stock way, with tonic's
 //! `serve_with_incoming_shutdown`, to see the difference (`tests/it/drain.rs` uses it as the
 //! control that shows the test can fail).
@@ -121,7 +124,15 @@ async fn main() -> std::io::Result<ExitCode> {
     let routes = tonic::service::Routes::new(EchoServer { delay });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on {}", listener.local_addr()?);
-    shutdown.serve_tonic(servers, "grpc", listener, routes);
+    if std::env::var("SERVE").is_ok_and(|s| s == "builder") {
+        // A tonic `Server` configured as for tonic's own `serve`: its settings are kept.
+        let server = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(5))
+            .concurrency_limit_per_connection(256);
+        shutdown.serve_tonic_server(servers, "grpc", listener, server, routes);
+    } else {
+        shutdown.serve_tonic(servers, "grpc", listener, routes);
+    }
 
     let report = shutdown.run().await;
     eprintln!("{report}");

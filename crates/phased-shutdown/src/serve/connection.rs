@@ -94,6 +94,14 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<F> Answer<F> {
+    /// An answer passed through as it is: nothing follows it.
+    #[cfg(feature = "tonic")]
+    pub(super) fn unfollowed(answer: F) -> Self {
+        Self { answer, watch: None }
+    }
+}
+
 impl<F, ResB, E> Future for Answer<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,

@@ -199,7 +199,26 @@ impl ConnState {
         self.close_sent.load(Ordering::Acquire)
     }
 
-    /// Cuts an upgraded connection: the socket is shut down both ways under its handler.
+    /// Takes a second handle on the socket now, so that [`ConnState::kill`] can shut it down
+    /// whoever drives it (tonic's own connection tasks, see `tonic_server`). Called while the
+    /// stream is still this crate's, so the descriptor is open.
+    #[cfg(feature = "tonic")]
+    pub(super) fn hold_socket(&self) {
+        // SAFETY: called right after accepting, before the stream is handed on: it is open.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        if let Ok(mut slot) = self.upgrade_fd.lock() {
+            *slot = fd.try_clone_to_owned().ok();
+        }
+    }
+
+    /// The second handle [`ConnState::hold_socket`] took, for a lingering close once the
+    /// connection's driver has let the socket go.
+    #[cfg(feature = "tonic")]
+    pub(super) fn take_held_socket(&self) -> Option<OwnedFd> {
+        self.upgrade_fd.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// Cuts a connection: the socket is shut down both ways under whoever holds it.
     pub(super) fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         if let Some(fd) = self.upgrade_fd.lock().ok().and_then(|mut slot| slot.take()) {

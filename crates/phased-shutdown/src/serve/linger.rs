@@ -36,6 +36,12 @@ impl Linger {
         borrowed.try_clone_to_owned().ok().map(Self)
     }
 
+    /// A handle already taken.
+    #[cfg(feature = "tonic")]
+    pub(super) fn from_owned(fd: OwnedFd) -> Self {
+        Self(fd)
+    }
+
     /// Sends FIN, then discards what the client sends until it closes or `bound` passes.
     pub(super) async fn close(self, bound: Duration) {
         let std = std::net::TcpStream::from(self.0);

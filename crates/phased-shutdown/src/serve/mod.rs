@@ -28,6 +28,8 @@ mod connection;
 mod io;
 mod linger;
 mod streams;
+#[cfg(feature = "tonic")]
+mod tonic_server;
 mod websocket;
 
 use std::convert::Infallible;
@@ -54,6 +56,8 @@ use io::{ConnState, ServedIo};
 pub use linger::LINGER;
 use streams::Notice;
 pub use streams::{Draining, ServedBody, StreamEnds};
+#[cfg(feature = "tonic")]
+pub use tonic_server::FollowedRoutes;
 
 /// How long an HTTP/1 connection that is idle when the server stops may still deliver a request
 /// already on its way (it is answered with `Connection: close`). A busy connection does not
@@ -735,5 +739,59 @@ impl Shutdown {
             name,
             Server::new(listener, routes.prepare()).protocol(Protocol::Grpc),
         );
+    }
+
+    /// Serves tonic services through `server`, a tonic `Server::builder()` configured as for
+    /// tonic's own `serve`: its layers, `timeout` (and each call's `grpc-timeout`), concurrency
+    /// limits, load shedding, keep-alive, windows and `max_connection_age` all apply, as tonic
+    /// applies them. This crate owns the listener and the sockets: at `phase` it takes the
+    /// backlog, tonic sends GOAWAY and finishes every accepted call, streaming calls end with
+    /// UNAVAILABLE at the notice and are cut at the bound, and at the phase's deadline every
+    /// socket still open is shut down (tonic's own shutdown leaves its connections running).
+    /// The component is stopped when tonic has closed its last connection.
+    ///
+    /// [`Shutdown::serve_tonic`] serves the routes without a tonic `Server`, with this crate's
+    /// [`ConnectionLimits`] and a short grace for a connection that has not sent its first
+    /// call; use this one when the tonic `Server`'s settings matter.
+    ///
+    /// ```no_run
+    /// # async fn example(listener: tokio::net::TcpListener, routes: tonic::service::Routes) {
+    /// use std::time::Duration;
+    /// let mut shutdown = phased_shutdown::Shutdown::new();
+    /// let servers = shutdown.phase("servers");
+    /// let server = tonic::transport::Server::builder()
+    ///     .timeout(Duration::from_secs(5))
+    ///     .concurrency_limit_per_connection(64);
+    /// shutdown.serve_tonic_server(servers, "grpc", listener, server, routes);
+    /// let report = shutdown.run().await;
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    /// If `phase` belongs to another coordinator.
+    #[cfg(feature = "tonic")]
+    pub fn serve_tonic_server<L, ResBody>(
+        &mut self,
+        phase: Phase,
+        name: impl Into<String>,
+        listener: TcpListener,
+        server: tonic::transport::Server<L>,
+        routes: tonic::service::Routes,
+    ) where
+        L: tower::Layer<FollowedRoutes<tonic::service::Routes>> + Send + 'static,
+        L::Service: tower::Service<Request<tonic::body::Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+        <L::Service as tower::Service<Request<tonic::body::Body>>>::Future: Send,
+        <L::Service as tower::Service<Request<tonic::body::Body>>>::Error:
+            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+        ResBody: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let notice = Notice::new(StreamEnds::default(), Draining::new(), self.readiness());
+        self.spawn(phase, name, move |stop| async move {
+            let routes = FollowedRoutes::new(routes);
+            tonic_server::run(listener, server, routes, stop.clone().into_future(), notice)
+                .await
+                .report_to(&stop)
+        });
     }
 }

@@ -363,6 +363,17 @@ async fn serve_tonic_answers_every_call_through_a_sigterm() {
     answers_every_request_through_a_sigterm("tonic", &[("GRPC_PORT", "0"), ("DELAY_MS", "20")], grpc_load).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tonic_server_answers_every_call_through_a_sigterm() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    answers_every_request_through_a_sigterm(
+        "tonic",
+        &[("GRPC_PORT", "0"), ("DELAY_MS", "20"), ("SERVE", "builder")],
+        grpc_load,
+    )
+    .await;
+}
+
 /// The control: the same example served by tonic's own `serve_with_incoming_shutdown`
 /// (`SERVE=stock`), same load, SIGTERM mid-load. It resets connections that were waiting in the
 /// listen backlog when it closed the socket. It did so in about one round in three (measured):

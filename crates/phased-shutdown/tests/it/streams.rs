@@ -311,8 +311,12 @@ async fn through_a_sigterm(env: &[(&str, &str)], n_ws: usize, n_sse: usize, n_wa
 }
 
 async fn every_stream_ends_cleanly(n_ws: usize, n_sse: usize, n_watch: usize) {
+    every_stream_ends_cleanly_with(&[], n_ws, n_sse, n_watch).await;
+}
+
+async fn every_stream_ends_cleanly_with(env: &[(&str, &str)], n_ws: usize, n_sse: usize, n_watch: usize) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let ours = through_a_sigterm(&[], n_ws, n_sse, n_watch).await;
+    let ours = through_a_sigterm(env, n_ws, n_sse, n_watch).await;
     eprintln!(
         "served by phased-shutdown: exit {:?} after {:?}\n{}",
         ours.exit, ours.took, ours.report
@@ -352,6 +356,13 @@ async fn one_stream_of_each_kind_ends_the_way_its_protocol_defines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_streams_end_cleanly_within_the_jitter_window() {
     every_stream_ends_cleanly(100, 100, 20).await;
+}
+
+/// The same through a configured tonic `Server` (`Shutdown::serve_tonic_server`): tonic drives
+/// the connections, and each Watch still ends with UNAVAILABLE after NOT_SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_end_cleanly_through_a_configured_tonic_server() {
+    every_stream_ends_cleanly_with(&[("SERVE", "builder")], 1, 1, 20).await;
 }
 
 /// A WebSocket handler that holds its socket and never looks at it again, and an SSE body that
