@@ -75,6 +75,8 @@ mod shutdown;
 mod signal;
 mod stop;
 mod systemd;
+#[cfg(feature = "upgrade")]
+pub mod upgrade;
 mod watchdog;
 
 pub use readiness::{DrainSwitch, Readiness};

@@ -18,13 +18,13 @@ pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::co
 
 /// What the clients saw.
 #[derive(Debug, Default)]
-struct Tally {
-    answered: usize,
+pub(crate) struct Tally {
+    pub(crate) answered: usize,
     /// A request written (or being written) on an open connection that got no answer.
-    broken: usize,
+    pub(crate) broken: usize,
     /// Connections refused: never accepted, safe to retry, not a failure.
-    refused: usize,
-    slowest: Duration,
+    pub(crate) refused: usize,
+    pub(crate) slowest: Duration,
 }
 
 impl Tally {
@@ -79,7 +79,7 @@ fn think(i: u64) -> Duration {
 
 /// 32 clients posting back to back, each with its [`think`] time between requests, until the
 /// server is gone (their connections refused).
-async fn load(addr: SocketAddr, until: Arc<AtomicBool>) -> Tally {
+pub(crate) async fn load(addr: SocketAddr, until: Arc<AtomicBool>) -> Tally {
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..32 {
         let until = Arc::clone(&until);

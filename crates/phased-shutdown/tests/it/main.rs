@@ -5,6 +5,7 @@
 //!   server's shutdown as the control that shows the test can fail.
 //! - [`signals`]: signals, exit codes, the watchdog and systemd notifications, with this binary
 //!   re-run as the child process.
+//! - [`upgrade`]: twenty in-place upgrades of a stock axum Router under load.
 //! - [`tonic_server`]: a configured tonic `Server` served through the coordinator.
 //! - [`streams`]: WebSockets, SSE and gRPC streams through a SIGTERM, each against the stock
 //!   servers as the control.
@@ -13,3 +14,4 @@ mod drain;
 mod signals;
 mod streams;
 mod tonic_server;
+mod upgrade;
