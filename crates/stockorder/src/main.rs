@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     // Before any thread exists, so every thread inherits it.
     stockorder::lifecycle::signals::hold_termination();
     // SAFETY: first thing in main, before the runtime or any other thread exists.
-    unsafe { stockorder::lifecycle::upgrade::adopt_upgrade_env() };
+    unsafe { phased_shutdown::upgrade::adopt_env() };
     match run() {
         Ok(code) => code,
         Err(e) => {

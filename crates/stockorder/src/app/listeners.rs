@@ -123,7 +123,7 @@ impl Sockets {
     /// are its business, see `stockorder.socket`), else `http` and `grpc` bound now, so that a
     /// port in use fails the start before the database is touched.
     pub(super) fn take(http: SocketAddr, grpc: SocketAddr) -> Result<Self, StartupError> {
-        Ok(match crate::lifecycle::activation::inherited_listeners()? {
+        Ok(match crate::lifecycle::activation::inherited()? {
             Some((http, grpc)) => Sockets::Inherited { http, grpc },
             None => Sockets::Bound {
                 http: (http, bind(Port::Http, http)?),

@@ -22,7 +22,6 @@ use crate::adapter::inbound::middleware::api_keys::ApiKeysError;
 use crate::adapter::outbound::simulated_price::SimulatedPrices;
 use crate::adapter::outbound::store::{OpenError, Store};
 use crate::config::{ConfigError, ServeArgs};
-use crate::lifecycle::upgrade::Upgrader;
 use crate::port::OrderService as _;
 use crate::processor::{self, ProcessorConfig};
 use crate::service::{OrderDesk, StorageState};
@@ -192,38 +191,34 @@ impl Application {
         })
     }
 
-    /// What a SIGHUP upgrade needs: the binary to start, and the listening sockets to pass on.
-    /// `None` when this process cannot tell where its own binary is and none was configured.
-    fn upgrader(&self) -> Option<Upgrader> {
-        use std::os::fd::AsRawFd;
-        let binary = self
-            .settings
-            .upgrade_binary
-            .clone()
-            .or_else(crate::lifecycle::upgrade::own_binary)?;
+    /// What a SIGHUP upgrade hands on: the listening sockets and the SQLite file's lock, to
+    /// this binary (or `UPGRADE_BINARY`); the store told while both processes may write.
+    fn upgrade(&self) -> std::io::Result<phased_shutdown::upgrade::Upgrade> {
+        let mut upgrade = phased_shutdown::upgrade::Upgrade::new()
+            .listener("http", &self.http_listener)?
+            .listener("grpc", &self.grpc_listener)?;
+        if let Some(binary) = &self.settings.upgrade_binary {
+            upgrade = upgrade.binary(binary);
+        }
+        if let Some(fd) = self.store.database_lock_fd() {
+            // SAFETY: the store holds its lock file open while it is open, which it is here;
+            // the descriptor is duplicated at once.
+            let lock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            upgrade = upgrade.pass_fd(crate::lifecycle::upgrade::DATABASE_LOCK, &lock)?;
+        }
         let store = self.store.clone();
-        Some(Upgrader {
-            binary,
-            http_fd: self.http_listener.as_raw_fd(),
-            grpc_fd: self.grpc_listener.as_raw_fd(),
-            database_lock_fd: self.store.database_lock_fd(),
-            overlap: Box::new(move |yes| store.other_process_writes(yes)),
-        })
+        Ok(upgrade.on_overlap(move |yes| store.other_process_writes(yes)))
     }
 
-    /// This process's duties beside serving, owned by `run` and joined before it returns:
-    /// upgrading in place on SIGHUP (the handler is installed here, before the servers say they
-    /// listen, so a SIGHUP sent as soon as they do upgrades instead of killing the process), and,
-    /// in the new process of an upgrade, noticing when the old one has exited.
-    fn duties(&self, shutdown: &Shutdown) -> JoinSet<()> {
+    /// This process's duties beside serving: upgrading in place on SIGHUP (the coordinator's,
+    /// installed here, before the servers say they listen, so a SIGHUP sent as soon as they do
+    /// upgrades instead of killing the process; it stops when the shutdown begins), and, in the
+    /// new process of an upgrade, noticing when the old one has exited (owned by `run` and
+    /// joined before it returns).
+    fn duties(&self, shutdown: &mut Shutdown) -> JoinSet<()> {
         let mut duties = JoinSet::new();
-        if let Some(upgrader) = self.upgrader() {
-            match upgrader.listen(shutdown.readiness(), shutdown.handle()) {
-                Ok(upgrades) => {
-                    duties.spawn(upgrades);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP: in-place upgrades are off"),
-            }
+        if let Err(e) = self.upgrade().and_then(|upgrade| shutdown.upgrade_on_sighup(upgrade)) {
+            tracing::warn!(error = %e, "cannot handle SIGHUP: in-place upgrades are off");
         }
         if let Some(old) = self.upgraded_from {
             let store = self.store.clone();
@@ -264,7 +259,7 @@ impl Application {
     /// Returns the report, already logged; when it is clean, every acknowledged order and
     /// every decision of the processor is in the database file.
     pub async fn run(self, mut shutdown: Shutdown) -> Report {
-        let mut duties = self.duties(&shutdown);
+        let mut duties = self.duties(&mut shutdown);
         let [servers, workers, resources] = plan_phases(&mut shutdown, &self.settings);
         let readiness = shutdown.readiness();
         let Self {

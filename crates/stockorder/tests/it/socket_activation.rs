@@ -12,6 +12,25 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+/// Hands `http` and `grpc` to the program `cmd` starts as systemd does: fds 3 and 4, with
+/// `LISTEN_FDS=2` and `LISTEN_FDNAMES=http:grpc` (`LISTEN_PID` is set by the shell `cmd` runs).
+fn pass_listeners(cmd: &mut std::process::Command, http: i32, grpc: i32) {
+    use std::os::unix::process::CommandExt;
+    cmd.env("LISTEN_FDS", "2").env("LISTEN_FDNAMES", "http:grpc");
+    // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2). Both fds are
+    // first copied above 3 and 4, so neither move overwrites the other.
+    unsafe {
+        cmd.pre_exec(move || {
+            let h = libc::fcntl(http, libc::F_DUPFD_CLOEXEC, 10);
+            let g = libc::fcntl(grpc, libc::F_DUPFD_CLOEXEC, 10);
+            if h < 0 || g < 0 || libc::dup2(h, 3) < 0 || libc::dup2(g, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts `stockorder serve` on the held sockets, as systemd starts a socket-activated
 /// service, and waits until it answers `/ready`.
 async fn start(http: &TcpListener, grpc: &TcpListener, db: &Path, log: &Path) -> Child {
@@ -30,7 +49,7 @@ async fn start(http: &TcpListener, grpc: &TcpListener, db: &Path, log: &Path) ->
         std::fs::File::options().create(true).append(true).open(log).unwrap(),
     ))
     .stderr(Stdio::null());
-    stockorder::lifecycle::activation::pass_listeners(&mut cmd, h, g, None);
+    pass_listeners(&mut cmd, h, g);
     let child = Command::from(cmd).kill_on_drop(true).spawn().unwrap();
     let url = format!("http://{}/ready", http.local_addr().unwrap());
     let client = reqwest::Client::new();
