@@ -69,6 +69,15 @@ impl tonic::server::UnaryService<()> for Wait {
     }
 }
 
+/// A channel to the server at `addr`, connected.
+async fn connect(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// One call of `slow.Slow/Wait` that waits `wait` on the server, with `timeout` as its
 /// `grpc-timeout` when given.
 async fn call(
@@ -113,11 +122,7 @@ async fn a_configured_tonic_server_keeps_its_layers_and_timeouts() {
     let handle = shutdown.handle();
     let running = tokio::spawn(shutdown.run());
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(addr).await;
     call(channel.clone(), Duration::from_millis(10), None)
         .await
         .expect("a quick call is answered, with its peer's address");
@@ -172,11 +177,7 @@ async fn at_the_deadline_the_connections_tonic_holds_are_shut_down() {
     shutdown.serve_tonic_server(servers, "grpc", listener, server, tonic::service::Routes::new(Slow));
     let handle = shutdown.handle();
     let running = tokio::spawn(shutdown.run());
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(addr).await;
     let stuck = tokio::spawn(call(channel, Duration::from_secs(60), None));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopping = std::time::Instant::now();
