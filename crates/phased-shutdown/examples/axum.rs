@@ -4,6 +4,7 @@
 //! PORT=3000 DELAY_MS=20 cargo run -p phased-shutdown --features axum --example axum
 //! curl -d hello localhost:3000/echo      # answers "hello" after DELAY_MS
 //! kill -TERM <pid>                       # or Ctrl+C: the report on stderr, exit code from it
+//! UNIX_SOCKET=/tmp/echo.sock cargo run …  # the same on a Unix domain socket
 //! ```
 //!
 //! The pitfall this replaces: `axum::serve(listener, router).with_graceful_shutdown(signal)`
@@ -42,9 +43,17 @@ async fn main() -> std::io::Result<ExitCode> {
             body
         }),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on {}", listener.local_addr()?);
-    shutdown.serve_axum(servers, "http", listener, router);
+    // `UNIX_SOCKET=/path`: the same router on a Unix domain socket, drained the same way.
+    if let Some(path) = std::env::var_os("UNIX_SOCKET") {
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        println!("listening on unix:{}", std::path::Path::new(&path).display());
+        shutdown.serve(servers, "http", phased_shutdown::serve::Server::unix(listener, router));
+    } else {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        println!("listening on {}", listener.local_addr()?);
+        shutdown.serve_axum(servers, "http", listener, router);
+    }
 
     let report = shutdown.run().await;
     eprintln!("{report}");

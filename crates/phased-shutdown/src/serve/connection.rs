@@ -38,10 +38,10 @@ where
 
     fn call(&self, mut request: Request<ReqB>) -> Self::Future {
         #[cfg(feature = "axum")]
-        if self.connect_info {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(self.conn.peer()));
+        if self.connect_info
+            && let super::listener::Peer::Tcp(addr) = self.conn.peer()
+        {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(addr));
         }
         #[cfg(not(feature = "axum"))]
         let _ = (&mut request, self.connect_info);

@@ -15,7 +15,6 @@
 //!   writes fail.
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -24,16 +23,16 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::listener::{Peer, Stream};
 use super::streams::Notice;
 use super::websocket::{Frames, HeadEnd, close_frame};
 
 /// What the server and a connection's socket share.
 pub(super) struct ConnState {
     notice: Notice,
-    peer: SocketAddr,
+    peer: Peer,
     fd: RawFd,
     /// Speaks HTTP/2 (its preface was seen, or it carried an HTTP/2 request): GOAWAY needs no
     /// grace, and the head watch does not apply.
@@ -73,7 +72,7 @@ const WEBSOCKET: u8 = 1;
 const OTHER_UPGRADE: u8 = 2;
 
 impl ConnState {
-    pub(super) fn new(peer: SocketAddr, fd: RawFd, notice: Notice) -> Arc<Self> {
+    pub(super) fn new(peer: Peer, fd: RawFd, notice: Notice) -> Arc<Self> {
         Arc::new(Self {
             notice,
             peer,
@@ -101,7 +100,7 @@ impl ConnState {
         &self.notice
     }
 
-    pub(super) fn peer(&self) -> SocketAddr {
+    pub(super) fn peer(&self) -> Peer {
         self.peer
     }
 
@@ -264,7 +263,7 @@ impl Drop for InFlight {
 /// A connection's socket: passed straight through until an upgrade to WebSocket, then
 /// following the frames the handler writes so the server can add its Close between two.
 pub(super) struct ServedIo {
-    stream: TcpStream,
+    stream: Stream,
     conn: Arc<ConnState>,
     ws: Option<Box<WsWrites>>,
 }
@@ -281,7 +280,7 @@ struct WsWrites {
 }
 
 impl ServedIo {
-    pub(super) fn new(stream: TcpStream, conn: Arc<ConnState>) -> Self {
+    pub(super) fn new(stream: Stream, conn: Arc<ConnState>) -> Self {
         Self { stream, conn, ws: None }
     }
 

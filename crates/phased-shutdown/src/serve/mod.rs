@@ -27,6 +27,7 @@ mod close;
 mod connection;
 mod io;
 mod linger;
+mod listener;
 mod streams;
 #[cfg(feature = "tonic")]
 mod tonic_server;
@@ -34,7 +35,6 @@ mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -47,7 +47,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::net::{TcpListener, TcpStream};
+use listener::{Listener, Peer, Stream};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use close::CloseWhenDraining;
@@ -217,7 +218,7 @@ impl Served {
 /// # }
 /// ```
 pub struct Server<S> {
-    listener: TcpListener,
+    listener: Listener,
     service: S,
     protocol: Protocol,
     limits: ConnectionLimits,
@@ -232,6 +233,17 @@ impl<S> Server<S> {
     /// Serves `service` on `listener`: HTTP/1.1 and HTTP/2, default [`ConnectionLimits`] and
     /// [`StreamEnds`], answers marked `Connection: close` once it stops accepting.
     pub fn new(listener: TcpListener, service: S) -> Self {
+        Self::on(Listener::Tcp(listener), service)
+    }
+
+    /// [`Server::new`] on a Unix domain socket: the same protocols, and the same drain (the
+    /// backlog taken, `Connection: close`, the idle grace, the lingering close, the cut at the
+    /// bound). A client has no address there: [`Server::connect_info`] puts none in.
+    pub fn unix(listener: tokio::net::UnixListener, service: S) -> Self {
+        Self::on(Listener::Unix(listener), service)
+    }
+
+    fn on(listener: Listener, service: S) -> Self {
         Self {
             listener,
             service,
@@ -319,7 +331,7 @@ impl<S> Server<S> {
         // `move`: the closure owns the service, so the future holds no `&S` across an await and
         // needs `S: Send` only (a `BoxCloneService`, which is not `Sync`, serves too).
         let for_connections = notice.clone();
-        let accept = move |stream: TcpStream, peer: SocketAddr, connections: &mut JoinSet<()>| {
+        let accept = move |stream: Stream, peer: Peer, connections: &mut JoinSet<()>| {
             connections.spawn(connection(
                 stream,
                 peer,
@@ -354,7 +366,7 @@ impl<S> Server<S> {
         // From now on every HTTP/1 answer says `Connection: close`, readiness or not.
         notice.stop_accepting();
 
-        let taken = take_backlog(listener, |stream, peer| accept(stream, peer, &mut connections));
+        let taken = listener.take_backlog(|stream, peer| accept(stream, peer, &mut connections));
         accepted += taken;
         tracing::info!(
             event = "listener.closed",
@@ -375,32 +387,9 @@ impl<S> Server<S> {
     }
 }
 
-/// Takes whatever completed its handshake before the socket closes (closing would reset it) and
-/// hands each to `accept`; returns how many. Asked of the kernel directly (a non-blocking accept
-/// until it would block): tokio's readiness for the socket can lag behind connections that
-/// arrived since the reactor last looked, and those would be reset.
-fn take_backlog(listener: TcpListener, mut accept: impl FnMut(TcpStream, SocketAddr)) -> u64 {
-    let mut taken = 0;
-    match listener.into_std() {
-        Ok(listener) => {
-            while let Ok((stream, peer)) = listener.accept() {
-                match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
-                    Ok(stream) => {
-                        accept(stream, peer);
-                        taken += 1;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot serve a connection taken from the backlog"),
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot take the listen backlog"),
-    }
-    taken
-}
-
 async fn connection<S, B>(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     connect_info: bool,
     service: S,
     protocol: Protocol,
@@ -413,7 +402,7 @@ async fn connection<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let _ = stream.set_nodelay(true);
+    stream.set_nodelay();
     let Opening::Bytes { h2 } = first_byte(&stream, &limits, &notice).await else {
         return;
     };
@@ -489,7 +478,7 @@ enum Opening {
 
 /// Waits for a new connection's first bytes. Until they arrive hyper has no timer running (it
 /// is still finding out which protocol to speak).
-async fn first_byte(stream: &TcpStream, limits: &ConnectionLimits, notice: &Notice) -> Opening {
+async fn first_byte(stream: &Stream, limits: &ConnectionLimits, notice: &Notice) -> Opening {
     let timeout = limits.header_read_timeout;
     let mut first = [0u8; 3];
     let arrived = async {

@@ -35,6 +35,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::connection::{Answer, PerConnection};
 use super::io::{ConnState, ServedIo};
+use super::listener::{Listener, Peer, Stream};
 use super::streams::Notice;
 use super::{Served, ServedBody};
 
@@ -313,7 +314,11 @@ impl Acceptor {
         }
         self.notice.stop_accepting();
         let mut backlog = Vec::new();
-        let taken = super::take_backlog(listener, |stream, peer| backlog.push((stream, peer)));
+        let taken = Listener::Tcp(listener).take_backlog(|stream, peer| {
+            if let (Stream::Tcp(stream), Peer::Tcp(peer)) = (stream, peer) {
+                backlog.push((stream, peer));
+            }
+        });
         tracing::info!(
             event = "listener.closed",
             protocol = "Grpc",
@@ -331,7 +336,7 @@ impl Acceptor {
     fn wrap(&self, stream: TcpStream, peer: SocketAddr) -> TonicIo {
         let _ = stream.set_nodelay(true);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-        let conn = ConnState::new(peer, fd, self.notice.clone());
+        let conn = ConnState::new(Peer::Tcp(peer), fd, self.notice.clone());
         conn.h2.store(true, Ordering::Relaxed);
         conn.hold_socket();
         self.connections.add(&conn);
@@ -344,7 +349,7 @@ impl Acceptor {
                 tcp,
                 conn: Arc::clone(&conn),
             },
-            io: ServedIo::new(stream, conn),
+            io: ServedIo::new(Stream::Tcp(stream), conn),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// The tests take turns: each is a load on 2 cores, and one running beside another would
@@ -38,7 +38,7 @@ impl Tally {
 
 /// One request on a kept connection: `Some(close)` for a 2xx (and whether the server asked to
 /// close), `None` when the connection broke before a whole answer.
-async fn exchange(stream: &mut BufReader<TcpStream>) -> Option<bool> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut BufReader<S>) -> Option<bool> {
     let body = b"hello";
     let head = format!(
         "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
@@ -80,13 +80,24 @@ fn think(i: u64) -> Duration {
 /// 32 clients posting back to back, each with its [`think`] time between requests, until the
 /// server is gone (their connections refused).
 pub(crate) async fn load(addr: SocketAddr, until: Arc<AtomicBool>) -> Tally {
+    load_on(move || TcpStream::connect(addr), until).await
+}
+
+/// [`load`] over the connections `connect` makes (a Unix socket's, say).
+async fn load_on<C, F, S>(connect: C, until: Arc<AtomicBool>) -> Tally
+where
+    C: Fn() -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = std::io::Result<S>> + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..32 {
         let until = Arc::clone(&until);
+        let connect = connect.clone();
         clients.spawn(async move {
             let mut tally = Tally::default();
             'connections: loop {
-                let mut stream = match TcpStream::connect(addr).await {
+                let mut stream = match connect().await {
                     Ok(s) => BufReader::new(s),
                     Err(_) => {
                         tally.refused += 1;
@@ -208,6 +219,39 @@ where
 async fn serve_axum_answers_every_request_through_a_sigterm() {
     let _turn = ONE_AT_A_TIME.lock().await;
     answers_every_request_through_a_sigterm("axum", &[("PORT", "0"), ("DELAY_MS", "20")], load).await;
+}
+
+/// The same promise on a Unix domain socket (`Server::unix`): `examples/axum.rs` with
+/// `UNIX_SOCKET`, the same 32 keep-alive clients over the socket, SIGTERM mid-load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_answers_every_request_through_a_sigterm() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = std::env::temp_dir().join(format!("phased-shutdown-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("http.sock");
+    let socket = path.to_str().unwrap();
+    let (child, said) = spawn_example("axum", &[("UNIX_SOCKET", socket), ("DELAY_MS", "20")]).await;
+    assert_eq!(said, format!("unix:{socket}"));
+    let gone = Arc::new(AtomicBool::new(false));
+    let connect = {
+        let path = path.clone();
+        move || tokio::net::UnixStream::connect(path.clone())
+    };
+    let clients = tokio::spawn(load_on(connect, Arc::clone(&gone)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, took, report) = terminate(child).await;
+    gone.store(true, Ordering::Relaxed);
+    let tally = clients.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("axum on a Unix socket: {tally:?}; exit {status} {took:?} after SIGTERM\n{report}");
+    assert_eq!(tally.broken, 0, "{tally:?}");
+    assert!(tally.answered > 100, "{tally:?}");
+    assert_eq!(status.code(), Some(0), "{report}");
+    assert!(
+        took <= tally.slowest + Duration::from_millis(100),
+        "exit {took:?} after SIGTERM; slowest request {:?}",
+        tally.slowest
+    );
 }
 
 /// The control: stock axum with its own graceful shutdown, same load, same trigger mid-load.
