@@ -24,6 +24,9 @@ pub(super) enum Listener {
 pub(super) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS over one of the others, once its handshake is done.
+    #[cfg(feature = "rustls")]
+    Tls(Box<tokio_rustls::server::TlsStream<Stream>>),
 }
 
 /// Who is at the other end: a TCP peer's address, or a Unix socket's client (which has none
@@ -96,10 +99,14 @@ impl Stream {
         }
     }
 
-    /// The first bytes that arrived, left in the socket for hyper to read.
+    /// The first bytes that arrived, left in the socket for hyper (or the TLS handshake) to
+    /// read.
     pub(super) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.peek(buf).await,
+            // The first bytes are peeked before the handshake, on the socket itself.
+            #[cfg(feature = "rustls")]
+            Stream::Tls(_) => Err(io::Error::other("no peeking once TLS is up")),
             Stream::Unix(s) => loop {
                 s.readable().await?;
                 let fd = s.as_raw_fd();
@@ -128,6 +135,8 @@ impl AsRawFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            #[cfg(feature = "rustls")]
+            Stream::Tls(s) => s.get_ref().0.as_raw_fd(),
         }
     }
 }
@@ -137,6 +146,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "rustls")]
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -146,6 +157,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "rustls")]
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -157,6 +170,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "rustls")]
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -164,6 +179,8 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            #[cfg(feature = "rustls")]
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -171,6 +188,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "rustls")]
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -178,6 +197,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "rustls")]
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

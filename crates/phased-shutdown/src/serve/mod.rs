@@ -57,6 +57,9 @@ use io::{ConnState, ServedIo};
 pub use linger::LINGER;
 use streams::Notice;
 pub use streams::{Draining, ServedBody, StreamEnds};
+/// The rustls this crate's TLS is built on, for the `ServerConfig` given to [`Server::tls`].
+#[cfg(feature = "rustls")]
+pub use tokio_rustls::rustls;
 #[cfg(feature = "tonic")]
 pub use tonic_server::FollowedRoutes;
 
@@ -227,6 +230,17 @@ pub struct Server<S> {
     draining: Draining,
     /// Give each request axum's `ConnectInfo<SocketAddr>` (see [`Server::connect_info`]).
     connect_info: bool,
+    /// TLS on every connection (see [`Server::tls`]).
+    #[cfg(feature = "rustls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What each connection of a server is told besides its socket.
+#[derive(Clone)]
+struct PerServer {
+    connect_info: bool,
+    #[cfg(feature = "rustls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl<S> Server<S> {
@@ -253,6 +267,8 @@ impl<S> Server<S> {
             readiness: None,
             draining: Draining::new(),
             connect_info: false,
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
 
@@ -264,6 +280,18 @@ impl<S> Server<S> {
     #[must_use]
     pub fn connect_info(mut self) -> Self {
         self.connect_info = true;
+        self
+    }
+
+    /// Serves TLS on every connection, with `config` (rustls: build it with the crypto
+    /// provider of your choice). Each connection speaks what its handshake agreed through ALPN:
+    /// list `h2` (and `http/1.1`) in `config.alpn_protocols` for HTTP/2, which gRPC needs. The
+    /// handshake must finish within the header read timeout ([`ConnectionLimits`]). The drain
+    /// is the same as without TLS; the lingering close and the cut act on the socket under it.
+    #[cfg(feature = "rustls")]
+    #[must_use]
+    pub fn tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
         self
     }
 
@@ -322,7 +350,14 @@ impl<S> Server<S> {
             readiness,
             draining,
             connect_info,
+            #[cfg(feature = "rustls")]
+            tls,
         } = self;
+        let per_server = PerServer {
+            connect_info,
+            #[cfg(feature = "rustls")]
+            tls,
+        };
         let readiness = readiness.unwrap_or_else(|| DrainSwitch::new().readiness());
         let notice = Notice::new(streams, draining, readiness);
         let mut connections = JoinSet::new();
@@ -335,7 +370,7 @@ impl<S> Server<S> {
             connections.spawn(connection(
                 stream,
                 peer,
-                connect_info,
+                per_server.clone(),
                 service.clone(),
                 protocol,
                 limits,
@@ -390,7 +425,7 @@ impl<S> Server<S> {
 async fn connection<S, B>(
     stream: Stream,
     peer: Peer,
-    connect_info: bool,
+    per_server: PerServer,
     service: S,
     protocol: Protocol,
     limits: ConnectionLimits,
@@ -406,6 +441,10 @@ async fn connection<S, B>(
     let Opening::Bytes { h2 } = first_byte(&stream, &limits, &notice).await else {
         return;
     };
+    #[cfg(feature = "rustls")]
+    let Some((stream, h2)) = handshake(stream, h2, per_server.tls.as_ref(), &limits).await else {
+        return;
+    };
     // The socket's descriptor, to take a second handle on at drain (see `linger`) or at an
     // upgrade. Valid for as long as the `ServedIo` owning the stream lives.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
@@ -415,7 +454,7 @@ async fn connection<S, B>(
     let service = PerConnection {
         inner: service,
         conn: Arc::clone(&conn),
-        connect_info,
+        connect_info: per_server.connect_info,
     };
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     match protocol {
@@ -464,6 +503,32 @@ async fn connection<S, B>(
     }
     if conn.is_upgraded() {
         upgraded(&conn, &notice).await;
+    }
+}
+
+/// The TLS handshake, when the server serves TLS: the stream over it, and whether ALPN agreed
+/// on HTTP/2. `None` when it fails or does not finish within the header read timeout (the
+/// connection is closed). Without TLS, the stream as it is.
+#[cfg(feature = "rustls")]
+async fn handshake(
+    stream: Stream,
+    h2: bool,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+    limits: &ConnectionLimits,
+) -> Option<(Stream, bool)> {
+    let Some(acceptor) = tls else {
+        return Some((stream, h2));
+    };
+    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Some((Stream::Tls(Box::new(tls)), h2))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
     }
 }
 

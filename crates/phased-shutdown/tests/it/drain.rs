@@ -642,3 +642,60 @@ async fn a_shorter_idle_grace_stops_an_idle_server_sooner() {
         "the idle connection got {took:?}, not the second"
     );
 }
+
+/// The same promise over TLS (`Server::tls`): `examples/axum.rs` with a certificate made here,
+/// 32 keep-alive clients each on its own TLS connection, SIGTERM mid-load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_answers_every_request_through_a_sigterm() {
+    use phased_shutdown::serve::rustls;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("phased-shutdown-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let env = [
+        ("PORT", "0"),
+        ("DELAY_MS", "20"),
+        ("TLS_CERT", cert.to_str().unwrap()),
+        ("TLS_KEY", key.to_str().unwrap()),
+    ];
+    let (child, addr) = start_example("axum", &env).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    #[allow(deprecated)] // ring, as in the example
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connect = move || {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await
+        }
+    };
+    let gone = Arc::new(AtomicBool::new(false));
+    let clients = tokio::spawn(load_on(connect, Arc::clone(&gone)));
+    // Longer than the others: each connection's handshake is slow in a debug build.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, took, report) = terminate(child).await;
+    gone.store(true, Ordering::Relaxed);
+    let tally = clients.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("axum over TLS: {tally:?}; exit {status} {took:?} after SIGTERM\n{report}");
+    assert_eq!(tally.broken, 0, "{tally:?}");
+    assert!(tally.answered > 100, "{tally:?}");
+    assert_eq!(status.code(), Some(0), "{report}");
+    assert!(
+        took <= tally.slowest + Duration::from_millis(100),
+        "exit {took:?} after SIGTERM; slowest request {:?}",
+        tally.slowest
+    );
+}
