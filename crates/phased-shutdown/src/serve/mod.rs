@@ -96,6 +96,15 @@ pub struct ConnectionLimits {
     /// what it still sends is read and discarded, so the close is not a reset ([`LINGER`] by
     /// default).
     pub linger: Duration,
+    /// Connections served at once; past it, new ones wait in the listen backlog until one
+    /// closes (and are taken at the stop like any other). `None` (the default): no limit.
+    pub max_connections: Option<usize>,
+    /// Requests one HTTP/2 connection may have in flight (its `SETTINGS_MAX_CONCURRENT_STREAMS`);
+    /// `None`: hyper's default (200).
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// How often an HTTP/2 connection is PINGed to see that its client is still there, and how
+    /// long the PONG may take before the connection is closed. `None` (the default): no PINGs.
+    pub http2_keep_alive: Option<(Duration, Duration)>,
 }
 
 impl Default for ConnectionLimits {
@@ -107,6 +116,9 @@ impl Default for ConnectionLimits {
             max_header_bytes: 16 * 1024,
             idle_grace: IDLE_GRACE,
             linger: LINGER,
+            max_connections: None,
+            http2_max_concurrent_streams: None,
+            http2_keep_alive: None,
         }
     }
 }
@@ -140,6 +152,39 @@ impl ConnectionLimits {
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
+    }
+
+    /// The same limits with at most `max` connections served at once
+    /// ([`ConnectionLimits::max_connections`]).
+    #[must_use]
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max.max(1));
+        self
+    }
+
+    /// The same limits with at most `max` requests in flight on one HTTP/2 connection.
+    #[must_use]
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
+        self.http2_max_concurrent_streams = Some(max);
+        self
+    }
+
+    /// The same limits with HTTP/2 keep-alive PINGs every `interval`, the connection closed
+    /// when one is not answered within `timeout`.
+    #[must_use]
+    pub fn http2_keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.http2_keep_alive = Some((interval, timeout));
+        self
+    }
+
+    /// Applies the HTTP/2 settings to a connection's builder.
+    fn http2<E>(&self, builder: &mut hyper::server::conn::http2::Builder<E>) {
+        if let Some(max) = self.http2_max_concurrent_streams {
+            builder.max_concurrent_streams(max);
+        }
+        if let Some((interval, timeout)) = self.http2_keep_alive {
+            builder.keep_alive_interval(interval).keep_alive_timeout(timeout);
+        }
     }
 }
 
@@ -383,7 +428,8 @@ impl<S> Server<S> {
                 () = &mut stop => break,
                 // Reap finished connections so the set holds only live ones.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                next = listener.accept() => match next {
+                // At the limit, new connections wait in the backlog until one closes.
+                next = listener.accept(), if limits.max_connections.is_none_or(|max| connections.len() < max) => match next {
                     Ok((stream, peer)) => {
                         accepted += 1;
                         accept(stream, peer, &mut connections);
@@ -464,10 +510,14 @@ async fn connection<S, B>(
                 .http1()
                 // No timer: the head watch in `drive` bounds slow heads, at no cost per request.
                 .max_buf_size(limits.max_header_bytes.max(MIN_HTTP1_BUFFER));
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(header_list);
+            let mut http2 = builder.http2();
+            http2.timer(TokioTimer::new()).max_header_list_size(header_list);
+            if let Some(max) = limits.http2_max_concurrent_streams {
+                http2.max_concurrent_streams(max);
+            }
+            if let Some((interval, timeout)) = limits.http2_keep_alive {
+                http2.keep_alive_interval(interval).keep_alive_timeout(timeout);
+            }
             let grace = || async {
                 // HTTP/2 (GOAWAY says which streams were taken) and a connection carrying a
                 // stream (its answer ends, then it closes) need no grace; an idle HTTP/1
@@ -485,6 +535,7 @@ async fn connection<S, B>(
         Protocol::Grpc => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new()).max_header_list_size(header_list);
+            limits.http2(&mut builder);
             // A connection that has carried a request needs no grace: GOAWAY tells the client
             // which streams were taken, and those are finished. One that has not may be about
             // to send its first (see `ConnState::first_request_within`).

@@ -699,3 +699,72 @@ async fn tls_answers_every_request_through_a_sigterm() {
         tally.slowest
     );
 }
+
+/// `ConnectionLimits::max_connections`: past the limit a new connection waits in the backlog,
+/// and is served once one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_a_connection_waits_until_one_closes() {
+    let router = axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: axum::body::Bytes| async move { body }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = phased_shutdown::serve::ConnectionLimits::default().max_connections(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        phased_shutdown::serve::Server::new(listener, router)
+            .limits(limits)
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    let mut first = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert_eq!(exchange(&mut first).await, Some(false), "the first is served");
+    let mut second = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let waiting = tokio::time::timeout(Duration::from_millis(300), exchange(&mut second)).await;
+    assert!(waiting.is_err(), "the second waits while the first is open");
+    drop(first);
+    let served = tokio::time::timeout(Duration::from_secs(5), exchange(&mut second))
+        .await
+        .expect("served once the first closed");
+    assert_eq!(served, Some(false));
+    drop(second);
+    stop.send(()).unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(served.connections, 2);
+}
+
+/// `ConnectionLimits::http2_max_concurrent_streams` is what an HTTP/2 client is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_is_told_the_configured_concurrent_streams() {
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = phased_shutdown::serve::ConnectionLimits::default().http2_max_concurrent_streams(7);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        phased_shutdown::serve::Server::new(listener, router)
+            .limits(limits)
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    let (client, connection) = h2::client::handshake(TcpStream::connect(addr).await.unwrap())
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // One exchange, so the server's SETTINGS have been read.
+    let request = axum::http::Request::get(format!("http://{addr}/")).body(()).unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    assert_eq!(client.current_max_send_streams(), 7);
+    drop(client);
+    driver.abort();
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap();
+}
