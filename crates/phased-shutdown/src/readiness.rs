@@ -52,7 +52,8 @@ impl DrainSwitch {
         Readiness(self.0.subscribe())
     }
 
-    /// Turns every [`Readiness`] of this switch to draining. Idempotent.
+    /// Turns every [`Readiness`] of this switch to draining. Idempotent. When it returns, every
+    /// `is_draining` answers true, and every [`Readiness::draining`] waiting has been woken.
     pub fn start_draining(&self) {
         self.0.send_replace(true);
     }

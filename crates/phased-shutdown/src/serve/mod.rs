@@ -793,6 +793,9 @@ impl Shutdown {
     /// the streams ended and cut; a stream cut makes it fail, naming the stream. At the phase's
     /// deadline every connection still open is aborted with it.
     ///
+    /// Returns at once, the server already accepting: it is a component from here on, and has
+    /// stopped when [`Shutdown::run`]'s report lists it.
+    ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
     pub fn serve<S, B>(&mut self, phase: Phase, name: impl Into<String>, mut server: Server<S>)
@@ -815,7 +818,8 @@ impl Shutdown {
     /// (see [`Shutdown::serve`]): the one call that replaces `axum::serve(..)
     /// .with_graceful_shutdown(..)`, which loses keep-alive requests at every shutdown and
     /// leaves WebSockets and SSE streams to be cut. `ConnectInfo<SocketAddr>` extractors work,
-    /// as with `into_make_service_with_connect_info` ([`Server::connect_info`]).
+    /// as with `into_make_service_with_connect_info` ([`Server::connect_info`]). Returns at once,
+    /// the router already served (see [`Shutdown::serve`]).
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
@@ -828,6 +832,7 @@ impl Shutdown {
     /// drained (see [`Shutdown::serve`]): GOAWAY at the phase, every accepted call finished,
     /// streaming calls ended with UNAVAILABLE, and the connections aborted at the phase's
     /// deadline, which tonic's `serve_with_shutdown` cannot do (its connections are detached).
+    /// Returns at once, the services already served (see [`Shutdown::serve`]).
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
@@ -853,7 +858,8 @@ impl Shutdown {
     /// backlog, tonic sends GOAWAY and finishes every accepted call, streaming calls end with
     /// UNAVAILABLE at the notice and are cut at the bound, and at the phase's deadline every
     /// socket still open is shut down (tonic's own shutdown leaves its connections running).
-    /// The component is stopped when tonic has closed its last connection.
+    /// The component is stopped when tonic has closed its last connection. Returns at once, the
+    /// services already served.
     ///
     /// [`Shutdown::serve_tonic`] serves the routes without a tonic `Server`, with this crate's
     /// [`ConnectionLimits`] and a short grace for a connection that has not sent its first

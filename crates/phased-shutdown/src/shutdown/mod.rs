@@ -63,7 +63,8 @@ pub struct ShutdownHandle {
 
 impl ShutdownHandle {
     /// Triggers the shutdown. The first reason given is the one reported; later calls do
-    /// nothing.
+    /// nothing. Returns at once: the shutdown itself runs in [`Shutdown::run`], whose return
+    /// says it is done.
     pub fn shutdown(&self, reason: impl Into<String>) {
         if let Ok(mut slot) = self.reason.lock() {
             slot.get_or_insert_with(|| reason.into());
@@ -257,7 +258,8 @@ impl Shutdown {
     }
 
     /// Listens for SIGINT and SIGTERM from now on (handlers are installed here, so a signal
-    /// that arrives before [`Shutdown::run`] is not lost). Must be called inside a runtime.
+    /// that arrives before [`Shutdown::run`] is not lost): when this returns, a signal no longer
+    /// ends the process by its default action. Must be called inside a runtime.
     pub fn catch_signals(mut self) -> std::io::Result<Self> {
         self.signals = Some(Signals::install()?);
         Ok(self)
@@ -333,6 +335,8 @@ impl Shutdown {
     }
 
     /// Registers a stop function, called when `phase` comes: close a pool, flush a buffer.
+    /// Nothing runs when this returns; the function has run, and its outcome is in the report,
+    /// when [`Shutdown::run`] returns.
     ///
     /// # Panics
     /// If `phase` belongs to another coordinator.
@@ -351,7 +355,7 @@ impl Shutdown {
     }
 
     /// Starts a long-running component now (a server, a worker) as a task this coordinator
-    /// owns. It gets a [`StopSignal`] that fires when `phase` comes, and should then finish its
+    /// owns: when this returns, the task has been spawned. It gets a [`StopSignal`] that fires when `phase` comes, and should then finish its
     /// work and return; its stop is done when it has returned. If it ends on its own before
     /// that, successfully or not, the whole shutdown starts ([`Reason::ComponentEnded`]) and
     /// the report is not clean: a server that stops serving by itself is a fault, and a
