@@ -7,14 +7,16 @@
 
 #![warn(missing_docs)]
 // The A/B builds of bench/run (the `stock-*` and `no-recent-cache` features) replace one of
-// the hand-written speed-ups with the crate it replaces, leaving the replaced code unused.
+// the hand-written speed-ups with the crate it replaces, leaving the replaced code unused;
+// bench/events' (`no-event-log`) leaves the event log out.
 #![cfg_attr(
     any(
         feature = "stock-log-format",
         feature = "stock-log-writer",
         feature = "stock-json",
         feature = "stock-request-id",
-        feature = "no-recent-cache"
+        feature = "no-recent-cache",
+        feature = "no-event-log"
     ),
     allow(dead_code, unused_imports)
 )]
