@@ -360,3 +360,48 @@ async fn followers_resume_across_ten_in_place_upgrades() {
         .await
         .unwrap();
 }
+
+/// The stream's answers to a client's mistakes: 400 with the usual error body, never a stream
+/// and never a 500. (schemathesis does not fuzz this endpoint: a valid request is an endless
+/// stream, which its request timeout would count as a server that stopped responding.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_resume_points_and_symbols_are_refused_with_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("orders.db"), &[]).await;
+    let client = reqwest::Client::new();
+    let refused = [
+        ("after=abc", None),
+        ("after=-1", None),
+        ("after=1.5", None),
+        ("after=18446744073709551616", None),
+        ("after=9223372036854775808", None),
+        ("symbol=not%20a%20symbol", None),
+        ("symbol=", None),
+        ("", Some("abc")),
+        ("", Some("-5")),
+    ];
+    for (query, last_event_id) in refused {
+        let mut request = client.get(server.url(&format!("/api/orders/events?{query}")));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let answer = request.send().await.unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 400, "{query} / Last-Event-ID {last_event_id:?}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{query}: {body}");
+    }
+    // A valid one is a stream: its head, then events as they come.
+    let answer = client
+        .get(server.url("/api/orders/events?after=0&symbol=AAPL"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+}

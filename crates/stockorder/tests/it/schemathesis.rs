@@ -20,7 +20,18 @@ const VIA_PYTHON: &str =
 /// writes nothing into the source tree.
 async fn schemathesis(server: &ServerProcess, workdir: &Path, extra: &[&str]) -> Option<std::process::Output> {
     let spec = server.url("/openapi.json");
-    let args = ["run", &spec, "--max-examples", "100", "--no-color"];
+    // The event stream is left out: a valid request is an endless stream, which schemathesis'
+    // 10 s request timeout counts as a server that stopped responding (several in a row end its
+    // run). Its answers to bad input are tested in `events`.
+    let args = [
+        "run",
+        &spec,
+        "--max-examples",
+        "100",
+        "--no-color",
+        "--exclude-path",
+        "/api/orders/events",
+    ];
     let script = tokio::process::Command::new("schemathesis")
         .current_dir(workdir)
         .args(args)
