@@ -28,7 +28,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{Readiness, Shutdown, ShutdownHandle};
@@ -223,18 +223,31 @@ pub fn ready() {
 pub struct Upgrade {
     binary: PathBuf,
     args: Vec<OsString>,
-    listeners: Vec<(String, OwnedFd)>,
-    fds: Vec<(String, OwnedFd)>,
+    handover: Handover,
     ready_timeout: Duration,
     overlap: Option<Box<dyn Fn(bool) + Send + Sync>>,
+}
+
+/// The descriptors an upgrade passes on: second handles on the listeners and the other
+/// descriptors, held only until the shutdown begins. A second handle on a listening socket
+/// keeps it listening after the server has closed its own: connections would then queue where
+/// nobody accepts them, and be reset when the handle closes. So the coordinator lets them go
+/// the moment its shutdown begins, before any server takes its backlog and closes.
+#[derive(Default)]
+struct Handover {
+    listeners: Vec<(String, OwnedFd)>,
+    fds: Vec<(String, OwnedFd)>,
 }
 
 impl fmt::Debug for Upgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upgrade")
             .field("binary", &self.binary)
-            .field("listeners", &self.listeners.iter().map(|(n, _)| n).collect::<Vec<_>>())
-            .field("fds", &self.fds.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "listeners",
+                &self.handover.listeners.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("fds", &self.handover.fds.iter().map(|(n, _)| n).collect::<Vec<_>>())
             .field("ready_timeout", &self.ready_timeout)
             .finish_non_exhaustive()
     }
@@ -254,8 +267,7 @@ impl Upgrade {
         Self {
             binary: own_binary().unwrap_or_else(|| PathBuf::from(std::env::args_os().next().unwrap_or_default())),
             args: std::env::args_os().skip(1).collect(),
-            listeners: Vec::new(),
-            fds: Vec::new(),
+            handover: Handover::default(),
             ready_timeout: READY_TIMEOUT,
             overlap: None,
         }
@@ -268,13 +280,13 @@ impl Upgrade {
     }
 
     /// Passes the listening socket `listener` as `name` (in the order added: fds 3, 4, …). A
-    /// second descriptor is kept for the hand-over, and let go when the shutdown begins, so the
-    /// socket still closes with the server's.
+    /// second descriptor is kept for the hand-over, and let go the moment the shutdown begins,
+    /// so the socket still closes with the server's.
     ///
     /// # Errors
     /// If the process is out of descriptors.
     pub fn listener(mut self, name: impl Into<String>, listener: &impl AsRawFd) -> std::io::Result<Self> {
-        self.listeners.push((name.into(), dup(listener.as_raw_fd())?));
+        self.handover.listeners.push((name.into(), dup(listener.as_raw_fd())?));
         Ok(self)
     }
 
@@ -284,7 +296,7 @@ impl Upgrade {
     /// # Errors
     /// If the process is out of descriptors.
     pub fn pass_fd(mut self, name: impl Into<String>, fd: &impl AsRawFd) -> std::io::Result<Self> {
-        self.fds.push((name.into(), dup(fd.as_raw_fd())?));
+        self.handover.fds.push((name.into(), dup(fd.as_raw_fd())?));
         Ok(self)
     }
 
@@ -304,7 +316,13 @@ impl Upgrade {
 
     /// Upgrades on every SIGHUP until one succeeds (then starts `shutdown`) or the shutdown
     /// begins for another reason (then returns, letting the sockets go).
-    async fn run(self, mut hangup: tokio::signal::unix::Signal, readiness: Readiness, shutdown: ShutdownHandle) {
+    async fn run(
+        self,
+        handover: HandoverSlot,
+        mut hangup: tokio::signal::unix::Signal,
+        readiness: Readiness,
+        shutdown: ShutdownHandle,
+    ) {
         loop {
             tokio::select! {
                 () = readiness.draining() => return,
@@ -318,7 +336,7 @@ impl Upgrade {
             }
             tracing::info!(binary = %self.binary.display(), "SIGHUP: starting the new process");
             self.overlapping(true);
-            match self.start_successor(&readiness).await {
+            match self.start_successor(&handover, &readiness).await {
                 Ok(pid) => {
                     tracing::info!(
                         event = "upgrade.handover",
@@ -343,14 +361,21 @@ impl Upgrade {
     }
 
     /// Starts the new process and waits for its `READY=1`; its pid.
-    async fn start_successor(&self, readiness: &Readiness) -> Result<u32, UpgradeError> {
+    async fn start_successor(&self, handover: &HandoverSlot, readiness: &Readiness) -> Result<u32, UpgradeError> {
         let notify = ReadySocket::bind().map_err(UpgradeError::Notify)?;
-        let mut child = tokio::process::Command::from(self.command(&notify.path))
-            .spawn()
-            .map_err(|source| UpgradeError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
+        let mut child = {
+            // Held while the process starts: the descriptors stay open until it has them.
+            let held = handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(held) = held.as_ref() else {
+                return Err(UpgradeError::ShutdownBegan);
+            };
+            tokio::process::Command::from(self.command(held, &notify.path))
+                .spawn()
+                .map_err(|source| UpgradeError::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                })?
+        };
         let pid = child.id().unwrap_or_default();
         let failure = tokio::select! {
             ready = tokio::time::timeout(self.ready_timeout, notify.ready()) => match ready {
@@ -371,12 +396,12 @@ impl Upgrade {
 
     /// The new process: this binary and arguments, the listeners at fds 3, 4, … as systemd
     /// passes them, the other descriptors after them, named in the environment.
-    fn command(&self, notify: &std::path::Path) -> std::process::Command {
+    fn command(&self, handover: &Handover, notify: &std::path::Path) -> std::process::Command {
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(&self.binary);
-        let names: Vec<&str> = self.listeners.iter().map(|(n, _)| n.as_str()).collect();
-        let count = self.listeners.len() as RawFd;
-        let handed: Vec<String> = self
+        let names: Vec<&str> = handover.listeners.iter().map(|(n, _)| n.as_str()).collect();
+        let count = handover.listeners.len() as RawFd;
+        let handed: Vec<String> = handover
             .fds
             .iter()
             .enumerate()
@@ -389,10 +414,10 @@ impl Upgrade {
             .env("LISTEN_FDNAMES", names.join(":"))
             .env(HANDED_FDS, handed.join(","))
             .env_remove("LISTEN_PID");
-        let fds: Vec<RawFd> = self
+        let fds: Vec<RawFd> = handover
             .listeners
             .iter()
-            .chain(&self.fds)
+            .chain(&handover.fds)
             .map(|(_, fd)| fd.as_raw_fd())
             .collect();
         // SAFETY: between fork and exec only async-signal-safe calls (fcntl, dup2), on a vector
@@ -423,6 +448,9 @@ impl Upgrade {
         cmd
     }
 }
+
+/// The descriptors of an upgrade, emptied when the shutdown begins.
+type HandoverSlot = Arc<Mutex<Option<Handover>>>;
 
 /// A second descriptor on `fd`, close-on-exec.
 fn dup(fd: RawFd) -> std::io::Result<OwnedFd> {
@@ -482,9 +510,19 @@ impl Shutdown {
     ///
     /// # Errors
     /// If the SIGHUP handler cannot be installed.
-    pub fn upgrade_on_sighup(&mut self, upgrade: Upgrade) -> std::io::Result<()> {
+    pub fn upgrade_on_sighup(&mut self, mut upgrade: Upgrade) -> std::io::Result<()> {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        tokio::spawn(upgrade.run(hangup, self.readiness(), self.handle()));
+        let handover: HandoverSlot = Arc::new(Mutex::new(Some(std::mem::take(&mut upgrade.handover))));
+        let released = Arc::clone(&handover);
+        self.at_begin(move || {
+            drop(
+                released
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(),
+            );
+        });
+        tokio::spawn(upgrade.run(handover, hangup, self.readiness(), self.handle()));
         Ok(())
     }
 }

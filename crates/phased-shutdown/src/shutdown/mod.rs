@@ -144,6 +144,9 @@ pub struct Shutdown {
     ended_tx: mpsc::UnboundedSender<usize>,
     ended_rx: mpsc::UnboundedReceiver<usize>,
     ran: bool,
+    /// Run the moment the shutdown begins, before any phase: what must be let go before a
+    /// server closes (an upgrade's second handles on the listeners).
+    at_begin: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 /// The coordinator's configuration, apart from its run state.
@@ -222,6 +225,7 @@ impl Shutdown {
             ended_tx,
             ended_rx,
             ran: false,
+            at_begin: Vec::new(),
         }
     }
 
@@ -475,8 +479,17 @@ impl Shutdown {
 
     /// Readiness off first (whoever reads "readiness off" in the log must find it off), then
     /// the log line, systemd's STOPPING=1 and the `on_start` callback.
+    /// Runs `release` the moment the shutdown begins, before any phase starts.
+    #[cfg(feature = "upgrade")]
+    pub(crate) fn at_begin(&mut self, release: impl FnOnce() + Send + 'static) {
+        self.at_begin.push(Box::new(release));
+    }
+
     fn begin(&mut self, reason: &Reason) {
         self.draining.start_draining();
+        for release in self.at_begin.drain(..) {
+            release();
+        }
         tracing::info!(event = "shutdown.started", reason = %reason, "shutdown started: readiness off");
         self.ran = true;
         let overrun_grace = self.settings.watchdog_grace.unwrap_or_default();
