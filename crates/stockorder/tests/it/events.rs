@@ -405,3 +405,53 @@ async fn bad_resume_points_and_symbols_are_refused_with_400() {
             .starts_with("text/event-stream")
     );
 }
+
+/// A resume point older than the history the log still holds: 410 Gone over REST and
+/// OUT_OF_RANGE over gRPC, each saying where the history starts. With
+/// `EVENT_RETENTION_COUNT=1` the log keeps only the newest event once the writer prunes (it
+/// looks every 1024 write batches), so a thousand and some creates leave `after=1` behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_older_than_the_history_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("orders.db"), &[("EVENT_RETENTION_COUNT", "1")]).await;
+    let client = reqwest::Client::new();
+    let resting = json!({"symbol": "AAPL", "order_type": "LIMIT", "order_side": "BUY", "quantity": 1, "price": 1.0});
+    let gone = async || {
+        let answer = client
+            .get(server.url("/api/orders/events?after=1"))
+            .send()
+            .await
+            .unwrap();
+        (answer.status() == 410).then_some(answer)
+    };
+    let mut placed = 0;
+    let answer = loop {
+        if placed % 64 == 0
+            && let Some(answer) = gone().await
+        {
+            break answer;
+        }
+        assert!(placed < 5000, "the log was never pruned");
+        let created = client
+            .post(server.url("/api/orders"))
+            .json(&resting)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        placed += 1;
+    };
+    let body: Value = answer.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("after 1"), "{body}");
+
+    let mut grpc = StockOrderServiceClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+    let request = proto::WatchOrdersRequest {
+        after_sequence: Some(1),
+        symbol: String::new(),
+    };
+    let status = grpc.watch_orders(request).await.expect_err("too old");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+}
