@@ -340,6 +340,7 @@ fn open_migrated(path: &Path) -> Result<Connection, OpenError> {
     schema::check_owner(&conn).map_err(migrate_err)?;
     schema::configure_writer(&conn).map_err(open_err)?;
     schema::migrate(&mut conn).map_err(migrate_err)?;
+    schema::append_events_of_changes(&conn).map_err(open_err)?;
     Ok(conn)
 }
 

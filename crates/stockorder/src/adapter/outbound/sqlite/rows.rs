@@ -4,9 +4,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
-use crate::domain::{
-    ClientOrderId, EventKind, OrderEvent, OrderId, Price, Quantity, StockOrder, StoredOrder, Symbol, Timestamp,
-};
+use crate::domain::{ClientOrderId, OrderEvent, OrderId, Price, Quantity, StockOrder, StoredOrder, Symbol, Timestamp};
 use crate::port::{EventBounds, ListQuery, QueuePosition, Queued};
 
 /// The order columns in the order `order_from_row` reads them, as a literal so the fixed
@@ -180,12 +178,20 @@ pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusq
 /// The conditional status change: to `?1` only if the order is still in `?5`. A change to
 /// FILLED records the fill price and `filled_at`, one to CANCELLED `cancelled_at`.
 ///
+/// `OR ROLLBACK`: the writer's [`schema::EVENT_TRIGGER`](super::schema::EVENT_TRIGGER) appends
+/// the change's event inside this statement. A statement that writes two tables and may fail
+/// half-way with `ABORT` (the default) makes SQLite copy every page it touches into a
+/// statement journal first, to undo just that statement: measured, that cost as much as the
+/// event itself. With `ROLLBACK` a failure ends the whole transaction instead (SQLite does the
+/// same for a full disk), which the writer answers by failing its batch: a change is never
+/// committed without its event. The constraints cannot fail for a change the domain made.
+///
 /// Why no `RETURNING` for the API's cancel, which answers with the changed order: `RETURNING`
 /// makes SQLite gather the row in a temporary table it builds for each run, which costs more
 /// than reading the row again by its key ([`by_id`], in the same transaction), as measured in
 /// docs/performance.md.
 pub(super) const SETTLE: &str = concat!(
-    "UPDATE orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3,
+    "UPDATE OR ROLLBACK orders SET status = ?1, description = coalesce(?2, description), updated_at = ?3,
             fill_price = coalesce(?6, fill_price),
             filled_at = CASE WHEN ?1 = 'FILLED' THEN ?3 ELSE filled_at END,
             cancelled_at = CASE WHEN ?1 = 'CANCELLED' THEN ?3 ELSE cancelled_at END
@@ -285,23 +291,40 @@ pub(super) fn probe(conn: &Connection) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-/// Appends the event of a change just made to order `id`: the order row as it is now, copied
-/// inside the same transaction (no decoding, and no second copy of the order in Rust).
-pub(super) const APPEND_EVENT: &str = concat!(
+/// Appends the `created` event of order `o`, just inserted: the values bound as they were for
+/// the order's own row. (Reading the row back with `INSERT … SELECT` costs a seek into
+/// `orders`; an `AFTER INSERT` trigger would make SQLite keep a statement journal for the
+/// orders insert, because its `length(id)` CHECK calls a function that could fail. Both
+/// measured dearer, docs/performance.md.) The events of later changes are written by
+/// [`schema::EVENT_TRIGGER`](super::schema::EVENT_TRIGGER).
+pub(super) const APPEND_CREATED: &str = concat!(
     "INSERT INTO order_events (kind, ",
     columns!(),
-    ") SELECT ?1, ",
-    columns!(),
-    " FROM orders WHERE id = ?2"
+    ") VALUES ('created', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
 );
 
-pub(super) fn append_event(conn: &Connection, kind: EventKind, id: OrderId) -> rusqlite::Result<()> {
+pub(super) fn append_created(conn: &Connection, o: &StockOrder) -> rusqlite::Result<()> {
     // Built with `no-event-log` (bench/events' A/B only): nothing appended.
     if cfg!(feature = "no-event-log") {
         return Ok(());
     }
-    conn.prepare_cached(APPEND_EVENT)?
-        .execute(params![kind.as_str(), id.as_uuid().as_bytes()])
+    conn.prepare_cached(APPEND_CREATED)?
+        .execute(params![
+            o.id().as_uuid().as_bytes(),
+            o.client_order_id().map(ClientOrderId::as_str),
+            o.symbol().as_str(),
+            o.order_type().as_str(),
+            o.order_side().as_str(),
+            o.quantity().get(),
+            o.price().map(Price::get),
+            o.status().as_str(),
+            o.description(),
+            o.created_at().unix_micros(),
+            o.updated_at().unix_micros(),
+            o.fill_price().map(Price::get),
+            o.filled_at().map(|t| t.unix_micros()),
+            o.cancelled_at().map(|t| t.unix_micros()),
+        ])
         .map(drop)
 }
 

@@ -86,6 +86,34 @@ const EVENT_LOG: &str = "CREATE TABLE IF NOT EXISTS order_events (
         cancelled_at    INTEGER
     );";
 
+/// The event of every status change, appended by the writer's connection inside the `UPDATE`
+/// that makes the change ([`rows::SETTLE`](super::rows::SETTLE)): the row as it now is, with no
+/// statement of its own to run and nothing to read back.
+///
+/// `TEMP`: the trigger lives in the writing connection, not in the file. A binary from before
+/// it still appends its own events, so during an in-place upgrade's overlap, when the old and
+/// the new process write the same file, each change gets exactly one event whoever makes it.
+/// The kind follows from the new status: a change only ever leaves PENDING (`domain::Happened`).
+pub(super) const EVENT_TRIGGER: &str = "CREATE TEMP TRIGGER IF NOT EXISTS order_changed
+    AFTER UPDATE OF status ON main.orders WHEN NEW.status IS NOT OLD.status
+    BEGIN
+        INSERT INTO order_events (kind, id, client_order_id, symbol, order_type, order_side, quantity, price,
+                                  status, description, created_at, updated_at, fill_price, filled_at, cancelled_at)
+        VALUES (CASE NEW.status WHEN 'FILLED' THEN 'filled' WHEN 'CANCELLED' THEN 'cancelled' ELSE 'rejected' END,
+                NEW.id, NEW.client_order_id, NEW.symbol, NEW.order_type, NEW.order_side, NEW.quantity, NEW.price,
+                NEW.status, NEW.description, NEW.created_at, NEW.updated_at, NEW.fill_price, NEW.filled_at,
+                NEW.cancelled_at);
+    END;";
+
+/// Installs [`EVENT_TRIGGER`] on the writer's connection, after the migrations made the tables
+/// it names. (Built with `no-event-log`, bench/events' A/B only: nothing.)
+pub(super) fn append_events_of_changes(conn: &Connection) -> rusqlite::Result<()> {
+    if cfg!(feature = "no-event-log") {
+        return Ok(());
+    }
+    conn.execute_batch(EVENT_TRIGGER)
+}
+
 /// The schema version this binary writes.
 pub(super) const SCHEMA_VERSION: usize = MIGRATIONS.len();
 

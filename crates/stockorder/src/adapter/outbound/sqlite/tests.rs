@@ -200,14 +200,17 @@ fn cached_statements_are_not_compiled_again() {
     let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
     schema::configure_writer(&conn).unwrap();
     schema::migrate(&mut conn).unwrap();
+    schema::append_events_of_changes(&conn).unwrap();
     let queries: Vec<ListQuery> = every_filter().collect();
     for round in 0..5 {
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         let mut sequence = rows::Sequence::default();
         let o = order("AAPL", OrderSide::Buy, Some(&format!("key-{round}")));
         rows::insert(&conn, &o, sequence.next(&conn).unwrap()).unwrap();
+        rows::append_created(&conn, &o).unwrap();
         let settled = order("AAPL", OrderSide::Buy, None);
         rows::insert(&conn, &settled, sequence.next(&conn).unwrap()).unwrap();
+        rows::append_created(&conn, &settled).unwrap();
         sequence.store(&conn).unwrap();
         assert!(rows::settle(&conn, &change(&settled, OrderStatus::Filled)).unwrap());
         assert!(
@@ -226,6 +229,7 @@ fn cached_statements_are_not_compiled_again() {
     }
     let mut statements = vec![
         rows::INSERT.to_owned(),
+        rows::APPEND_CREATED.to_owned(),
         rows::BY_ID.to_owned(),
         rows::BY_CLIENT_ORDER_ID.to_owned(),
         rows::SETTLE.to_owned(),
@@ -289,13 +293,99 @@ fn creates_fills_and_cancels_build_no_temporary_table() {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
     schema::migrate(&mut conn).unwrap();
-    for (sql, args) in [(rows::INSERT, 15), (rows::SETTLE, 6), (rows::BY_ID, 1)] {
+    schema::append_events_of_changes(&conn).unwrap();
+    for (sql, args) in [
+        (rows::INSERT, 15),
+        (rows::APPEND_CREATED, 14),
+        (rows::SETTLE, 6),
+        (rows::BY_ID, 1),
+    ] {
         assert!(
             !builds_a_temporary_table(&conn, sql, args),
             "{sql} => {:?}",
             opcodes(&conn, sql, args)
         );
     }
+}
+
+/// A status change and the event its trigger appends compile to a statement that cannot stop
+/// half-way and leave the rest of the transaction running: no `ABORT` (a constraint's halt with
+/// P2 = 2) and no function call. Either would make SQLite copy each page the statement touches
+/// into a statement journal first, which cost about as much as the event itself
+/// (docs/performance.md).
+#[test]
+fn a_change_and_its_event_need_no_statement_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    schema::append_events_of_changes(&conn).unwrap();
+    let mut stmt = conn.prepare(&format!("EXPLAIN {}", rows::SETTLE)).unwrap();
+    let nulls = std::iter::repeat_n(rusqlite::types::Value::Null, 6);
+    let program: Vec<(String, i64)> = stmt
+        .query_map(rusqlite::params_from_iter(nulls), |r| Ok((r.get(1)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        program.iter().any(|(op, _)| op == "Program"),
+        "the trigger is not in the statement: {program:?}"
+    );
+    for (op, p2) in &program {
+        assert!(
+            !(op.starts_with("Halt") && *p2 == 2),
+            "{op} aborts the statement: {program:?}"
+        );
+        assert!(
+            !op.ends_with("Func") && op != "Function",
+            "{op} is a function call: {program:?}"
+        );
+    }
+}
+
+/// The trigger that appends a change's event lives in the writer's connection, not in the
+/// file: a process holding the file without it (an older binary, during an upgrade's overlap)
+/// appends its own events, so a change made there gets no second one.
+#[tokio::test]
+async fn the_event_trigger_is_not_in_the_file() {
+    use crate::adapter::outbound::repository_suite::change;
+    let (dir, store) = store();
+    let o = order("AAPL", OrderSide::Buy, None);
+    store.insert(o.clone()).await.unwrap();
+    store
+        .settle(vec![change(&o, OrderStatus::Filled)], Vec::new())
+        .await
+        .unwrap();
+    let other = Connection::open(dir.path().join("orders.db")).unwrap();
+    let triggers: i64 = other
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(triggers, 0);
+    let p = order("AAPL", OrderSide::Buy, None);
+    store.insert(p.clone()).await.unwrap();
+    store.other_process_writes(true);
+    other
+        .execute(
+            "UPDATE orders SET status = 'CANCELLED' WHERE id = ?1",
+            [p.id().as_uuid().as_bytes()],
+        )
+        .unwrap();
+    let kinds: Vec<(String, [u8; 16])> = other
+        .prepare("SELECT kind, id FROM order_events ORDER BY sequence")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (a, b) = (o.id().as_uuid().into_bytes(), p.id().as_uuid().into_bytes());
+    assert_eq!(
+        kinds,
+        [("created".into(), a), ("filled".into(), a), ("created".into(), b)],
+        "the writer's events, and none for the other connection's change"
+    );
+    store.other_process_writes(false);
+    store.close().await.unwrap();
 }
 
 /// The status CHECK is rewritten in a database an older binary made, while another connection

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::errors::{self, again};
 use super::recent::Committed;
 use super::rows;
-use crate::domain::{EventKind, StatusChange, StockOrder};
+use crate::domain::{StatusChange, StockOrder};
 use crate::port::{EventRetention as Retention, Inserted, RepositoryError, Transition};
 
 /// The most requests committed in one transaction; bounds the latency a batch adds to its first
@@ -356,20 +356,12 @@ fn apply(conn: &Connection, write: Write, sequence: &mut rows::Sequence) -> Outc
     }
 }
 
+/// Applies each change whose order is still where it starts (the trigger appends its event).
 fn settle(conn: &Connection, changes: &[StatusChange]) -> Result<Vec<bool>, RepositoryError> {
     changes
         .iter()
-        .map(|change| applied_with_event(conn, change).map_err(errors::on(conn)))
+        .map(|change| rows::settle(conn, change).map_err(errors::on(conn)))
         .collect()
-}
-
-/// Applies `change` if the order is still where it starts, and appends its event if it was.
-fn applied_with_event(conn: &Connection, change: &StatusChange) -> rusqlite::Result<bool> {
-    let applied = rows::settle(conn, change)?;
-    if applied {
-        rows::append_event(conn, change.happened().into(), change.id())?;
-    }
-    Ok(applied)
 }
 
 fn insert(conn: &Connection, order: StockOrder, sequence: &mut rows::Sequence) -> Result<Inserted, RepositoryError> {
@@ -382,14 +374,14 @@ fn insert(conn: &Connection, order: StockOrder, sequence: &mut rows::Sequence) -
     }
     let seq = sequence.next(conn).map_err(errors::on(conn))?;
     rows::insert(conn, &order, seq).map_err(errors::on(conn))?;
-    rows::append_event(conn, EventKind::Created, order.id()).map_err(errors::on(conn))?;
+    rows::append_created(conn, &order).map_err(errors::on(conn))?;
     Ok(Inserted::Created(order))
 }
 
 /// The change if the order is still in `change.from`, and the order as it is now either way:
 /// read back in the same transaction (see [`rows::SETTLE`] for why not `RETURNING`).
 fn change_status(conn: &Connection, change: &StatusChange) -> Result<Transition, RepositoryError> {
-    let applied = applied_with_event(conn, change).map_err(errors::on(conn))?;
+    let applied = rows::settle(conn, change).map_err(errors::on(conn))?;
     Ok(match rows::by_id(conn, change.id()).map_err(errors::on(conn))? {
         Some(order) if applied => Transition::Applied(order),
         Some(current) => Transition::Refused(current),
@@ -440,9 +432,58 @@ fn shut(conn: Connection) -> Result<(), RepositoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::outbound::repository_suite::order;
+    use crate::adapter::outbound::repository_suite::{change, order};
     use crate::adapter::outbound::sqlite::schema;
-    use crate::domain::OrderSide;
+    use crate::domain::{OrderSide, OrderStatus};
+
+    /// The writer's connection as the store opens it: migrated, with the event trigger.
+    fn writer_connection(path: &std::path::Path) -> Connection {
+        let mut conn = Connection::open(path).unwrap();
+        schema::configure_writer(&conn).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        schema::append_events_of_changes(&conn).unwrap();
+        conn
+    }
+
+    /// A disk that fills up halfway through a batch of fills, whose events the trigger writes
+    /// inside each `UPDATE`: each change answered as made is in the file with its one event,
+    /// and no change refused left either a change or an event behind.
+    #[test]
+    fn a_full_disk_mid_batch_of_changes_keeps_each_change_with_its_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = writer_connection(&dir.path().join("full.db"));
+        let orders: Vec<StockOrder> = (0..300).map(|_| order("FULL", OrderSide::Buy, None)).collect();
+        let mut batch: Vec<Write> = orders
+            .iter()
+            .map(|o| Write::Insert(o.clone(), oneshot::channel().0))
+            .collect();
+        commit(&mut conn, &mut batch, &mut Patience::default(), &|_, _, _| {});
+        let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 2).unwrap();
+
+        let changes: Vec<StatusChange> = orders.iter().map(|o| change(o, OrderStatus::Filled)).collect();
+        let (reply, mut answer) = oneshot::channel();
+        let mut batch = vec![Write::Settle(changes, reply)];
+        commit(&mut conn, &mut batch, &mut Patience::default(), &|_, _, _| {});
+
+        assert!(conn.is_autocommit(), "a transaction was left open");
+        let applied = answer.try_recv().expect("the caller is answered");
+        let filled_events = |o: &StockOrder| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM order_events WHERE id = ?1 AND kind = 'filled'",
+                [o.id().as_uuid().as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        for (i, o) in orders.iter().enumerate() {
+            let filled = rows::by_id(&conn, o.id()).unwrap().unwrap().status() == OrderStatus::Filled;
+            let told = applied.as_ref().is_ok_and(|a| a[i]);
+            assert_eq!(filled, told, "order {i}: in the file {filled}, told {told}");
+            assert_eq!(filled_events(o), i64::from(filled), "order {i}: events of its fill");
+        }
+        assert!(applied.is_err(), "the page limit was never reached");
+    }
 
     /// A disk that fills up halfway through a batch: whichever way SQLite recovers (undoing the
     /// one statement, or the whole transaction), every caller is told exactly what the file
