@@ -99,27 +99,33 @@ pub(super) fn control(conn: &Connection, sql: &'static str) -> rusqlite::Result<
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
+/// The parameters of a statement that writes order `o`'s columns (`columns!()`, in that
+/// order), then `extra`: the order's row and its `created` event bind the same values.
+macro_rules! order_params {
+    ($o:expr $(, $extra:expr)*) => {
+        params![
+            $o.id().as_uuid().as_bytes(),
+            $o.client_order_id().map(ClientOrderId::as_str),
+            $o.symbol().as_str(),
+            $o.order_type().as_str(),
+            $o.order_side().as_str(),
+            $o.quantity().get(),
+            $o.price().map(Price::get),
+            $o.status().as_str(),
+            $o.description(),
+            $o.created_at().unix_micros(),
+            $o.updated_at().unix_micros(),
+            $o.fill_price().map(Price::get),
+            $o.filled_at().map(|t| t.unix_micros()),
+            $o.cancelled_at().map(|t| t.unix_micros()),
+            $($extra,)*
+        ]
+    };
+}
+
 /// Stores `o` as number `seq` of the processor's queue (see [`Sequence`]).
 pub(super) fn insert(conn: &Connection, o: &StockOrder, seq: i64) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(INSERT)?;
-    stmt.execute(params![
-        o.id().as_uuid().as_bytes(),
-        o.client_order_id().map(ClientOrderId::as_str),
-        o.symbol().as_str(),
-        o.order_type().as_str(),
-        o.order_side().as_str(),
-        o.quantity().get(),
-        o.price().map(Price::get),
-        o.status().as_str(),
-        o.description(),
-        o.created_at().unix_micros(),
-        o.updated_at().unix_micros(),
-        o.fill_price().map(Price::get),
-        o.filled_at().map(|t| t.unix_micros()),
-        o.cancelled_at().map(|t| t.unix_micros()),
-        seq,
-    ])?;
-    Ok(())
+    conn.prepare_cached(INSERT)?.execute(order_params!(o, seq)).map(drop)
 }
 
 /// Orders' numbers in commit order, given inside the open write transaction: the last number
@@ -181,8 +187,8 @@ pub(super) fn by_client_order_id(conn: &Connection, key: &ClientOrderId) -> rusq
 /// `OR ROLLBACK`: the writer's [`schema::EVENT_TRIGGER`](super::schema::EVENT_TRIGGER) appends
 /// the change's event inside this statement. A statement that writes two tables and may fail
 /// half-way with `ABORT` (the default) makes SQLite copy every page it touches into a
-/// statement journal first, to undo just that statement: measured, that cost as much as the
-/// event itself. With `ROLLBACK` a failure ends the whole transaction instead (SQLite does the
+/// statement journal first, to undo just that statement: measured, that cost about as much as
+/// the event itself. With `ROLLBACK` a failure ends the whole transaction instead (SQLite does the
 /// same for a full disk), which the writer answers by failing its batch: a change is never
 /// committed without its event. The constraints cannot fail for a change the domain made.
 ///
@@ -308,24 +314,7 @@ pub(super) fn append_created(conn: &Connection, o: &StockOrder) -> rusqlite::Res
     if cfg!(feature = "no-event-log") {
         return Ok(());
     }
-    conn.prepare_cached(APPEND_CREATED)?
-        .execute(params![
-            o.id().as_uuid().as_bytes(),
-            o.client_order_id().map(ClientOrderId::as_str),
-            o.symbol().as_str(),
-            o.order_type().as_str(),
-            o.order_side().as_str(),
-            o.quantity().get(),
-            o.price().map(Price::get),
-            o.status().as_str(),
-            o.description(),
-            o.created_at().unix_micros(),
-            o.updated_at().unix_micros(),
-            o.fill_price().map(Price::get),
-            o.filled_at().map(|t| t.unix_micros()),
-            o.cancelled_at().map(|t| t.unix_micros()),
-        ])
-        .map(drop)
+    conn.prepare_cached(APPEND_CREATED)?.execute(order_params!(o)).map(drop)
 }
 
 pub(super) const EVENTS: &str = concat!(
