@@ -12,14 +12,26 @@
 //! and unnumbered, in the order they were written. An event still uncommitted is invisible to
 //! the publisher and is numbered in a later round, above everything numbered so far; readers
 //! read numbered events only. So no number ever appears below one a reader has seen. The cost
-//! is latency: an event becomes readable at the next round after its commit (a tick, 20 ms),
-//! and the publisher's update of the rows it numbers.
+//! is the publisher's update of the rows it numbers, and a round between a commit and its
+//! event being readable.
+//!
+//! **Wake-ups: LISTEN/NOTIFY, the table as the truth.** A round runs at once (at most every
+//! [`MIN_GAP`]) when this replica commits a change, and a publisher that numbered events sends
+//! `NOTIFY` with that transaction; every replica `LISTEN`s on a connection of its own
+//! ([`listen`]) and reads the last number when it hears one. So an event committed on one
+//! replica reaches followers of another within a few milliseconds, not a tick or two. A
+//! notification carries nothing a reader relies on: a lost one (the listening connection
+//! dropped, and is opened again) delays followers until the next [`TICK`], which every
+//! replica still runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::watch;
+use futures_util::StreamExt as _;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::errors::Stage;
@@ -27,8 +39,29 @@ use super::{database, errors, rows};
 use crate::domain::{OrderEvent, Symbol};
 use crate::port::{EventBounds, EventRetention, RepositoryError};
 
-/// How often each replica publishes and looks for events other replicas published.
+/// How often each replica publishes and looks for events other replicas published, whether or
+/// not anything woke it: what bounds the delay when a notification is lost.
 pub(super) const TICK: Duration = Duration::from_millis(20);
+
+/// The least time between two rounds that commits started: under load a replica commits
+/// thousands of times a second, and a round per commit would cost the database more than
+/// the events' few milliseconds are worth.
+const MIN_GAP: Duration = Duration::from_millis(5);
+
+/// What each replica's listening connection runs: the channel the publishers notify.
+const LISTEN: &str = "LISTEN stockorder_events";
+
+/// The `NOTIFY` a publishing round sends, in its transaction, when it numbered events.
+const NOTIFY: &str = "NOTIFY stockorder_events";
+
+/// What wakes a replica's publisher before its tick.
+#[derive(Debug, Default)]
+pub(super) struct Wakers {
+    /// This replica committed a change: number its event now.
+    pub(super) committed: Notify,
+    /// A publisher (this replica's or another's) numbered events: read the last number.
+    pub(super) heard: Notify,
+}
 
 /// Events one round numbers at most.
 const PUBLISH_BATCH: i64 = 10_000;
@@ -127,6 +160,10 @@ async fn publish(pool: &Pool) -> Result<u64, tokio_postgres::Error> {
     }
     let stmt = tx.prepare_cached(PUBLISH).await?;
     let numbered = tx.execute(&stmt, &[&PUBLISH_BATCH]).await?;
+    if numbered > 0 {
+        // Delivered to the listeners when this commits, with the numbers.
+        tx.batch_execute(NOTIFY).await?;
+    }
     tx.commit().await?;
     Ok(numbered)
 }
@@ -149,25 +186,48 @@ async fn prune(pool: &Pool, retention: EventRetention) -> Result<u64, tokio_post
     client.execute(PRUNE, &[&keep, &before, &PRUNE_CHUNK]).await
 }
 
-/// Runs until `stop`: each [`TICK`], a publishing round, then a look at the last number given,
-/// which changes `wakeups` when it moved (events published here or by another replica).
+/// Why the publisher runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Tick,
+    Committed,
+    Heard,
+}
+
+/// Runs until `stop`: a publishing round each `tick` and after this replica's commits (at most
+/// every [`MIN_GAP`]), then a look at the last number given, also when another publisher's
+/// `NOTIFY` was heard; `wakeups` changes when that number moved.
 pub(super) async fn publisher(
     pool: Pool,
     wakeups: Arc<watch::Sender<u64>>,
+    wakers: Arc<Wakers>,
     retention: EventRetention,
+    tick: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds = 0_u64;
+    let mut last_round = Instant::now();
     loop {
-        tokio::select! {
+        let wake = tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = ticks.tick() => Wake::Tick,
+            () = wakers.committed.notified() => Wake::Committed,
+            () = wakers.heard.notified() => Wake::Heard,
+        };
+        if wake == Wake::Committed {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(last_round + MIN_GAP) => {}
+            }
         }
-        rounds += 1;
-        if let Err(e) = publish(&pool).await {
-            tracing::debug!(error = %e, "cannot publish events this round; trying again");
+        if wake != Wake::Heard {
+            last_round = Instant::now();
+            rounds += 1;
+            if let Err(e) = publish(&pool).await {
+                tracing::debug!(error = %e, "cannot publish events this round; trying again");
+            }
         }
         match last(&pool).await {
             Ok(last) => {
@@ -179,10 +239,56 @@ pub(super) async fn publisher(
             }
             Err(e) => tracing::debug!(error = %e, "cannot read the event log's last number"),
         }
-        if rounds.is_multiple_of(PRUNE_EVERY)
+        if wake != Wake::Heard
+            && rounds.is_multiple_of(PRUNE_EVERY)
             && let Err(e) = prune(&pool, retention).await
         {
             tracing::warn!(error = %e, "cannot prune the event log; trying again later");
+        }
+    }
+}
+
+/// Until `stop`: `LISTEN`s on a connection of its own and wakes `heard` at each notification.
+/// A dropped connection is opened again after a pause; meanwhile the ticks carry on.
+pub(super) async fn listen(config: Arc<tokio_postgres::Config>, heard: Arc<Wakers>, stop: CancellationToken) {
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = listen_once(&config, &heard) => outcome,
+        };
+        match outcome {
+            Ok(()) => backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            Err(e) => tracing::debug!(error = %e, "listening for event notifications failed; the ticks carry on"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// One listening connection, until it ends.
+async fn listen_once(config: &tokio_postgres::Config, wakers: &Wakers) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listening = client.batch_execute(LISTEN);
+    tokio::pin!(listening);
+    let mut listened = false;
+    loop {
+        tokio::select! {
+            result = &mut listening, if !listened => {
+                result?;
+                listened = true;
+                // What was published before the LISTEN took hold.
+                wakers.heard.notify_one();
+            }
+            message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(_))) => wakers.heard.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
         }
     }
 }

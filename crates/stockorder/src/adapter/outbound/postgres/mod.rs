@@ -72,6 +72,10 @@ pub struct PostgresStore {
     target: String,
     /// The event log's wake-ups, moved by the publisher (`events`).
     wakeups: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What wakes the publisher before its tick: this replica's commits, others' `NOTIFY`.
+    wakers: Arc<events::Wakers>,
+    /// How to open the connection that `LISTEN`s for other publishers (outside the pool).
+    config: Arc<tokio_postgres::Config>,
     /// Stops the publisher when the store closes.
     publishing: tokio_util::sync::CancellationToken,
     /// Where commits are reported ([`PostgresStore::with_metrics`]).
@@ -143,10 +147,23 @@ impl PostgresStore {
     /// [`PostgresStore::open`] does; a store opened with [`PostgresStore::open_config`] starts it
     /// when it is to serve events.
     pub fn start_publishing(&self, retention: EventRetention) {
+        self.start_publishing_every(retention, events::TICK);
+    }
+
+    /// [`PostgresStore::start_publishing`] with rounds every `tick` when nothing wakes the
+    /// publisher sooner (the tests' way to show what the wake-ups do alone).
+    fn start_publishing_every(&self, retention: EventRetention, tick: Duration) {
         tokio::spawn(events::publisher(
             self.pool.clone(),
             Arc::clone(&self.wakeups),
+            Arc::clone(&self.wakers),
             retention,
+            tick,
+            self.publishing.clone(),
+        ));
+        tokio::spawn(events::listen(
+            Arc::clone(&self.config),
+            Arc::clone(&self.wakers),
             self.publishing.clone(),
         ));
     }
@@ -177,7 +194,7 @@ impl PostgresStore {
             .keepalives_idle(Duration::from_secs(10))
             .tcp_user_timeout(timeouts.connect.max(Duration::from_secs(1)));
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 // A connection returned to the pool is reused without a round trip to check
@@ -206,6 +223,8 @@ impl PostgresStore {
             pool,
             target,
             wakeups: Arc::new(tokio::sync::watch::channel(0).0),
+            wakers: Arc::default(),
+            config: Arc::new(config),
             publishing: tokio_util::sync::CancellationToken::new(),
             metrics: Arc::new(NoMetrics),
         })
@@ -360,6 +379,7 @@ impl OrderRepository for PostgresStore {
             .map_err(database(Stage::Committing))?;
         self.metrics.commit("postgres", 1, started.elapsed());
         if inserted == 1 {
+            self.wakers.committed.notify_one();
             return Ok(Inserted::Created(order));
         }
         // ON CONFLICT waited for the other insert of this key to commit: it is there to read.
@@ -412,6 +432,7 @@ impl OrderRepository for PostgresStore {
         let started = Instant::now();
         let mut transitions = Self::apply(&client, std::slice::from_ref(&change), Stage::Committing).await?;
         self.metrics.commit("postgres", 1, started.elapsed());
+        self.wakers.committed.notify_one();
         Ok(transitions.pop().unwrap_or(Transition::NotFound))
     }
 
@@ -485,6 +506,7 @@ impl OrderRepository for PostgresStore {
         tx.commit().await.map_err(database(Stage::Committing))?;
         self.metrics
             .commit("postgres", changes.len() + resting.len(), started.elapsed());
+        self.wakers.committed.notify_one();
         Ok(transitions
             .iter()
             .map(|t| matches!(t, Transition::Applied(_)))

@@ -367,3 +367,46 @@ async fn an_event_that_commits_late_is_not_skipped_by_a_follower_that_resumes() 
     );
     assert!(rest[0].sequence > resume_after);
 }
+
+/// Across replicas without the ticks: with rounds an hour apart, an order placed on one replica
+/// is numbered because its commit woke that replica's publisher, and the other replica learns
+/// of it because it heard the publisher's `NOTIFY`. Either wake-up missing, this waits an hour
+/// (the test's 10 s bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_hears_of_another_replicas_events_without_waiting_for_a_tick() {
+    let Some((schema, config)) = TestSchema::create().await else {
+        return;
+    };
+    let hour = Duration::from_secs(3600);
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = PostgresStore::open_config(config.clone(), 4, super::Timeouts::default())
+            .await
+            .unwrap();
+        store.start_publishing_every(Default::default(), hour);
+        replicas.push(store);
+    }
+    let mut heard = replicas[1].event_wakeups();
+    // The first rounds (an interval ticks at once) are over, and the listener is in place.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = *heard.borrow_and_update();
+    for n in 1..=3 {
+        replicas[0].insert(order("AAPL", OrderSide::Buy, None)).await.unwrap();
+        let moved = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                heard.changed().await.unwrap();
+                if *heard.borrow_and_update() >= before + n {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(moved.is_ok(), "event {n}: the other replica did not hear of it");
+    }
+    let events = replicas[1].events(before, None, 10).await.unwrap();
+    assert_eq!(events.len(), 3);
+    for store in &replicas {
+        store.close().await.unwrap();
+    }
+    drop(schema);
+}
