@@ -224,6 +224,8 @@ pub(super) async fn publisher(
         }
         if wake != Wake::Heard {
             last_round = Instant::now();
+            // The next tick a whole tick after this round: under load, commits start the rounds.
+            ticks.reset();
             rounds += 1;
             if let Err(e) = publish(&pool).await {
                 tracing::debug!(error = %e, "cannot publish events this round; trying again");
