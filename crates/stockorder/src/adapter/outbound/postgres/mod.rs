@@ -432,8 +432,11 @@ impl OrderRepository for PostgresStore {
         let started = Instant::now();
         let mut transitions = Self::apply(&client, std::slice::from_ref(&change), Stage::Committing).await?;
         self.metrics.commit("postgres", 1, started.elapsed());
-        self.wakers.committed.notify_one();
-        Ok(transitions.pop().unwrap_or(Transition::NotFound))
+        let transition = transitions.pop().unwrap_or(Transition::NotFound);
+        if matches!(transition, Transition::Applied(_)) {
+            self.wakers.committed.notify_one();
+        }
+        Ok(transition)
     }
 
     /// `after` is ignored: the lease, not a cursor, keeps replicas' batches apart (see the
@@ -506,11 +509,14 @@ impl OrderRepository for PostgresStore {
         tx.commit().await.map_err(database(Stage::Committing))?;
         self.metrics
             .commit("postgres", changes.len() + resting.len(), started.elapsed());
-        self.wakers.committed.notify_one();
-        Ok(transitions
+        let applied: Vec<bool> = transitions
             .iter()
             .map(|t| matches!(t, Transition::Applied(_)))
-            .collect())
+            .collect();
+        if applied.contains(&true) {
+            self.wakers.committed.notify_one();
+        }
+        Ok(applied)
     }
 
     async fn events(&self, after: u64, symbol: Option<Symbol>, limit: u32) -> Result<Vec<OrderEvent>, RepositoryError> {
