@@ -853,8 +853,9 @@ impl Shutdown {
 
     /// Serves tonic services through `server`, a tonic `Server::builder()` configured as for
     /// tonic's own `serve`: its layers, `timeout` (and each call's `grpc-timeout`), concurrency
-    /// limits, load shedding, keep-alive, windows and `max_connection_age` all apply, as tonic
-    /// applies them. This crate owns the listener and the sockets: at `phase` it takes the
+    /// limits, load shedding, keep-alive, windows, `max_connection_age` and `tls_config` (the
+    /// handshake runs on each socket this crate accepted) all apply, as tonic applies them.
+    /// This crate owns the listener and the sockets: at `phase` it takes the
     /// backlog, tonic sends GOAWAY and finishes every accepted call, streaming calls end with
     /// UNAVAILABLE at the notice and are cut at the bound, and at the phase's deadline every
     /// socket still open is shut down (tonic's own shutdown leaves its connections running).

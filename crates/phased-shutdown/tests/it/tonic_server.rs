@@ -1,6 +1,6 @@
 //! `Shutdown::serve_tonic_server`: a configured tonic `Server` keeps what its builder was told
-//! (a layer, the server's `timeout` and each call's `grpc-timeout`), its calls see their peer's
-//! address, and the shutdown stays clean.
+//! (a layer, the server's `timeout` and each call's `grpc-timeout`, its TLS), its calls see
+//! their peer's address, and the shutdown stays clean.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use phased_shutdown::Shutdown;
 use tonic::codegen::{BoxFuture, Context, Poll, Service, http};
 use tonic::server::NamedService;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// `slow.Slow/Wait`: waits as many milliseconds as the path's last segment says, then answers
 /// an empty message; refuses a call whose request does not carry its peer's address.
@@ -36,10 +36,13 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         Box::pin(async move {
-            let has_peer = request
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .is_some_and(|info| info.remote_addr().is_some());
+            let extensions = request.extensions();
+            let tcp = extensions.get::<TcpConnectInfo>().or_else(|| {
+                extensions
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .map(TlsConnectInfo::get_ref)
+            });
+            let has_peer = tcp.is_some_and(|info| info.remote_addr().is_some());
             if !has_peer {
                 return Ok(tonic::Status::internal("no TcpConnectInfo on the request").into_http());
             }
@@ -160,6 +163,56 @@ async fn a_configured_tonic_server_keeps_its_layers_and_timeouts() {
         "one connection, counted: {:?}",
         grpc.counts
     );
+}
+
+/// TLS set on the builder (`tls_config`): tonic runs the handshake on each socket the library
+/// accepted and hands it. A call over TLS is answered, with its peer's address; one in plain
+/// text is not; the shutdown is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builders_tls_applies_to_the_sockets_the_library_hands_it() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut shutdown = Shutdown::new().deadline(Duration::from_secs(10));
+    let servers = shutdown.phase("servers");
+    let identity = Identity::from_pem(made.cert.pem(), made.signing_key.serialize_pem());
+    let server = tonic::transport::Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .unwrap();
+    shutdown.serve_tonic_server(servers, "grpc", listener, server, tonic::service::Routes::new(Slow));
+    let handle = shutdown.handle();
+    let running = tokio::spawn(shutdown.run());
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(made.cert.pem()))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS handshake with the library's socket");
+    call(channel, Duration::from_millis(10), None)
+        .await
+        .expect("a call over TLS is answered, with its peer's address");
+    let plain = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect_lazy();
+    assert!(
+        call(plain, Duration::from_millis(10), None).await.is_err(),
+        "a plain-text call to the TLS server is answered"
+    );
+
+    handle.shutdown("the test");
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.is_clean(), "{report}");
 }
 
 /// A call still running at the phase's deadline: the component is aborted, and with it the
