@@ -105,6 +105,21 @@ async fn call(
         .map(|_| ())
 }
 
+/// Starts the shutdown through `handle` and waits (10 s at most) for `running`'s report, which
+/// must be clean.
+async fn stopped_cleanly(
+    handle: phased_shutdown::ShutdownHandle,
+    running: tokio::task::JoinHandle<phased_shutdown::Report>,
+) -> phased_shutdown::Report {
+    handle.shutdown("the test");
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.is_clean(), "{report}");
+    report
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_tonic_server_keeps_its_layers_and_timeouts() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -151,12 +166,7 @@ async fn a_configured_tonic_server_keeps_its_layers_and_timeouts() {
         "every call went through the builder's layer"
     );
 
-    handle.shutdown("the test");
-    let report = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(report.is_clean(), "{report}");
+    let report = stopped_cleanly(handle, running).await;
     let grpc = report.entries.iter().find(|e| e.component == "grpc").unwrap();
     assert!(
         grpc.counts.contains(&("connections", 1)),
@@ -207,12 +217,7 @@ async fn the_builders_tls_applies_to_the_sockets_the_library_hands_it() {
         "a plain-text call to the TLS server is answered"
     );
 
-    handle.shutdown("the test");
-    let report = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(report.is_clean(), "{report}");
+    stopped_cleanly(handle, running).await;
 }
 
 /// A call still running at the phase's deadline: the component is aborted, and with it the
