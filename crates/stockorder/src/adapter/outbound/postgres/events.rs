@@ -260,7 +260,7 @@ pub(super) async fn listen(config: Arc<tokio_postgres::Config>, heard: Arc<Waker
             outcome = listen_once(&config, &heard) => outcome,
         };
         match outcome {
-            Ok(()) => backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            Ok(()) => backoff.reset(),
             Err(e) => tracing::debug!(error = %e, "listening for event notifications failed; the ticks carry on"),
         }
         tokio::select! {
