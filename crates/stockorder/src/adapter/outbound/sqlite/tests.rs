@@ -19,6 +19,16 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
 
 repository_suite!(open);
 
+/// A connection to `path` as the store's writer has it: configured, migrated, and with the
+/// trigger that appends each change's event.
+pub(super) fn writer_connection(path: &Path) -> Connection {
+    let mut conn = Connection::open(path).unwrap();
+    schema::configure_writer(&conn).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    schema::append_events_of_changes(&conn).unwrap();
+    conn
+}
+
 /// Every combination of the list filters: status, symbol, side, page token.
 fn every_filter() -> impl Iterator<Item = ListQuery> {
     (0..16u8).map(|mask| ListQuery {
@@ -197,10 +207,7 @@ fn cached_statements_are_not_compiled_again() {
     use crate::port::QueuePosition;
     use rusqlite::StatementStatus;
     let dir = tempfile::tempdir().unwrap();
-    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
-    schema::configure_writer(&conn).unwrap();
-    schema::migrate(&mut conn).unwrap();
-    schema::append_events_of_changes(&conn).unwrap();
+    let conn = writer_connection(&dir.path().join("plan.db"));
     let queries: Vec<ListQuery> = every_filter().collect();
     for round in 0..5 {
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -291,9 +298,7 @@ fn builds_a_temporary_table(conn: &Connection, sql: &str, args: usize) -> bool {
 #[test]
 fn creates_fills_and_cancels_build_no_temporary_table() {
     let dir = tempfile::tempdir().unwrap();
-    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
-    schema::migrate(&mut conn).unwrap();
-    schema::append_events_of_changes(&conn).unwrap();
+    let conn = writer_connection(&dir.path().join("plan.db"));
     for (sql, args) in [
         (rows::INSERT, 15),
         (rows::APPEND_CREATED, 14),
@@ -316,9 +321,7 @@ fn creates_fills_and_cancels_build_no_temporary_table() {
 #[test]
 fn a_change_and_its_event_need_no_statement_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut conn = Connection::open(dir.path().join("plan.db")).unwrap();
-    schema::migrate(&mut conn).unwrap();
-    schema::append_events_of_changes(&conn).unwrap();
+    let conn = writer_connection(&dir.path().join("plan.db"));
     let mut stmt = conn.prepare(&format!("EXPLAIN {}", rows::SETTLE)).unwrap();
     let nulls = std::iter::repeat_n(rusqlite::types::Value::Null, 6);
     let program: Vec<(String, i64)> = stmt

@@ -433,17 +433,8 @@ fn shut(conn: Connection) -> Result<(), RepositoryError> {
 mod tests {
     use super::*;
     use crate::adapter::outbound::repository_suite::{change, order};
-    use crate::adapter::outbound::sqlite::schema;
+    use crate::adapter::outbound::sqlite::tests::writer_connection;
     use crate::domain::{OrderSide, OrderStatus};
-
-    /// The writer's connection as the store opens it: migrated, with the event trigger.
-    fn writer_connection(path: &std::path::Path) -> Connection {
-        let mut conn = Connection::open(path).unwrap();
-        schema::configure_writer(&conn).unwrap();
-        schema::migrate(&mut conn).unwrap();
-        schema::append_events_of_changes(&conn).unwrap();
-        conn
-    }
 
     /// A disk that fills up halfway through a batch of fills, whose events the trigger writes
     /// inside each `UPDATE`: each change answered as made is in the file with its one event,
@@ -491,9 +482,7 @@ mod tests {
     #[test]
     fn a_full_disk_mid_batch_answers_each_caller_with_what_was_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("full.db")).unwrap();
-        schema::configure_writer(&conn).unwrap();
-        schema::migrate(&mut conn).unwrap();
+        let mut conn = writer_connection(&dir.path().join("full.db"));
         // Room for a few more pages: the batch's first orders fit, then inserts fail with
         // SQLITE_FULL.
         let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap();
